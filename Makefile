@@ -1,0 +1,68 @@
+# HMS Mesh. `make demo` and `make test` each work alone on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := gen/.stamp
+# google/api/*.proto come from the installed googleapis-common-protos (no Buf Schema Registry here).
+GOOGLEAPIS = $(shell $(PY) -c 'import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')
+GRPC_PROTOS = $(shell $(PY) -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
+
+.PHONY: install proto lint breaking test test-unit test-integration up demo bench clean
+
+install: $(STAMP) $(GEN_STAMP)
+
+# Reinstalls only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The generated package lives in gen/; a .pth file puts it on the venv's path.
+	echo "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hms_mesh_gen.pth"
+	touch $(STAMP)
+
+proto: $(GEN_STAMP)
+
+$(GEN_STAMP): $(PROTOS) $(STAMP)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos -I$(GOOGLEAPIS) -I$(GRPC_PROTOS) \
+		--python_out=gen --pyi_out=gen --grpc_python_out=gen \
+		--descriptor_set_out=gen/hms.binpb --include_imports --include_source_info $(PROTOS)
+	touch $(GEN_STAMP)
+
+# buf runs offline: google/api/*.proto are copied into a second, lint-exempt module.
+.build/buf-deps/google/api/annotations.proto: $(STAMP)
+	mkdir -p .build/buf-deps/google/api
+	cp $(GOOGLEAPIS)/google/api/*.proto .build/buf-deps/google/api/
+
+lint: install .build/buf-deps/google/api/annotations.proto
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+
+# Compares the working tree's contracts with those on main.
+breaking: install .build/buf-deps/google/api/annotations.proto
+	$(BIN)/buf breaking --against '.git#branch=main'
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+up: install
+	$(BIN)/mesh up
+
+demo: install
+	$(BIN)/mesh demo
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) gen .build .mesh
