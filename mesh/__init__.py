@@ -1,0 +1,1 @@
+"""HMS Mesh: a proxyless gRPC service mesh for Python."""

@@ -1,0 +1,36 @@
+"""Small asyncio helpers shared by the mesh's long-running loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+__all__ = ["cancel_and_wait", "first_failure"]
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel tasks and wait until they have finished."""
+    live = [t for t in tasks if t is not None and not t.done()]
+    for task in live:
+        task.cancel()
+    for task in live:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def first_failure(*coros: Coroutine[Any, Any, Any]) -> None:
+    """Run coroutines side by side until one of them ends; cancel the others and re-raise
+    what the first one raised (unlike TaskGroup, which wraps it in an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*tasks)
+    # Read every finished task's outcome (so none is reported as never retrieved), and
+    # re-raise the first failure.
+    failures = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+    for failure in failures:
+        if failure is not None:
+            raise failure

