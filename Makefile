@@ -18,7 +18,8 @@ install: $(STAMP) $(GEN_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# compat mode: the project root goes on sys.path, so packages added later import too.
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	# The generated package lives in gen/; a .pth file puts it on the venv's path.
 	echo "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hms_mesh_gen.pth"
 	touch $(STAMP)

@@ -47,6 +47,11 @@ def parse_args(
     parser.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, s")
     parser.add_argument("--zone", default="")
     parser.add_argument("--weight", type=int, default=100)
+    parser.add_argument(
+        "--data-dir",
+        default=env.get("MESH_DATA_DIR", f".mesh/data/{deployment}"),
+        help="where a service with state keeps its files",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     if add_arguments is not None:
         add_arguments(parser)

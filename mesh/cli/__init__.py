@@ -10,9 +10,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mesh.cli import certs, demo, ls, up
+from mesh.cli import certs, ls, up
 
-COMMANDS = (certs, up, ls, demo)
+COMMANDS = (certs, up, ls)
 
 
 def build_parser() -> argparse.ArgumentParser:

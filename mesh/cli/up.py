@@ -1,0 +1,56 @@
+"""`mesh up`: etcd, NATS and every service on this machine, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+from mesh.stack import Stack, StackConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("up", help="start etcd, NATS and every service locally")
+    parser.add_argument("--state-dir", type=Path, default=Path(".mesh"), help="default .mesh/")
+    parser.add_argument("--namespace", default="hms")
+    parser.add_argument("--only", nargs="*", default=(), help="start only these deployments")
+    parser.set_defaults(func=run)
+
+
+def summary(info: dict[str, Any]) -> str:
+    lines = [
+        f"etcd     {info['etcd']}",
+        f"nats     {info['nats']}",
+        f"tls      {info['tls_dir']} (ops certificate: {info['ops_cert']}.pem)",
+    ]
+    for deployment, service in info["services"].items():
+        for instance in service["instances"]:
+            lines.append(f"{deployment:<12} {instance['address']:<22} {instance['service']}")
+    return "\n".join(lines)
+
+
+async def serve(config: StackConfig) -> None:
+    stack = Stack(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    info = await stack.start()
+    try:
+        print(summary(info))
+        print(f"stack ready: {config.state_dir / 'stack.json'}; Ctrl-C stops everything")
+        await stop.wait()
+    finally:
+        print("stopping ...")
+        await stack.stop()
+        print("stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = StackConfig(
+        state_dir=args.state_dir, namespace=args.namespace, deployments=tuple(args.only)
+    )
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,205 @@
+"""A whole mesh on this machine: etcd, NATS, certificates and every service, each its own
+process. `mesh up`, the demo and end-to-end tests use it.
+
+When all services are registered it writes `<state-dir>/stack.json`:
+
+    {"etcd": "127.0.0.1:PORT", "nats": "nats://127.0.0.1:PORT", "namespace": "hms",
+     "tls_dir": "/abs/.mesh/tls", "ops_cert": "ops",
+     "services": {"<deployment>": {"pid": N, "log": "...", "instances": [
+         {"service": "hms.notify.v1.NotifyService", "address": "127.0.0.1:PORT", ...}]}}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh import certs
+from mesh.devstack import DevStack
+from mesh.registry.etcd import Etcd
+from mesh.registry.watch import Discovery
+
+__all__ = ["Stack", "StackConfig", "discover_services", "read_stack_file"]
+
+log = logging.getLogger(__name__)
+
+OPS_IDENTITY = "ops"
+STACK_FILE = "stack.json"
+
+
+def discover_services() -> list[str]:
+    """Deployments under services/: every folder with a main.py."""
+    import services
+
+    root = Path(services.__file__).parent
+    return sorted(p.parent.name for p in root.glob("*/main.py"))
+
+
+def read_stack_file(state_dir: Path) -> dict[str, Any]:
+    path = Path(state_dir) / STACK_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path} not found: is `mesh up` running?") from exc
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    state_dir: Path = Path(".mesh")
+    namespace: str = "hms"
+    deployments: tuple[str, ...] = ()  # empty: every service under services/
+    lease_ttl: int = 10
+    ready_timeout: float = 60.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Stack:
+    """Start with `await stack.start()`, stop with `await stack.stop()`."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir.resolve()
+        self.tls_dir = self.state_dir / "tls"
+        self.run_dir = self.state_dir / "run"
+        self.deployments = config.deployments or tuple(discover_services())
+        self.dev: DevStack | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.info: dict[str, Any] = {}
+
+    @property
+    def etcd_endpoint(self) -> str:
+        if self.dev is None:
+            raise RuntimeError("stack not started")
+        return self.dev.etcd.endpoint
+
+    def env(self) -> dict[str, str]:
+        if self.dev is None or self.dev.nats is None:
+            raise RuntimeError("stack not started")
+        return {
+            **os.environ,
+            "MESH_ETCD": self.dev.etcd.endpoint,
+            "MESH_NATS": self.dev.nats.url,
+            "MESH_TLS_DIR": str(self.tls_dir),
+            "MESH_NAMESPACE": self.config.namespace,
+            **self.config.extra_env,
+        }
+
+    async def start(self) -> dict[str, Any]:
+        certs.ensure(self.tls_dir, [*self.deployments, OPS_IDENTITY])
+        # Throwaway data: a new stack starts empty.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        (self.run_dir / "logs").mkdir(parents=True)
+        self.dev = DevStack(self.run_dir)
+        await asyncio.to_thread(self.dev.start)
+        try:
+            for deployment in self.deployments:
+                self.start_service(deployment)
+            instances = await self._wait_registered()
+        except BaseException:
+            await self.stop()
+            raise
+        self.info = self._describe(instances)
+        path = self.state_dir / STACK_FILE
+        path.write_text(json.dumps(self.info, indent=2) + "\n")
+        return self.info
+
+    def start_service(self, deployment: str) -> subprocess.Popen[bytes]:
+        log_path = self.run_dir / "logs" / f"{deployment}.log"
+        command = [
+            sys.executable,
+            "-m",
+            f"services.{deployment}.main",
+            f"--ttl={self.config.lease_ttl}",
+            f"--data-dir={self.run_dir / 'data' / deployment}",
+        ]
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                command,
+                env=self.env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.procs[deployment] = proc
+        return proc
+
+    async def _wait_registered(self) -> list[Any]:
+        etcd = Etcd([self.etcd_endpoint])
+        await etcd.connect()
+        discovery = Discovery(etcd, self.config.namespace)
+        try:
+            await discovery.start()
+
+            def all_up(instances: list[Any]) -> bool:
+                self._check_alive()
+                return {i.deployment for i in instances} >= set(self.deployments)
+
+            try:
+                return await discovery.wait_for(all_up, self.config.ready_timeout)
+            except TimeoutError:
+                seen = {i.deployment for i in discovery.instances()}
+                missing = sorted(set(self.deployments) - seen)
+                raise TimeoutError(
+                    f"not registered after {self.config.ready_timeout} s: {missing} "
+                    f"(logs in {self.run_dir / 'logs'})"
+                ) from None
+        finally:
+            await discovery.stop()
+            await etcd.close()
+
+    def _check_alive(self) -> None:
+        for deployment, proc in self.procs.items():
+            if proc.poll() is not None:
+                log_path = self.run_dir / "logs" / f"{deployment}.log"
+                tail = log_path.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{deployment} exited with {proc.returncode}:\n{tail}")
+
+    def _describe(self, instances: list[Any]) -> dict[str, Any]:
+        if self.dev is None or self.dev.nats is None:
+            raise RuntimeError("stack not started")
+        services: dict[str, Any] = {}
+        for deployment, proc in self.procs.items():
+            services[deployment] = {
+                "pid": proc.pid,
+                "log": str(self.run_dir / "logs" / f"{deployment}.log"),
+                "instances": [
+                    {"service": i.service, "address": i.address, "identity": i.identity}
+                    for i in instances
+                    if i.deployment == deployment
+                ],
+            }
+        return {
+            "etcd": self.dev.etcd.endpoint,
+            "nats": self.dev.nats.url,
+            "namespace": self.config.namespace,
+            "tls_dir": str(self.tls_dir),
+            "ops_cert": OPS_IDENTITY,
+            "services": services,
+        }
+
+    async def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every service (they drain and deregister), then stop NATS and etcd."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for deployment, proc in self.procs.items():
+            try:
+                await asyncio.to_thread(proc.wait, grace)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %s s: killing it", deployment, grace)
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        self.procs.clear()
+        if self.dev is not None:
+            await asyncio.to_thread(self.dev.stop)
+        (self.state_dir / STACK_FILE).unlink(missing_ok=True)

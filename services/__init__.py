@@ -1,0 +1,1 @@
+"""The reference services of the seed documents, one package each."""

@@ -1,0 +1,1 @@
+"""Echo: the mesh's test and benchmark backend (hms.testing.v1.EchoService)."""

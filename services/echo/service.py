@@ -1,0 +1,102 @@
+"""gRPC handlers of hms.testing.v1.EchoService, the mesh's test and benchmark backend.
+
+A request shapes the server's behaviour (a delay, a status code to fail with) and the answer
+reports what the server saw (who served it, the deadline left, earlier attempts), so tests of
+deadlines, retries and balancing can observe the mesh from the server's side.
+
+Unlike the other services, Echo fails on purpose with arbitrary status codes that have no
+`mesh.errors` class (UNAVAILABLE, RESOURCE_EXHAUSTED, ...), so it uses `context.abort`;
+a bad request is still an `InvalidArgument` like everywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from hms.testing.v1 import echo_pb2, echo_pb2_grpc
+from mesh.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import TypeAlias
+
+    import grpc.aio
+
+    _Context: TypeAlias = grpc.aio.ServicerContext[echo_pb2.EchoRequest, echo_pb2.EchoResponse]
+
+__all__ = ["PREVIOUS_ATTEMPTS_KEY", "EchoService"]
+
+# Set by grpc's own retry machinery on every attempt after the first (gRFC A6).
+PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_MAX_STATUS = max(_STATUS_BY_NUMBER)
+
+
+class EchoService(echo_pb2_grpc.EchoServiceServicer):
+    """Answers with the request, served by `deployment`, optionally after a delay or failing.
+
+    Example::
+
+        echo_pb2_grpc.add_EchoServiceServicer_to_server(EchoService("echo-a"), server)
+    """
+
+    def __init__(
+        self,
+        deployment: str,
+        *,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self._deployment = deployment
+        self._sleep = sleep  # a parameter so that unit tests run on virtual time
+
+    async def Echo(self, request: echo_pb2.EchoRequest, context: _Context) -> echo_pb2.EchoResponse:
+        return await self._echo(request, context)
+
+    async def EchoOnce(
+        self, request: echo_pb2.EchoRequest, context: _Context
+    ) -> echo_pb2.EchoResponse:
+        # Same behaviour as Echo; only the proto's idempotency mark differs, which is the point.
+        return await self._echo(request, context)
+
+    async def _echo(
+        self, request: echo_pb2.EchoRequest, context: _Context
+    ) -> echo_pb2.EchoResponse:
+        # Read before the delay: the response reports the deadline as the call arrived.
+        remaining = context.time_remaining()
+        deadline_left_ms = -1 if remaining is None else int(remaining * 1000)
+        if request.delay_ms < 0:
+            raise InvalidArgument.field("delay_ms", f"must not be negative, got {request.delay_ms}")
+        if request.fail_code != 0 and request.fail_code not in _STATUS_BY_NUMBER:
+            raise InvalidArgument.field(
+                "fail_code",
+                f"must be a gRPC status code from 0 (OK) to {_MAX_STATUS}, got {request.fail_code}",
+            )
+        if request.delay_ms > 0:
+            await self._sleep(request.delay_ms / 1000)
+        if request.fail_code != 0:
+            code = _STATUS_BY_NUMBER[request.fail_code]
+            await context.abort(code, f"echo asked to fail with {code.name}")
+        return echo_pb2.EchoResponse(
+            message=request.message,
+            served_by=self._deployment,
+            deadline_left_ms=deadline_left_ms,
+            previous_attempts=_previous_attempts(context.invocation_metadata() or ()),
+        )
+
+
+def _previous_attempts(metadata: Iterable[tuple[str, str | bytes]]) -> int:
+    """The client's count of earlier attempts; 0 when absent or not a non-negative integer."""
+    for key, value in metadata:
+        if key.lower() != PREVIOUS_ATTEMPTS_KEY:
+            continue
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        # str.isdigit accepts e.g. "²", which int() rejects; isascii keeps the check honest.
+        if text.isascii() and text.isdigit():
+            return min(int(text), 2**31 - 1)  # the response field is an int32
+        return 0
+    return 0

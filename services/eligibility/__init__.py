@@ -1,0 +1,1 @@
+"""Eligibility: checks an applicant against the scheme's codified rules."""

@@ -1,0 +1,1 @@
+"""Notify: sends notifications to applicants and keeps a record of them."""

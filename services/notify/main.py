@@ -1,0 +1,27 @@
+"""Runs the notify service: `python -m services.notify.main --help`.
+
+Notifications are kept in `<data-dir>/notify.sqlite3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mesh.runner import run_service
+from services.notify.service import NotifyService
+from services.notify.store import NotificationStore
+
+
+def _servicers(args: argparse.Namespace) -> list[object]:
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [NotifyService(NotificationStore(data_dir / "notify.sqlite3"))]
+
+
+def main() -> None:
+    run_service("notify", _servicers)
+
+
+if __name__ == "__main__":
+    main()
