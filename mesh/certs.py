@@ -120,18 +120,19 @@ class CertInfo:
 def describe(cert_pem: bytes) -> CertInfo:
     """Summarise a PEM certificate: subject, SANs, expiry, serial."""
     cert = x509.load_pem_x509_certificate(cert_pem)
-    san = _san(cert)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = x509.SubjectAlternativeName([])
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         is_ca = False
     return CertInfo(
         subject=cert.subject.rfc4514_string(),
-        uris=tuple(san.get_values_for_type(x509.UniformResourceIdentifier)) if san else (),
-        dns_names=tuple(san.get_values_for_type(x509.DNSName)) if san else (),
-        ip_addresses=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
-        if san
-        else (),
+        uris=tuple(san.get_values_for_type(x509.UniformResourceIdentifier)),
+        dns_names=tuple(san.get_values_for_type(x509.DNSName)),
+        ip_addresses=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
         not_after=cert.not_valid_after_utc,
         serial=cert.serial_number,
         is_ca=is_ca,
@@ -185,7 +186,7 @@ def create_ca(tls_dir: Path, *, valid_days: int = 3650) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    # Key first: a CA certificate without its key would block `create_ca` from ever retrying.
+    # Key first, so that wherever ca.pem exists (what `ensure` looks for) its key does too.
     _write_atomic(tls_dir / CA_KEY, _key_pem(key), 0o600)
     _write_atomic(tls_dir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
@@ -292,13 +293,6 @@ def _load_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{key_path} is not an EC private key")
     return cert, key
-
-
-def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:

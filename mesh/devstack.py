@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["DevStack", "EtcdProcess", "NatsProcess", "binary", "free_port"]
+__all__ = ["DevStack", "EtcdProcess", "NatsProcess", "ServiceProcess", "binary", "free_port"]
 
 _LOOPBACK = "127.0.0.1"
 
@@ -232,3 +232,79 @@ class DevStack:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class ServiceProcess:
+    """A mesh service (`python -m services.<package>.main ...`) as its own process.
+
+    Readiness is the caller's to judge (the instance shows up in the registry)."""
+
+    def __init__(
+        self,
+        package: str,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_path: Path,
+    ) -> None:
+        self.package = package
+        self.args = args
+        self.env = env
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", f"services.{self.package}.main", *self.args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.package} not started")
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.running and self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> None:
+        """SIGTERM: the service drains and deregisters."""
+        if self.running and self.proc is not None:
+            self.proc.terminate()
+
+    def wait(self, timeout: float) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.package} not started")
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within timeout."""
+        if not self.running:
+            return
+        self.terminate()
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()

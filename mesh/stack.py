@@ -16,15 +16,12 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mesh import certs
-from mesh.devstack import DevStack
+from mesh.devstack import DevStack, ServiceProcess
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
 
@@ -72,7 +69,7 @@ class Stack:
         self.run_dir = self.state_dir / "run"
         self.deployments = config.deployments or tuple(discover_services())
         self.dev: DevStack | None = None
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, ServiceProcess] = {}
         self.info: dict[str, Any] = {}
 
     @property
@@ -112,24 +109,13 @@ class Stack:
         path.write_text(json.dumps(self.info, indent=2) + "\n")
         return self.info
 
-    def start_service(self, deployment: str) -> subprocess.Popen[bytes]:
-        log_path = self.run_dir / "logs" / f"{deployment}.log"
-        command = [
-            sys.executable,
-            "-m",
-            f"services.{deployment}.main",
+    def start_service(self, deployment: str) -> ServiceProcess:
+        args = [
             f"--ttl={self.config.lease_ttl}",
             f"--data-dir={self.run_dir / 'data' / deployment}",
         ]
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                command,
-                env=self.env(),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        log_path = self.run_dir / "logs" / f"{deployment}.log"
+        proc = ServiceProcess(deployment, args, env=self.env(), log_path=log_path).start()
         self.procs[deployment] = proc
         return proc
 
@@ -159,10 +145,8 @@ class Stack:
 
     def _check_alive(self) -> None:
         for deployment, proc in self.procs.items():
-            if proc.poll() is not None:
-                log_path = self.run_dir / "logs" / f"{deployment}.log"
-                tail = log_path.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"{deployment} exited with {proc.returncode}:\n{tail}")
+            if not proc.running:
+                raise RuntimeError(f"{deployment} exited:\n{proc.log_tail(1500)}")
 
     def _describe(self, instances: list[Any]) -> dict[str, Any]:
         if self.dev is None or self.dev.nats is None:
@@ -171,7 +155,7 @@ class Stack:
         for deployment, proc in self.procs.items():
             services[deployment] = {
                 "pid": proc.pid,
-                "log": str(self.run_dir / "logs" / f"{deployment}.log"),
+                "log": str(proc.log_path),
                 "instances": [
                     {"service": i.service, "address": i.address, "identity": i.identity}
                     for i in instances
@@ -190,15 +174,8 @@ class Stack:
     async def stop(self, grace: float = 15.0) -> None:
         """SIGTERM every service (they drain and deregister), then stop NATS and etcd."""
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for deployment, proc in self.procs.items():
-            try:
-                await asyncio.to_thread(proc.wait, grace)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %s s: killing it", deployment, grace)
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+            proc.terminate()
+        await asyncio.gather(*(asyncio.to_thread(p.stop, grace) for p in self.procs.values()))
         self.procs.clear()
         if self.dev is not None:
             await asyncio.to_thread(self.dev.stop)

@@ -97,7 +97,7 @@ class CertificateReloader:
         self.reloads = 0
         self._lock = threading.Lock()  # grpcio may call the fetcher from several threads
         self._stamps = self._stat()
-        self._failed: tuple[_Stamp, ...] | None = None
+        self._last_warning: str | None = None
         self.initial = self._load()
 
     def credentials(self) -> grpc.ServerCredentials:
@@ -111,16 +111,18 @@ class CertificateReloader:
             try:
                 stamps = self._stat()
             except OSError as exc:
-                self._warn_once(None, f"cannot stat TLS files, keeping the current ones: {exc}")
+                self._warn_once(f"cannot stat TLS files, keeping the current ones: {exc}")
                 return None
             if stamps == self._stamps:
                 return None
+            # This runs inside grpcio's handshake path: whatever goes wrong, keep serving the
+            # previous certificate and try again on the next connection.
             try:
                 config = self._load()
-            except (OSError, ValueError) as exc:
-                self._warn_once(stamps, f"not reloading TLS files yet: {exc}")
+            except Exception as exc:
+                self._warn_once(f"not reloading TLS files yet: {exc}")
                 return None
-            self._stamps, self._failed = stamps, None
+            self._stamps, self._last_warning = stamps, None
             self.reloads += 1
             log.info("reloaded TLS certificate %s", self.files.cert)
             return config
@@ -134,10 +136,11 @@ class CertificateReloader:
         _check_pair(cert, key, self.files)
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
-    def _warn_once(self, stamps: tuple[_Stamp, ...] | None, message: str) -> None:
-        if stamps is None or stamps != self._failed:
-            log.warning(message)
-        self._failed = stamps
+    def _warn_once(self, message: str) -> None:
+        # Called on every handshake while the files are bad: say it once, not per connection.
+        if message != self._last_warning:
+            log.warning("%s", message)
+        self._last_warning = message
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:

@@ -63,7 +63,7 @@ def run_init(args: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"CA already exists in {tls_dir}; left as it is")
         return 0
-    print(f"wrote {tls_dir / certs.CA_CERT} and {tls_dir / certs.CA_KEY} (mode 0600)")
+    print(f"wrote {tls_dir / certs.CA_CERT} and {tls_dir / certs.CA_KEY} (key mode 0600)")
     return 0
 
 
@@ -72,7 +72,7 @@ def run_issue(args: argparse.Namespace) -> int:
     tls_dir = tls_dir_from(args.tls_dir, os.environ)
     cert_path = certs.issue(tls_dir, args.name, deployment=args.deployment)
     info = certs.describe(cert_path.read_bytes())
-    print(f"wrote {cert_path} and {tls_dir / f'{args.name}-key.pem'} (mode 0600)")
+    print(f"wrote {cert_path} and {tls_dir / f'{args.name}-key.pem'} (key mode 0600)")
     print(f"  identity  {', '.join(info.uris)}")
     print(f"  expires   {info.not_after:%Y-%m-%d %H:%M UTC}")
     return 0

@@ -1,0 +1,122 @@
+"""Fixtures for integration tests: real etcd on free loopback ports, real TLS, real service
+processes. Everything started here is stopped at teardown, even when the test fails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mesh import certs, tls
+from mesh.devstack import EtcdProcess, ServiceProcess
+from mesh.registry import keys
+from mesh.registry.etcd import Etcd
+from mesh.registry.watch import Discovery
+
+IDENTITIES = ["eligibility", "notify", "echo", "ops"]
+
+
+@pytest.fixture(scope="session")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tls")
+    certs.ensure(path, IDENTITIES)
+    return path
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    process = EtcdProcess(tmp_path / "etcd.data")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def etcd_client(etcd: EtcdProcess) -> AsyncIterator[Etcd]:
+    client = Etcd([etcd.endpoint])
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def discovery(etcd: EtcdProcess) -> AsyncIterator[Discovery]:
+    # Its own connection, as a watcher in another process would have.
+    client = Etcd([etcd.endpoint])
+    await client.connect()
+    watcher = Discovery(client, "hms")
+    await watcher.start(timeout=10)
+    try:
+        yield watcher
+    finally:
+        await watcher.stop()
+        await client.close()
+
+
+ServiceFactory = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def start_service(etcd: EtcdProcess, tls_dir: Path, tmp_path: Path) -> Iterator[ServiceFactory]:
+    """start_service("echo", ttl=2, deployment="echo-a") -> a running ServiceProcess."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        package: str, *, ttl: int = 2, deployment: str | None = None, extra: tuple[str, ...] = ()
+    ) -> ServiceProcess:
+        name = deployment or package
+        args = [
+            f"--etcd={etcd.endpoint}",
+            f"--tls-dir={tls_dir}",
+            f"--cert-name={package}",
+            f"--deployment={name}",
+            f"--ttl={ttl}",
+            "--grace=5",
+            f"--data-dir={tmp_path / 'data' / name}",
+            *extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        proc = ServiceProcess(package, args, env=env, log_path=tmp_path / f"{name}.log").start()
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop(timeout=5)
+
+
+async def wait_for_deployment(
+    discovery: Discovery, deployment: str, proc: ServiceProcess | None = None, timeout: float = 20
+) -> keys.Instance:
+    """The instance of `deployment` once it is registered (fails early if the process died)."""
+
+    def registered(instances: list[keys.Instance]) -> bool:
+        if proc is not None and not proc.running:
+            raise AssertionError(f"{deployment} exited:\n{proc.log_tail()}")
+        return any(i.deployment == deployment for i in instances)
+
+    try:
+        instances = await discovery.wait_for(registered, timeout)
+    except TimeoutError:
+        tail = proc.log_tail() if proc is not None else ""
+        raise AssertionError(f"{deployment} not registered within {timeout} s\n{tail}") from None
+    return next(i for i in instances if i.deployment == deployment)
+
+
+def mesh_channel(instance: keys.Instance, tls_dir: Path, name: str = "ops") -> grpc.aio.Channel:
+    """An mTLS channel to one instance that insists on the identity it registered."""
+    files = tls.TlsFiles(tls_dir, name)
+    return grpc.aio.secure_channel(
+        instance.address,
+        tls.channel_credentials(files),
+        options=tls.channel_options_for(instance.identity),
+    )

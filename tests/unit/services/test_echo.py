@@ -1,0 +1,184 @@
+"""EchoService handlers, called directly with a fake context and a fake sleep (no waiting)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import pytest
+
+from hms.testing.v1 import echo_pb2
+from mesh.errors import InvalidArgument
+from services.echo.service import EchoService
+
+METHODS = [pytest.param("Echo", id="Echo"), pytest.param("EchoOnce", id="EchoOnce")]
+
+
+class Aborted(Exception):
+    """What FakeContext.abort raises, as grpc.aio's raises AbortError."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, details)
+        self.code = code
+        self.details = details
+
+
+class FakeContext:
+    """Only what EchoService uses of grpc.aio.ServicerContext."""
+
+    def __init__(
+        self,
+        time_remaining: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
+        self.remaining = time_remaining
+        self.metadata = tuple(metadata)
+        self.aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self.metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        self.aborted.append((code, details))
+        raise Aborted(code, details)
+
+
+class FakeSleep:
+    """Records the delays asked for; advances the context's deadline instead of waiting."""
+
+    def __init__(self, context: FakeContext | None = None) -> None:
+        self.context = context
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        if self.context is not None and self.context.remaining is not None:
+            self.context.remaining -= seconds
+
+
+async def call(
+    method: str,
+    request: echo_pb2.EchoRequest,
+    context: FakeContext | None = None,
+    sleep: FakeSleep | None = None,
+) -> echo_pb2.EchoResponse:
+    service = EchoService("echo-a", sleep=sleep or FakeSleep())
+    ctx: Any = context or FakeContext()
+    response: echo_pb2.EchoResponse = await getattr(service, method)(request, ctx)
+    return response
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_echoes_the_message_and_who_served_it(method: str) -> None:
+    sleep = FakeSleep()
+    response = await call(method, echo_pb2.EchoRequest(message="hi ✓"), sleep=sleep)
+    assert response == echo_pb2.EchoResponse(
+        message="hi ✓", served_by="echo-a", deadline_left_ms=-1, previous_attempts=0
+    )
+    assert sleep.calls == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("remaining", "expected_ms"),
+    [
+        pytest.param(None, -1, id="no-deadline"),
+        pytest.param(1.5, 1500, id="1.5s"),
+        pytest.param(0.0004, 0, id="under-a-millisecond"),
+    ],
+)
+async def test_reports_the_deadline_left(
+    method: str, remaining: float | None, expected_ms: int
+) -> None:
+    response = await call(method, echo_pb2.EchoRequest(), FakeContext(time_remaining=remaining))
+    assert response.deadline_left_ms == expected_ms
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_delay_sleeps_and_deadline_is_read_on_arrival(method: str) -> None:
+    context = FakeContext(time_remaining=2.0)
+    sleep = FakeSleep(context)
+    response = await call(method, echo_pb2.EchoRequest(delay_ms=250), context, sleep)
+    assert sleep.calls == [0.25]
+    assert response.deadline_left_ms == 2000
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        pytest.param((), 0, id="absent"),
+        pytest.param((("grpc-previous-rpc-attempts", "2"),), 2, id="two"),
+        pytest.param((("x-other", "9"), ("grpc-previous-rpc-attempts", "1")), 1, id="among-others"),
+        pytest.param((("grpc-previous-rpc-attempts", b"3"),), 3, id="bytes"),
+        pytest.param((("grpc-previous-rpc-attempts", "abc"),), 0, id="not-a-number"),
+        pytest.param((("grpc-previous-rpc-attempts", "-1"),), 0, id="negative"),
+        pytest.param((("grpc-previous-rpc-attempts", ""),), 0, id="empty"),
+        pytest.param((("grpc-previous-rpc-attempts", "²"),), 0, id="unicode-digit"),
+        pytest.param((("grpc-previous-rpc-attempts", "9" * 20),), 2**31 - 1, id="huge-clamped"),
+    ],
+)
+async def test_reports_previous_attempts(
+    method: str, metadata: Sequence[tuple[str, str | bytes]], expected: int
+) -> None:
+    response = await call(method, echo_pb2.EchoRequest(), FakeContext(metadata=metadata))
+    assert response.previous_attempts == expected
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "code",
+    [pytest.param(c, id=c.name) for c in grpc.StatusCode if c is not grpc.StatusCode.OK],
+)
+async def test_fail_code_aborts_with_that_status(method: str, code: grpc.StatusCode) -> None:
+    context = FakeContext()
+    with pytest.raises(Aborted) as caught:
+        await call(method, echo_pb2.EchoRequest(fail_code=code.value[0]), context)
+    assert caught.value.code is code
+    assert caught.value.details == f"echo asked to fail with {code.name}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_delay_comes_before_the_failure(method: str) -> None:
+    context = FakeContext()
+    sleep = FakeSleep()
+    with pytest.raises(Aborted):
+        await call(method, echo_pb2.EchoRequest(delay_ms=30, fail_code=14), context, sleep)
+    assert sleep.calls == [0.03]
+    assert context.aborted == [(grpc.StatusCode.UNAVAILABLE, "echo asked to fail with UNAVAILABLE")]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        pytest.param({"fail_code": -1}, "fail_code", id="fail_code-negative"),
+        pytest.param({"fail_code": 17}, "fail_code", id="fail_code-just-above-16"),
+        pytest.param({"fail_code": 1000}, "fail_code", id="fail_code-large"),
+        pytest.param({"delay_ms": -5}, "delay_ms", id="delay_ms-negative"),
+    ],
+)
+async def test_rejects_invalid_input_without_sleeping_or_aborting(
+    method: str, request_fields: dict[str, int], field: str
+) -> None:
+    context = FakeContext()
+    sleep = FakeSleep()
+    with pytest.raises(InvalidArgument) as caught:
+        await call(
+            method, echo_pb2.EchoRequest(**{"delay_ms": 100, **request_fields}), context, sleep
+        )
+    assert caught.value.field == field
+    assert caught.value.message.startswith(f"{field}: ")
+    assert context.aborted == []
+    assert sleep.calls == []
+
+
+async def test_default_sleep_is_asyncio_sleep() -> None:
+    # A real, short delay once, so the default wiring is covered too.
+    context: Any = FakeContext()
+    response = await EchoService("echo-b").Echo(echo_pb2.EchoRequest(delay_ms=1), context)
+    assert response.served_by == "echo-b"
