@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
@@ -15,9 +14,13 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     live = [t for t in tasks if t is not None and not t.done()]
     for task in live:
         task.cancel()
+    if live:
+        # asyncio.wait does not raise the tasks' errors, but a cancellation of the caller
+        # itself still propagates (awaiting each task under suppress() would swallow it).
+        await asyncio.wait(live)
     for task in live:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if not task.cancelled():
+            task.exception()  # mark it retrieved
 
 
 async def first_failure(*coros: Coroutine[Any, Any, Any]) -> None:
@@ -25,7 +28,7 @@ async def first_failure(*coros: Coroutine[Any, Any, Any]) -> None:
     what the first one raised (unlike TaskGroup, which wraps it in an ExceptionGroup)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         await cancel_and_wait(*tasks)
     # Read every finished task's outcome (so none is reported as never retrieved), and

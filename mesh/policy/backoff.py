@@ -5,6 +5,7 @@ Randomness is passed in, so tests are deterministic and need no sleeps.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ class BackoffPolicy:
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
+        for name in ("base", "cap", "multiplier", "jitter"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(
+                    f"backoff {name} must be a finite number, got {getattr(self, name)}"
+                )
         if self.base <= 0:
             raise ValueError(f"backoff base must be > 0, got {self.base}")
         if self.cap < self.base:
@@ -39,9 +45,9 @@ def backoff_delay(policy: BackoffPolicy, attempt: int, unit_random: float) -> fl
     """
     if attempt < 0:
         raise ValueError(f"attempt must be >= 0, got {attempt}")
-    # Cap the exponent first: multiplier**attempt overflows a float long before attempts run out.
-    raw = policy.base * policy.multiplier ** min(attempt, 64)
-    delay = min(policy.cap, raw)
+    # Work in logarithms: multiplier**attempt overflows a float long before attempts run out.
+    log_raw = math.log(policy.base) + attempt * math.log(policy.multiplier)
+    delay = policy.cap if log_raw >= math.log(policy.cap) else math.exp(log_raw)
     spread = 1.0 + policy.jitter * (2.0 * unit_random - 1.0)
     return max(0.0, min(policy.cap, delay * spread))
 

@@ -35,10 +35,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Reconnect fast after an etcd restart: grpc's default reconnect backoff grows to 120 s,
-# which would keep services unregistered long after etcd is back.
+# which would keep services unregistered long after etcd is back. The C core also uses
+# min_reconnect_backoff as the *connect timeout* of each attempt: too small and a loaded
+# machine never completes a handshake, so it stays at 2 s while retries start at 100 ms.
 _CHANNEL_OPTIONS = {
     "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 2000,
     "grpc.max_reconnect_backoff_ms": 1000,
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
@@ -102,7 +104,7 @@ def _aetcd_target(endpoints: Sequence[str]) -> tuple[str, int]:
     parsed = []
     for endpoint in endpoints:
         host, sep, port = endpoint.strip().removeprefix("http://").rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
         parsed.append((host, int(port)))
     if len(parsed) == 1:
@@ -227,18 +229,15 @@ class Etcd:
         call); yields the TTL etcd grants at each answer. Raises LeaseLost when etcd answers
         TTL <= 0 and EtcdUnavailable when the stream breaks or an answer is overdue."""
         _, lease, _ = self._stubs()
-
-        async def requests() -> AsyncIterator[rpc.LeaseKeepAliveRequest]:
-            while True:
-                yield rpc.LeaseKeepAliveRequest(ID=lease_id)
-                await asyncio.sleep(interval)
-
-        call = lease.LeaseKeepAlive(requests())
+        call = lease.LeaseKeepAlive()
+        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
         try:
             while True:
+                await call.write(request)
                 try:
-                    # Every answer is read (drained), and one overdue means etcd is gone.
-                    response = await asyncio.wait_for(call.read(), timeout=interval * 2 + 1)
+                    # Every answer is read (drained) before the next ping; one overdue
+                    # answer means etcd is gone even if the connection looks open.
+                    response = await asyncio.wait_for(call.read(), timeout=max(interval, 1.0))
                 except TimeoutError as exc:
                     raise EtcdUnavailable("etcd stopped answering lease keepalives") from exc
                 if response is grpc.aio.EOF:
@@ -246,6 +245,7 @@ class Etcd:
                 if response.TTL <= 0:
                     raise LeaseLost(f"lease {lease_id:x} not found")
                 yield response.TTL
+                await asyncio.sleep(interval)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
         finally:
@@ -264,14 +264,11 @@ class Etcd:
             )
         )
 
-        async def requests() -> AsyncIterator[rpc.WatchRequest]:
-            yield create
-            await asyncio.Event().wait()  # keep the stream open until cancelled
-
-        call = watch.Watch(requests())
+        call = watch.Watch()
         put = rpc.Event.EventType.Value("PUT")
         try:
-            async for response in call:
+            await call.write(create)
+            while (response := await call.read()) is not grpc.aio.EOF:
                 if response.compact_revision:
                     raise WatchCompacted(response.compact_revision)
                 if response.canceled:

@@ -29,9 +29,9 @@ __all__ = [
     "services_prefix",
 ]
 
-_SERVICE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SERVICE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_WEIGHT = 10_000
 
 
@@ -40,9 +40,15 @@ class RegistryValueError(ValueError):
 
 
 def _check_namespace(namespace: str) -> str:
-    if not _NAMESPACE_RE.match(namespace):
+    if not _NAMESPACE_RE.fullmatch(namespace):
         raise ValueError(f"namespace {namespace!r}: use lowercase letters, digits, '-' or '_'")
     return namespace
+
+
+def _shown(key: bytes) -> str:
+    """A key as it appears in messages and logs: undecodable bytes and control characters
+    escaped, so a hostile key cannot forge log lines."""
+    return key.decode(errors="backslashreplace").encode("unicode_escape").decode()
 
 
 def services_prefix(namespace: str) -> bytes:
@@ -53,13 +59,13 @@ def services_prefix(namespace: str) -> bytes:
 def service_prefix(namespace: str, service: str) -> bytes:
     """Prefix of every instance of one gRPC service (the trailing slash keeps
     `a.B` from matching `a.Bc`)."""
-    if not _SERVICE_RE.match(service):
+    if not _SERVICE_RE.fullmatch(service):
         raise ValueError(f"service {service!r} is not a full gRPC service name like pkg.v1.Name")
     return services_prefix(namespace) + service.encode() + b"/"
 
 
 def instance_key(namespace: str, service: str, instance_id: str) -> bytes:
-    if not _SEGMENT_RE.match(instance_id):
+    if not _SEGMENT_RE.fullmatch(instance_id):
         raise ValueError(f"instance id {instance_id!r}: use letters, digits, '.', '_' or '-'")
     return service_prefix(namespace, service) + instance_id.encode()
 
@@ -70,11 +76,15 @@ def parse_key(namespace: str, key: bytes) -> tuple[str, str]:
     try:
         text = key.decode()
     except UnicodeDecodeError as exc:
-        raise RegistryValueError(f"key {key!r} is not UTF-8") from exc
+        raise RegistryValueError(f"key {_shown(key)} is not UTF-8") from exc
     if not key.startswith(prefix):
-        raise RegistryValueError(f"key {text!r} is not under {prefix.decode()!r}")
+        raise RegistryValueError(f"key {_shown(key)} is not under '{prefix.decode()}'")
     parts = text[len(prefix) :].split("/")
-    if len(parts) != 2 or not _SERVICE_RE.match(parts[0]) or not _SEGMENT_RE.match(parts[1]):
+    if (
+        len(parts) != 2
+        or not _SERVICE_RE.fullmatch(parts[0])
+        or not _SEGMENT_RE.fullmatch(parts[1])
+    ):
         raise RegistryValueError(
             f"key {text!r} is not {prefix.decode()}<grpc.full.ServiceName>/<instance-id>"
         )
@@ -101,12 +111,13 @@ class Instance:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _SERVICE_RE.match(self.service):
+        if not _SERVICE_RE.fullmatch(self.service):
             raise RegistryValueError(f"service {self.service!r} is not a full gRPC service name")
-        if not _SEGMENT_RE.match(self.instance_id):
+        if not _SEGMENT_RE.fullmatch(self.instance_id):
             raise RegistryValueError(f"instance id {self.instance_id!r} is not a key segment")
         host, sep, port = self.address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        valid_port = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+        if not sep or not host or not valid_port:
             raise RegistryValueError(f"address {self.address!r} is not host:port")
         if not self.deployment:
             raise RegistryValueError("deployment is empty")
@@ -156,10 +167,10 @@ def decode(namespace: str, key: bytes, value: bytes) -> Instance:
     Unknown JSON fields are ignored so that newer writers can add fields.
     """
     service, instance_id = parse_key(namespace, key)
-    where = key.decode()
+    where = _shown(key)
     try:
         body: Any = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting or ints
         raise RegistryValueError(f"{where}: value is not JSON ({exc})") from exc
     if not isinstance(body, dict):
         raise RegistryValueError(f"{where}: value is not a JSON object")

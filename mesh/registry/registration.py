@@ -108,6 +108,11 @@ class Registration:
                 delay = self._backoff.next_delay()
                 log.warning("etcd unavailable (%s); retrying registration in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
+            except Exception:  # a bug must not end the registration: keys would vanish
+                self._registered.clear()
+                delay = self._backoff.next_delay()
+                log.exception("registration failed unexpectedly; retrying in %.2f s", delay)
+                await asyncio.sleep(delay)
 
     async def _register(self) -> tuple[int, int]:
         """Write every key on a live lease; keeps the current lease if etcd still has it."""

@@ -67,6 +67,7 @@ class Discovery:
         self._backoff = backoff or Backoff()
         self._view: dict[bytes, keys.Instance] = {}
         self._listeners: list[Listener] = []
+        self._waiters: set[asyncio.Event] = set()
         self._synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Revision of the last change applied (tests and `mesh ls` read it).
@@ -98,16 +99,16 @@ class Discovery:
     async def wait_for(
         self, predicate: Callable[[list[keys.Instance]], bool], timeout: float
     ) -> list[keys.Instance]:
-        """Wait until predicate(instances) holds (checked at each change)."""
+        """Wait until predicate(instances) holds; checked at each change and each full list."""
         changed = asyncio.Event()
-        unsubscribe = self.subscribe(lambda _change: changed.set())
+        self._waiters.add(changed)
         try:
             async with asyncio.timeout(timeout):
                 while not predicate(self.instances()):
                     changed.clear()
                     await changed.wait()
         finally:
-            unsubscribe()
+            self._waiters.discard(changed)
         return self.instances()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -146,6 +147,10 @@ class Discovery:
                     delay,
                 )
                 await asyncio.sleep(delay)
+            except Exception:  # a bug must not end discovery: callers would lose instances
+                delay = self._backoff.next_delay()
+                log.exception("discovery failed unexpectedly; listing again in %.2f s", delay)
+                await asyncio.sleep(delay)
 
     async def _list(self) -> int:
         revision, items = await self.etcd.get_prefix(self._prefix)
@@ -162,6 +167,7 @@ class Discovery:
                 self._emit(Change(kind, instance))
         self.revision = revision
         self._synced.set()
+        self._wake()
         return revision
 
     def _parse_all(
@@ -175,10 +181,8 @@ class Discovery:
     def _parse(self, key: bytes, value: bytes) -> keys.Instance | None:
         try:
             return keys.decode(self.namespace, key, value)
-        except keys.RegistryValueError as exc:
-            log.warning(
-                "skipping malformed registry entry %s: %s", key.decode(errors="replace"), exc
-            )
+        except keys.RegistryValueError as exc:  # its message names the key
+            log.warning("skipping malformed registry entry: %s", exc)
             return None
 
     def _apply(self, event: WatchEvent) -> None:
@@ -195,7 +199,12 @@ class Discovery:
             self._view[event.key] = instance
             self._emit(Change(ChangeKind.ADDED if old is None else ChangeKind.UPDATED, instance))
 
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+
     def _emit(self, change: Change) -> None:
+        self._wake()
         for listener in list(self._listeners):
             try:
                 listener(change)
