@@ -237,7 +237,10 @@ class Etcd:
                 try:
                     # Every answer is read (drained) before the next ping; one overdue
                     # answer means etcd is gone even if the connection looks open.
-                    response = await asyncio.wait_for(call.read(), timeout=max(interval, 1.0))
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that races with the read, and the loop would never stop.
+                    async with asyncio.timeout(max(interval, 1.0)):
+                        response = await call.read()
                 except TimeoutError as exc:
                     raise EtcdUnavailable("etcd stopped answering lease keepalives") from exc
                 if response is grpc.aio.EOF:

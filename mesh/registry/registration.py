@@ -75,7 +75,8 @@ class Registration:
             self._task = asyncio.create_task(self._run(), name="mesh-registration")
 
     async def wait_registered(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._registered.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._registered.wait()
 
     async def stop(self) -> None:
         """Stop holding the keys and revoke the lease so they vanish now, not at expiry."""

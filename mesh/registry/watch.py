@@ -119,7 +119,8 @@ class Discovery:
             self._task = asyncio.create_task(self._run(), name=f"mesh-discovery:{self._prefix!r}")
         if timeout is None or timeout > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._synced.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._synced.wait()
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

@@ -120,3 +120,4 @@ def mesh_channel(instance: keys.Instance, tls_dir: Path, name: str = "ops") -> g
         tls.channel_credentials(files),
         options=tls.channel_options_for(instance.identity),
     )
+
