@@ -60,7 +60,7 @@ up: install
 	$(BIN)/mesh up
 
 demo: install
-	$(BIN)/mesh demo
+	$(PY) -m services.demo
 
 bench: install
 	$(PY) -m bench

@@ -170,6 +170,17 @@ def channel_options_for(identity: str) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", certs.identity_dns_name(identity))]
 
 
+def instance_channel(address: str, identity: str, files: TlsFiles) -> grpc.aio.Channel:
+    """An mTLS channel to one instance that only completes its handshake if the server holds
+    the identity the instance registered (`identity`, a SPIFFE ID).
+
+    >>> channel = instance_channel("127.0.0.1:50051", "spiffe://hms.local/svc/notify", files)
+    """
+    return grpc.aio.secure_channel(
+        address, channel_credentials(files), options=channel_options_for(identity)
+    )
+
+
 def identity_of(files: TlsFiles) -> str:
     """The SPIFFE ID in this identity's certificate (what to register in the registry)."""
     files.require()

@@ -114,10 +114,4 @@ async def wait_for_deployment(
 
 def mesh_channel(instance: keys.Instance, tls_dir: Path, name: str = "ops") -> grpc.aio.Channel:
     """An mTLS channel to one instance that insists on the identity it registered."""
-    files = tls.TlsFiles(tls_dir, name)
-    return grpc.aio.secure_channel(
-        instance.address,
-        tls.channel_credentials(files),
-        options=tls.channel_options_for(instance.identity),
-    )
-
+    return tls.instance_channel(instance.address, instance.identity, tls.TlsFiles(tls_dir, name))
