@@ -14,11 +14,10 @@ The instance id is fixed for the life of the process, so writing again never dup
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
-from mesh.aio import first_failure
+from mesh.aio import cancel_and_wait, first_failure
 from mesh.policy.backoff import Backoff
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd, EtcdError, EtcdUnavailable, LeaseLost
@@ -81,9 +80,7 @@ class Registration:
     async def stop(self) -> None:
         """Stop holding the keys and revoke the lease so they vanish now, not at expiry."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)  # lets a cancellation of our caller through
             self._task = None
         self._registered.clear()
         if self._lease is not None:
