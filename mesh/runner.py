@@ -13,9 +13,10 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from mesh.client import ClientConfig, MeshChannel
 from mesh.server import HostConfig, ServiceHost
 from mesh.tls import TlsFiles
 
@@ -52,6 +53,12 @@ def parse_args(
         default=env.get("MESH_DATA_DIR", f".mesh/data/{deployment}"),
         help="where a service with state keeps its files",
     )
+    parser.add_argument(
+        "--tracing",
+        choices=("off", "console", "otlp"),
+        default=env.get("MESH_TRACING", "off"),
+        help="OpenTelemetry tracing exporter (env MESH_TRACING)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     if add_arguments is not None:
         add_arguments(parser)
@@ -75,6 +82,32 @@ def host_config(args: argparse.Namespace) -> HostConfig:
         zone=args.zone,
         weight=args.weight,
     )
+
+
+def mesh_channel_opener(args: argparse.Namespace) -> Callable[[], Awaitable[MeshChannel]]:
+    """A function that opens this service's MeshChannel on first use (inside the event loop)
+    and returns the same channel after; for servicers that call other services."""
+    opened: list[MeshChannel] = []
+    lock = asyncio.Lock()
+
+    async def open_channel() -> MeshChannel:
+        async with lock:
+            if not opened:
+                files = (
+                    None
+                    if args.insecure
+                    else TlsFiles(Path(args.tls_dir), args.cert_name or args.deployment)
+                )
+                config = ClientConfig(
+                    etcd=tuple(e for e in args.etcd.split(",") if e),
+                    namespace=args.namespace,
+                    tls=files,
+                    tracing=args.tracing != "off",
+                )
+                opened.append(await MeshChannel.connect(config))
+        return opened[0]
+
+    return open_channel
 
 
 async def _serve(config: HostConfig, servicers: Sequence[object]) -> None:

@@ -32,6 +32,7 @@ from mesh import tls
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.registration import Registration
+from mesh.server_deadline import DeadlineInterceptor
 from mesh.server_errors import ErrorInterceptor
 
 __all__ = ["HostConfig", "ServiceHost", "service_descriptor"]
@@ -94,7 +95,8 @@ class ServiceHost:
         self.instance_id = keys.new_instance_id(config.deployment)
         self.health = HealthServicer()
         self._servicers: list[tuple[ServiceDescriptor, Any, object]] = []
-        self._interceptors = [ErrorInterceptor(), *(interceptors or [])]
+        # Outermost first: errors are translated for everything below, including authz.
+        self._interceptors = [ErrorInterceptor(), DeadlineInterceptor(), *(interceptors or [])]
         self._server: grpc.aio.Server | None = None
         self._etcd: Etcd | None = None
         self.registration: Registration | None = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
-from mesh.errors import InvalidArgument
+from mesh.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -50,9 +50,24 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
         deployment: str,
         *,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        forward: Callable[[], Awaitable[echo_pb2_grpc.EchoServiceStub]] | None = None,
     ) -> None:
         self._deployment = deployment
         self._sleep = sleep  # a parameter so that unit tests run on virtual time
+        # Opens (once) the stub used to forward along a chain; None: forwarding refused.
+        self._forward = forward
+        self._failure = 0  # the SetFailure switch
+
+    async def SetFailure(
+        self, request: echo_pb2.SetFailureRequest, context: object
+    ) -> echo_pb2.SetFailureResponse:
+        if request.code != 0 and request.code not in _STATUS_BY_NUMBER:
+            raise InvalidArgument.field(
+                "code",
+                f"must be a gRPC status code from 0 (OK) to {_MAX_STATUS}, got {request.code}",
+            )
+        self._failure = request.code
+        return echo_pb2.SetFailureResponse(served_by=self._deployment, code=request.code)
 
     async def Echo(self, request: echo_pb2.EchoRequest, context: _Context) -> echo_pb2.EchoResponse:
         return await self._echo(request, context)
@@ -76,6 +91,18 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
                 "fail_code",
                 f"must be a gRPC status code from 0 (OK) to {_MAX_STATUS}, got {request.fail_code}",
             )
+        if request.forward_hops < 0:
+            raise InvalidArgument.field(
+                "forward_hops", f"must not be negative, got {request.forward_hops}"
+            )
+        if self._failure:
+            code = _STATUS_BY_NUMBER[self._failure]
+            await context.abort(code, f"{self._deployment} is switched to fail with {code.name}")
+        here = echo_pb2.Hop(
+            served_by=self._deployment, deadline_left_ms=deadline_left_ms, trace_id=_trace_id()
+        )
+        if request.forward_hops > 0:
+            return await self._forward_along(request, here)
         if request.delay_ms > 0:
             await self._sleep(request.delay_ms / 1000)
         if request.fail_code != 0:
@@ -86,7 +113,33 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
             served_by=self._deployment,
             deadline_left_ms=deadline_left_ms,
             previous_attempts=_previous_attempts(context.invocation_metadata() or ()),
+            hops=[here],
         )
+
+    async def _forward_along(
+        self, request: echo_pb2.EchoRequest, here: echo_pb2.Hop
+    ) -> echo_pb2.EchoResponse:
+        if self._forward is None:
+            raise FailedPrecondition(f"{self._deployment} has no mesh channel to forward with")
+        stub = await self._forward()
+        onward = echo_pb2.EchoRequest()
+        onward.CopyFrom(request)
+        onward.forward_hops = request.forward_hops - 1
+        # No timeout given: the mesh channel inherits what is left of this call's deadline.
+        answer = await stub.Echo(onward)
+        response = echo_pb2.EchoResponse()
+        response.CopyFrom(answer)
+        del response.hops[:]
+        response.hops.extend([here, *answer.hops])
+        return response
+
+
+def _trace_id() -> str:
+    """The current span's W3C trace id, or "" when tracing is off."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else ""
 
 
 def _previous_attempts(metadata: Iterable[tuple[str, str | bytes]]) -> int:

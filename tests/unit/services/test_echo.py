@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from hms.testing.v1 import echo_pb2
-from mesh.errors import InvalidArgument
+from mesh.errors import FailedPrecondition, InvalidArgument
 from services.echo.service import EchoService
 
 METHODS = [pytest.param("Echo", id="Echo"), pytest.param("EchoOnce", id="EchoOnce")]
@@ -77,7 +77,11 @@ async def test_echoes_the_message_and_who_served_it(method: str) -> None:
     sleep = FakeSleep()
     response = await call(method, echo_pb2.EchoRequest(message="hi ✓"), sleep=sleep)
     assert response == echo_pb2.EchoResponse(
-        message="hi ✓", served_by="echo-a", deadline_left_ms=-1, previous_attempts=0
+        message="hi ✓",
+        served_by="echo-a",
+        deadline_left_ms=-1,
+        previous_attempts=0,
+        hops=[echo_pb2.Hop(served_by="echo-a", deadline_left_ms=-1)],
     )
     assert sleep.calls == []
 
@@ -182,3 +186,40 @@ async def test_default_sleep_is_asyncio_sleep() -> None:
     context: Any = FakeContext()
     response = await EchoService("echo-b").Echo(echo_pb2.EchoRequest(delay_ms=1), context)
     assert response.served_by == "echo-b"
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_set_failure_switches_every_echo_to_fail_until_switched_back(method: str) -> None:
+    service = EchoService("echo-a")
+    switched = await service.SetFailure(echo_pb2.SetFailureRequest(code=14), object())
+    assert switched == echo_pb2.SetFailureResponse(served_by="echo-a", code=14)
+    context = FakeContext()
+    with pytest.raises(Aborted) as failed:
+        await getattr(service, method)(echo_pb2.EchoRequest(message="x"), context)
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    await service.SetFailure(echo_pb2.SetFailureRequest(code=0), object())
+    answer = await getattr(service, method)(echo_pb2.EchoRequest(message="x"), FakeContext())
+    assert answer.message == "x"
+
+
+@pytest.mark.parametrize(
+    ("field", "request_"),
+    [
+        pytest.param("code", echo_pb2.SetFailureRequest(code=99), id="set-failure-unknown-code"),
+        pytest.param("forward_hops", echo_pb2.EchoRequest(forward_hops=-1), id="negative-hops"),
+    ],
+)
+async def test_bad_switch_and_hop_values_name_the_field(field: str, request_: object) -> None:
+    service = EchoService("echo-a")
+    if isinstance(request_, echo_pb2.SetFailureRequest):
+        call = service.SetFailure(request_, object())
+    else:
+        call = service.Echo(request_, FakeContext())
+    with pytest.raises(InvalidArgument) as bad:
+        await call
+    assert field in str(bad.value)
+
+
+async def test_forwarding_without_a_channel_is_a_failed_precondition() -> None:
+    with pytest.raises(FailedPrecondition):
+        await EchoService("echo-a").Echo(echo_pb2.EchoRequest(forward_hops=1), FakeContext())

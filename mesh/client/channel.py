@@ -1,0 +1,302 @@
+"""MeshChannel: a channel any generated stub accepts unchanged (`NotifyServiceStub(channel)`).
+
+grpcio has no plug-in API for name resolvers or load balancers, so discovery and picking live
+here, in our own channel pool: one registry watch and one ServicePool per gRPC service, opened
+on the first call to it, and per-instance grpc.aio channels opened lazily. No etcd round trip
+on the hot path: the watch keeps each pool current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from typing import Any
+
+import grpc
+
+from mesh import tls
+from mesh.aio import cancel_and_wait
+from mesh.client.call import CallInfo, CallKind, rpc_error, service_of
+from mesh.client.config import ClientConfig
+from mesh.client.middleware import (
+    DeadlineLayer,
+    Handler,
+    PickLayer,
+    RetryLayer,
+    build_chain,
+    transport,
+)
+from mesh.client.pool import ServicePool
+from mesh.policy.budget import RetryBudget
+from mesh.policy.retry import idempotency_of
+from mesh.registry.etcd import Etcd
+from mesh.registry.keys import Instance
+from mesh.registry.watch import Change, ChangeKind, Discovery
+
+__all__ = ["MeshChannel"]
+
+log = logging.getLogger(__name__)
+
+
+class MeshChannel:
+    """One client-side channel for every service of the mesh.
+
+    >>> channel = await MeshChannel.connect(ClientConfig(etcd=("127.0.0.1:2379",), tls=files))
+    >>> stub = EchoServiceStub(channel)
+    >>> await stub.Echo(EchoRequest(message="hi"), timeout=1)
+    >>> await channel.close()
+    """
+
+    def __init__(self, etcd: Etcd, config: ClientConfig, *, owns_etcd: bool = False) -> None:
+        self.config = config
+        self.etcd = etcd
+        self._owns_etcd = owns_etcd
+        self._clock = time.monotonic
+        self._rand = random.Random()
+        self._pools: dict[str, ServicePool] = {}
+        self._discoveries: dict[str, Discovery] = {}
+        self._opening: dict[str, asyncio.Future[ServicePool]] = {}
+        self.budget = RetryBudget(
+            self._clock,
+            ratio=config.budget_ratio,
+            window=config.budget_window,
+            min_per_second=config.budget_min_per_second,
+        )
+        self.retry_layer = RetryLayer(config.retry_for, self.budget, rand=self._rand.random)
+        layers = {
+            "deadline": DeadlineLayer(config.deadlines),
+            "retry": self.retry_layer,
+            "pick": PickLayer(self.pool, no_instance_wait=config.no_instance_wait),
+        }
+        self._chain: Handler = build_chain([layers[name] for name in config.layers], transport)
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._cert_stamp = self._stamp()
+        self._rotation_task: asyncio.Task[None] | None = None
+        self._interceptors = _tracing_interceptors() if config.tracing else []
+
+    @classmethod
+    async def connect(cls, config: ClientConfig) -> MeshChannel:
+        etcd = Etcd(config.etcd)
+        await etcd.connect()
+        channel = cls(etcd, config, owns_etcd=True)
+        channel.start()
+        return channel
+
+    def start(self) -> None:
+        if self.config.tls is not None and self.config.rotation_check > 0:
+            self._rotation_task = asyncio.create_task(self._follow_rotation())
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._rotation_task)
+        for discovery in self._discoveries.values():
+            await discovery.stop()
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+        self._discoveries.clear()
+        if self._owns_etcd:
+            await self.etcd.close()
+
+    async def __aenter__(self) -> MeshChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the pools ------------------------------------------------------------------------
+
+    async def pool(self, service: str) -> ServicePool:
+        """The pool of `service`, opening its registry watch on first use."""
+        found = self._pools.get(service)
+        if found is not None:
+            return found
+        opening = self._opening.get(service)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open_pool(service))
+            self._opening[service] = opening
+        return await asyncio.shield(opening)
+
+    async def _open_pool(self, service: str) -> ServicePool:
+        pool = ServicePool(
+            service,
+            self._open_instance_channel,
+            outlier=self.config.outlier,
+            clock=self._clock,
+            rand=self._rand.random,
+            watch_health=self.config.watch_health,
+        )
+        discovery = Discovery(self.etcd, self.config.namespace, service)
+        discovery.subscribe(pool.apply)
+        # Bounded: with etcd down at start there is nothing to serve, but a call must not hang.
+        await discovery.start(timeout=self.config.no_instance_wait)
+        for instance in discovery.instances():
+            if instance.instance_id not in pool.endpoints:
+                pool.apply(Change(ChangeKind.ADDED, instance))
+        self._pools[service] = pool
+        self._discoveries[service] = discovery
+        self._opening.pop(service, None)
+        return pool
+
+    def _open_instance_channel(self, instance: Instance) -> grpc.aio.Channel:
+        options = [("grpc.max_reconnect_backoff_ms", 1000)]
+        if self.config.tls is None:
+            return grpc.aio.insecure_channel(
+                instance.address, options=options, interceptors=self._interceptors
+            )
+        if not instance.identity:
+            # Without a registered identity the server cannot be checked: refuse to call it.
+            raise rpc_error(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{instance.service} instance {instance.instance_id} registered no identity",
+            )
+        if self._credentials is None:
+            self._credentials = tls.channel_credentials(self.config.tls)
+        return grpc.aio.secure_channel(
+            instance.address,
+            self._credentials,
+            options=[*options, *tls.channel_options_for(instance.identity)],
+            interceptors=self._interceptors,
+        )
+
+    # -- certificate rotation -------------------------------------------------------------
+
+    def _stamp(self) -> tuple[float, ...]:
+        files = self.config.tls
+        if files is None:
+            return ()
+        try:
+            return tuple(p.stat().st_mtime_ns for p in (files.cert, files.key, files.ca))
+        except OSError:
+            return ()
+
+    async def _follow_rotation(self) -> None:
+        """grpcio has no client-side reload: on new files, open new channels and swap."""
+        while True:
+            await asyncio.sleep(self.config.rotation_check)
+            stamp = self._stamp()
+            if stamp and stamp != self._cert_stamp:
+                self._cert_stamp = stamp
+                self._credentials = None
+                for pool in self._pools.values():
+                    for endpoint in pool.endpoints.values():
+                        endpoint.rotate()
+                log.info("client certificate changed: channels swapped")
+
+    # -- grpc.aio.Channel's surface, as generated stubs use it ------------------------------
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None, _registered_method: bool = False,
+                    ) -> _MultiCallable:  # fmt: skip
+        return _MultiCallable(self, CallKind.UNARY_UNARY, method, request_serializer,
+                              response_deserializer)  # fmt: skip
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool = False,
+                     ) -> _MultiCallable:  # fmt: skip
+        return _MultiCallable(self, CallKind.UNARY_STREAM, method, request_serializer,
+                              response_deserializer)  # fmt: skip
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool = False,
+                     ) -> _MultiCallable:  # fmt: skip
+        return _MultiCallable(self, CallKind.STREAM_UNARY, method, request_serializer,
+                              response_deserializer)  # fmt: skip
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None, _registered_method: bool = False,
+                      ) -> _MultiCallable:  # fmt: skip
+        return _MultiCallable(self, CallKind.STREAM_STREAM, method, request_serializer,
+                              response_deserializer)  # fmt: skip
+
+    async def channel_ready(self) -> None:
+        """Compatibility with grpc.aio.Channel: the mesh channel is always ready."""
+
+    def invoke(self, call: CallInfo) -> Any:
+        return self._chain(call)
+
+
+def _tracing_interceptors() -> list[Any]:
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())
+
+
+class _MultiCallable:
+    """What `channel.unary_unary(...)` returns: calling it starts a call."""
+
+    def __init__(self, channel: MeshChannel, kind: CallKind, method: str,
+                 serializer: Callable[[Any], bytes] | None,
+                 deserializer: Callable[[bytes], Any] | None) -> None:  # fmt: skip
+        self._channel = channel
+        self._kind = kind
+        self._method = method
+        self._service = service_of(method)
+        self._serializer = serializer
+        self._deserializer = deserializer
+        self._idempotency = idempotency_of(method)
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        call = CallInfo(
+            kind=self._kind,
+            method=self._method,
+            service=self._service,
+            request=request,
+            metadata=list(metadata or ()),
+            serializer=self._serializer,
+            deserializer=self._deserializer,
+            idempotency=self._idempotency,
+            timeout=timeout,
+            wait_for_ready=wait_for_ready,
+        )
+        if self._kind.response_streaming:
+            return _StreamingCall(self._channel.invoke(call))
+        return _UnaryCall(self._channel.invoke(call))
+
+
+class _UnaryCall:
+    """Awaitable like grpc.aio's UnaryUnaryCall (`response = await stub.Method(request)`)."""
+
+    def __init__(self, pending: Any) -> None:
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._pending.__await__()
+
+
+class _StreamingCall:
+    """Async-iterable like grpc.aio's UnaryStreamCall (`async for reply in stub.M(req)`)."""
+
+    def __init__(self, pending: Any) -> None:
+        self._pending = pending
+        self._call: Any = None
+
+    async def _open(self) -> Any:
+        if self._call is None:
+            self._call = await self._pending
+        return self._call
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        call = await self._open()
+        async for message in call:
+            yield message
+
+    async def read(self) -> Any:
+        return await (await self._open()).read()
+
+    def cancel(self) -> bool:
+        return self._call.cancel() if self._call is not None else False

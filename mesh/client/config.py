@@ -1,0 +1,64 @@
+"""Configuration of a mesh channel: a frozen dataclass validated on construction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mesh.deadline import DeadlineConfig
+from mesh.policy.outlier import OutlierConfig
+from mesh.policy.retry import RetryPolicy
+from mesh.tls import TlsFiles
+
+__all__ = ["LAYERS", "ClientConfig"]
+
+#: The middleware layers, outermost first (the documented default order). The deadline wraps
+#: retry so every attempt shares one time budget; retry wraps pick so each attempt may go to
+#: another instance; pick does the per-instance accounting (breaker, EWMA) around the call.
+LAYERS = ("deadline", "retry", "pick")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    etcd: tuple[str, ...]
+    namespace: str = "hms"
+    #: mTLS identity of the caller; None means plaintext (only for --insecure stacks).
+    tls: TlsFiles | None = None
+    deadlines: DeadlineConfig = field(default_factory=DeadlineConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Overrides per `/pkg.Service/Method` or `/pkg.Service/*`.
+    retry_per_method: Mapping[str, RetryPolicy] = field(default_factory=dict)
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    budget_ratio: float = 0.2
+    budget_window: float = 10.0
+    budget_min_per_second: float = 10.0
+    #: How long a call waits for a first instance of a service to appear before UNAVAILABLE.
+    no_instance_wait: float = 1.0
+    watch_health: bool = True
+    #: How often to look for rotated certificates (seconds; 0 turns it off).
+    rotation_check: float = 1.0
+    layers: tuple[str, ...] = LAYERS
+    #: Wrap each per-instance channel with OpenTelemetry's gRPC client interceptor.
+    tracing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.etcd:
+            raise ValueError("etcd: at least one endpoint is required")
+        unknown = [name for name in self.layers if name not in LAYERS]
+        if unknown or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {self.layers!r}: use each of {LAYERS} at most once")
+        if "pick" not in self.layers:
+            raise ValueError("layers: 'pick' is required (it chooses the instance)")
+        if not 0 <= self.budget_ratio <= 1:
+            raise ValueError(f"budget_ratio must be within [0, 1], got {self.budget_ratio}")
+        for name in ("budget_window", "no_instance_wait"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.budget_min_per_second < 0 or self.rotation_check < 0:
+            raise ValueError("budget_min_per_second and rotation_check must be >= 0")
+
+    def retry_for(self, method: str) -> RetryPolicy:
+        if method in self.retry_per_method:
+            return self.retry_per_method[method]
+        service = method.rsplit("/", 1)[0]
+        return self.retry_per_method.get(f"{service}/*", self.retry)

@@ -1,0 +1,120 @@
+"""One instance of one service, as a caller sees it: a lazily opened channel, its latency
+estimate, its in-flight count and its health as the instance's own Health.Watch reports it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.aio import cancel_and_wait
+from mesh.policy.backoff import Backoff, BackoffPolicy
+from mesh.policy.ewma import PeakEwma
+from mesh.registry.keys import Instance
+
+__all__ = ["ChannelFactory", "Endpoint"]
+
+log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[Instance], grpc.aio.Channel]
+
+# How long a replaced channel keeps serving the calls already on it (certificate rotation).
+_SWAP_GRACE = 5.0
+
+
+class Endpoint:
+    def __init__(
+        self,
+        instance: Instance,
+        make_channel: ChannelFactory,
+        clock: Callable[[], float],
+        *,
+        watch_health: bool = True,
+    ) -> None:
+        self.instance = instance
+        self.key = instance.instance_id
+        self.ewma = PeakEwma(clock)
+        self.outstanding = 0
+        #: False while the instance's Health.Watch says it is not SERVING (draining).
+        self.serving = True
+        #: True once a call to it has completed: until then it gets a warm-up call first.
+        self.observed = False
+        self._make_channel = make_channel
+        self._watch_health = watch_health
+        self._channel: grpc.aio.Channel | None = None
+        self._callables: dict[tuple[str, str], Any] = {}
+        self._health_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.instance.address}, {self.key})"
+
+    def callable(
+        self,
+        kind: str,
+        method: str,
+        serializer: Callable[[Any], bytes] | None,
+        deserializer: Callable[[bytes], Any] | None,
+    ) -> Any:
+        """The grpc.aio multicallable for method on this instance (cached per channel)."""
+        found = self._callables.get((kind, method))
+        if found is None:
+            channel = self.channel()
+            factory = getattr(channel, kind)
+            found = factory(
+                method, request_serializer=serializer, response_deserializer=deserializer
+            )
+            self._callables[(kind, method)] = found
+        return found
+
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = self._make_channel(self.instance)
+            if self._watch_health and self._health_task is None:
+                self._health_task = asyncio.create_task(
+                    self._watch(), name=f"mesh-health:{self.instance.address}"
+                )
+        return self._channel
+
+    def rotate(self) -> None:
+        """Open a new channel (new credentials) and swap it in at once; the old one closes
+        after a grace period, so calls already on it finish (grpcio has no client reload)."""
+        old = self._channel
+        if old is None:
+            return
+        self._channel = self._make_channel(self.instance)
+        self._callables = {}
+        task = asyncio.create_task(old.close(grace=_SWAP_GRACE))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._health_task)
+        self._health_task = None
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = None
+        self._callables = {}
+        for task in list(self._closing):
+            await task
+
+    async def _watch(self) -> None:
+        """Follow the instance's health for its service; NOT_SERVING means draining."""
+        request = health_pb2.HealthCheckRequest(service=self.instance.service)
+        backoff = Backoff(BackoffPolicy(base=0.1, cap=2.0))
+        while True:
+            try:
+                stub = health_pb2_grpc.HealthStub(self.channel())
+                async for answer in stub.Watch(request):
+                    self.serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+                    backoff.reset()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return  # a server without health checking: judge it by its calls alone
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    continue
+            await asyncio.sleep(backoff.next_delay())

@@ -1,0 +1,340 @@
+"""The client middleware chain. Each layer has one job and the same shape:
+
+    async def __call__(self, call: CallInfo, next: Handler) -> response
+
+`build_chain` composes them in one loop, outermost first (default order in
+`mesh.client.config.LAYERS`: deadline -> retry -> pick -> transport):
+
+- DeadlineLayer: gives the call its absolute deadline (the caller's timeout or the method's
+  default, never past the inbound deadline it is made under) and bounds the whole chain by it;
+- RetryLayer: retries and hedges where safe, within the deadline and the channel's budget;
+- PickLayer: chooses the instance (outlier detection, health, P2C over peak EWMA) and does
+  the per-instance accounting around the attempt;
+- transport: the per-instance grpc.aio call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+
+from mesh.client.call import CallInfo, rpc_error
+from mesh.deadline import DeadlineConfig, inbound_deadline, outbound_deadline
+from mesh.policy.budget import RetryBudget
+from mesh.policy.retry import (
+    RetryPolicy,
+    can_hedge,
+    parse_pushback,
+    retry_delay,
+    should_retry,
+)
+
+__all__ = [
+    "DeadlineLayer",
+    "Handler",
+    "Layer",
+    "PickLayer",
+    "RetryLayer",
+    "build_chain",
+    "transport",
+]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[CallInfo], Awaitable[Any]]
+
+# Codes that say the instance is unwell (Envoy's "5xx"); others are the caller's problem.
+_INSTANCE_FAILURES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+     grpc.StatusCode.DATA_LOSS}
+)  # fmt: skip
+# grpc reports these when no connection could be made: the request never left the client.
+_NOT_SENT_MARKERS = (
+    "failed to connect",
+    "Connection refused",
+    "connections to all backends failed",
+)
+
+
+class Layer(Protocol):
+    async def __call__(self, call: CallInfo, next: Handler) -> Any: ...
+
+
+def build_chain(layers: Sequence[Layer], terminal: Handler) -> Handler:
+    """Compose layers around terminal; layers[0] is the outermost."""
+    handler = terminal
+    for layer in reversed(layers):
+        handler = _bind(layer, handler)
+    return handler
+
+
+def _bind(layer: Layer, next_handler: Handler) -> Handler:
+    async def run(call: CallInfo) -> Any:
+        return await layer(call, next_handler)
+
+    return run
+
+
+def remaining(call: CallInfo, now: float | None = None) -> float | None:
+    if call.deadline is None:
+        return None
+    return call.deadline - (time.monotonic() if now is None else now)
+
+
+def never_sent(error: grpc.aio.AioRpcError) -> bool:
+    """True when grpc says no connection was made, so the server never saw the request."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    text = f"{error.details()} {error.debug_error_string()}"
+    return any(marker in text for marker in _NOT_SENT_MARKERS)
+
+
+async def transport(call: CallInfo) -> Any:
+    """The last step: the per-instance grpc.aio call for this attempt."""
+    endpoint = call.endpoint
+    multicallable = endpoint.callable(
+        call.kind.value, call.method, call.serializer, call.deserializer
+    )
+    metadata = call.metadata
+    if call.attempt > 0:
+        metadata = [*metadata, ("grpc-previous-rpc-attempts", str(call.attempt))]
+    left = remaining(call)
+    rpc = multicallable(
+        call.request, timeout=left, metadata=metadata, wait_for_ready=call.wait_for_ready
+    )
+    if call.kind.response_streaming:
+        call.sent = True
+        return rpc
+    try:
+        response = await rpc
+    except grpc.aio.AioRpcError as exc:
+        call.sent = not never_sent(exc)
+        call.trailers = tuple(exc.trailing_metadata() or ())
+        raise
+    call.sent = True
+    return response
+
+
+class DeadlineLayer:
+    def __init__(self, config: DeadlineConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+
+    async def __call__(self, call: CallInfo, next: Handler) -> Any:
+        now = self.clock()
+        call.deadline = outbound_deadline(
+            self.config, call.method, call.timeout, now, inbound_deadline()
+        )
+        left = call.deadline - now
+        if left < self.config.minimum:
+            raise rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"{call.method}: {left * 1000:.1f} ms left of the deadline, below the "
+                f"{self.config.minimum * 1000:.1f} ms minimum: not sent",
+            )
+        if call.kind.response_streaming:
+            return await next(call)  # the stream's own timeout bounds it
+        try:
+            async with asyncio.timeout(left):
+                return await next(call)
+        except TimeoutError:
+            raise rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"{call.method}: deadline of {left * 1000:.0f} ms exceeded",
+            ) from None
+
+
+class RetryLayer:
+    """Retries (gRFC A6 retryPolicy) and hedging (hedgingPolicy) where safe, within the
+    deadline and the channel's retry budget."""
+
+    def __init__(
+        self,
+        policy_for: Callable[[str], RetryPolicy],
+        budget: RetryBudget,
+        *,
+        rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy_for = policy_for
+        self.budget = budget
+        self.rand = rand
+        self.sleep = sleep
+        self.clock = clock
+        #: Retries and hedges sent, and retries refused by the budget (metrics read these).
+        self.retries = 0
+        self.budget_refusals = 0
+
+    async def __call__(self, call: CallInfo, next: Handler) -> Any:
+        self.budget.record_request()
+        if call.kind is not call.kind.UNARY_UNARY:
+            return await self._once_unless_unsent(call, next)
+        policy = self.policy_for(call.method)
+        if policy.hedging_delay is not None and can_hedge(policy, call.idempotency):
+            return await self._hedge(call, next, policy)
+        while True:
+            try:
+                return await next(call)
+            except grpc.aio.AioRpcError as exc:
+                delay = self._retry_delay(call, exc, policy)
+                if delay is None:
+                    raise
+            await self.sleep(delay)
+            call.attempt += 1
+            self.retries += 1
+
+    async def _once_unless_unsent(self, call: CallInfo, next: Handler) -> Any:
+        """Streaming calls cannot replay their messages: retried only when never sent."""
+        try:
+            return await next(call)
+        except grpc.aio.AioRpcError:
+            if call.sent or not self.budget.try_withdraw():
+                raise
+        call.attempt += 1
+        self.retries += 1
+        return await next(call)
+
+    def _retry_delay(
+        self, call: CallInfo, error: grpc.aio.AioRpcError, policy: RetryPolicy
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up with `error`."""
+        pushback = parse_pushback(_trailer(call.trailers, "grpc-retry-pushback-ms"))
+        if pushback == "stop":
+            return None
+        decision = should_retry(
+            code=error.code(),
+            attempt=call.attempt + 1,
+            policy=policy,
+            idempotency=call.idempotency,
+            reached_server=call.sent,
+            pushback_ms=pushback,
+        )
+        if not decision.retry:
+            return None
+        delay = retry_delay(policy, call.attempt + 1, self.rand(), pushback)
+        left = remaining(call, self.clock())
+        if left is not None and delay >= left:
+            return None  # the next attempt could not finish in time
+        if not self.budget.try_withdraw():
+            self.budget_refusals += 1
+            log.debug("retry budget exhausted: %s not retried", call.method)
+            return None
+        return delay
+
+    async def _hedge(self, call: CallInfo, next: Handler, policy: RetryPolicy) -> Any:
+        """Send the call, and another copy each hedging delay until one answers; the first
+        good answer wins and the rest are cancelled. A fatal code ends the call at once."""
+        assert policy.hedging_delay is not None
+        attempts: list[asyncio.Task[Any]] = []
+        last_error: grpc.aio.AioRpcError | None = None
+
+        def launch() -> None:
+            copy = CallInfo(**{**call.__dict__, "attempt": len(attempts), "tried": call.tried})
+            attempts.append(asyncio.ensure_future(next(copy)))
+
+        launch()
+        pending: set[asyncio.Task[Any]] = set(attempts)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending, timeout=policy.hedging_delay, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        return task.result()
+                    if not isinstance(error, grpc.aio.AioRpcError):
+                        raise error
+                    last_error = error
+                    if error.code() not in policy.non_fatal_codes:
+                        raise error
+                if len(attempts) < policy.max_attempts and self.budget.try_withdraw():
+                    self.retries += 1
+                    launch()
+                    pending.add(attempts[-1])
+        finally:
+            for task in attempts:
+                if not task.done():
+                    task.cancel()
+            for task in attempts:
+                with contextlib.suppress(BaseException):
+                    await task
+        assert last_error is not None
+        raise last_error
+
+
+def _trailer(metadata: Sequence[tuple[str, Any]], key: str) -> str | None:
+    for name, value in metadata:
+        if name == key:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+class PickLayer:
+    """Chooses the instance for each attempt and accounts for its outcome."""
+
+    def __init__(
+        self,
+        pool_for: Callable[[str], Awaitable[Any]],
+        *,
+        no_instance_wait: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool_for = pool_for
+        self.no_instance_wait = no_instance_wait
+        self.clock = clock
+
+    async def __call__(self, call: CallInfo, next: Handler) -> Any:
+        pool = await self.pool_for(call.service)
+        endpoint = pool.pick(call.tried)
+        if endpoint is None and not pool.endpoints:
+            # None registered yet: wait a little (bounded) for one to appear.
+            left = remaining(call, self.clock())
+            wait = self.no_instance_wait if left is None else min(self.no_instance_wait, left)
+            if wait > 0 and await pool.wait_changed(wait):
+                endpoint = pool.pick(call.tried)
+        if endpoint is None:
+            call.sent = False
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, pool.why_unavailable())
+        call.endpoint = endpoint
+        call.tried.add(endpoint.key)
+        endpoint.outstanding += 1
+        started = self.clock()
+        try:
+            response = await next(call)
+        except grpc.aio.AioRpcError as exc:
+            self._failed(pool, endpoint, exc, started)
+            raise
+        except asyncio.CancelledError:
+            pool.detector.on_success(endpoint.key, self.clock())  # the caller gave up, not it
+            raise
+        finally:
+            endpoint.outstanding -= 1
+        now = self.clock()
+        endpoint.ewma.observe(now - started)
+        endpoint.observed = True
+        pool.detector.on_success(endpoint.key, now)
+        return response
+
+    def _failed(
+        self, pool: Any, endpoint: Any, error: grpc.aio.AioRpcError, started: float
+    ) -> None:
+        now = self.clock()
+        code = error.code()
+        endpoint.observed = True
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            endpoint.ewma.penalize()
+        else:
+            endpoint.ewma.observe(now - started)
+        if code in _INSTANCE_FAILURES:
+            pool.detector.on_failure(endpoint.key, now, connection=never_sent(error))
+        else:
+            pool.detector.on_success(endpoint.key, now)

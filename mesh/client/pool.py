@@ -1,0 +1,127 @@
+"""The live endpoints of one gRPC service, kept current from the registry watch, and the
+choice of which one takes the next call (outlier detection, health, P2C over peak EWMA)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from mesh.client.balance import pick_p2c
+from mesh.client.endpoint import ChannelFactory, Endpoint
+from mesh.policy.outlier import OutlierConfig, OutlierDetector
+from mesh.registry.watch import Change, ChangeKind
+
+__all__ = ["ServicePool"]
+
+log = logging.getLogger(__name__)
+
+
+class ServicePool:
+    def __init__(
+        self,
+        service: str,
+        make_channel: ChannelFactory,
+        *,
+        outlier: OutlierConfig,
+        clock: Callable[[], float],
+        rand: Callable[[], float],
+        watch_health: bool = True,
+    ) -> None:
+        self.service = service
+        self.endpoints: dict[str, Endpoint] = {}
+        self.detector = OutlierDetector(outlier)
+        self._make_channel = make_channel
+        self._clock = clock
+        self._rand = rand
+        self._watch_health = watch_health
+        self._changed = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- membership, from the registry watch ----------------------------------------------
+
+    def apply(self, change: Change) -> None:
+        instance = change.instance
+        key = instance.instance_id
+        old = self.endpoints.get(key)
+        if old is not None and (change.kind is ChangeKind.REMOVED or old.instance != instance):
+            del self.endpoints[key]
+            self.detector.remove(key)
+            self._close_later(old)
+        if change.kind is not ChangeKind.REMOVED and key not in self.endpoints:
+            endpoint = Endpoint(
+                instance, self._make_channel, self._clock, watch_health=self._watch_health
+            )
+            self.endpoints[key] = endpoint
+            self.detector.add(key)
+        self._changed.set()
+
+    def _close_later(self, endpoint: Endpoint) -> None:
+        task = asyncio.create_task(endpoint.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints.values():
+            await endpoint.close()
+        self.endpoints.clear()
+        for task in list(self._closing):
+            await task
+
+    # -- choosing ------------------------------------------------------------------------
+
+    def pick(self, tried: set[str]) -> Endpoint | None:
+        """The endpoint for the next attempt, or None when no instance can take it.
+
+        A retry goes to an instance this call has not tried, when there is one. A fresh
+        instance (no completed call yet) gets the next call as a warm-up, so a new replica
+        takes traffic at once instead of waiting for its seeded estimate to decay.
+        """
+        now = self._clock()
+        ready = [e for e in self.endpoints.values() if e.serving]
+        untried = [e for e in ready if e.key not in tried]
+        # `eligible` compares without claiming an ejected instance's single probe call;
+        # `available` then claims it for the one chosen.
+        usable = [e for e in untried if self.detector.eligible(e.key, now)] or [
+            e for e in ready if self.detector.eligible(e.key, now)
+        ]
+        while usable:
+            chosen = self._choose(usable)
+            if self.detector.available(chosen.key, now):
+                return chosen
+            usable.remove(chosen)
+        return None
+
+    def _choose(self, usable: list[Endpoint]) -> Endpoint:
+        warming = [e for e in usable if not e.observed and e.outstanding == 0]
+        if warming:
+            return warming[0]
+        return pick_p2c(
+            usable,
+            cost=lambda e: e.ewma.cost(e.outstanding),
+            weight=lambda e: float(e.instance.weight),
+            rand=self._rand,
+        )
+
+    def why_unavailable(self) -> str:
+        """`no ready instance of X: 2 ejected, 1 draining` (what an UNAVAILABLE says)."""
+        if not self.endpoints:
+            return f"no instance of {self.service} is registered"
+        now = self._clock()
+        draining = sum(not e.serving for e in self.endpoints.values())
+        ejected = sum(
+            e.serving and not self.detector.eligible(e.key, now) for e in self.endpoints.values()
+        )
+        parts = [f"{ejected} ejected" * bool(ejected), f"{draining} draining" * bool(draining)]
+        detail = ", ".join(p for p in parts if p) or "all busy"
+        return f"no ready instance of {self.service}: {detail}"
+
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait (bounded) for the membership to change; True if it did."""
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
