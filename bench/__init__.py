@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: Modules run by `python -m bench`, in this order; later benchmarks append theirs.
-BENCHMARKS: tuple[str, ...] = ("bench.registry",)
+BENCHMARKS: tuple[str, ...] = ("bench.registry", "bench.mesh_vs_bare")
 
 Figures: TypeAlias = dict[str, float | int | str]
 

@@ -3,7 +3,7 @@
 Environment is read here, at the edge: MESH_ETCD, MESH_TLS_DIR, MESH_NAMESPACE. Flags win.
 
     def main() -> None:
-        run_service("notify", lambda args: [NotifyService(Store(args.db))],
+        run_service("notify", lambda runtime: [NotifyService(Store(runtime.args.db))],
                     add_arguments=lambda p: p.add_argument("--db", default="notify.db"))
 """
 
@@ -13,18 +13,30 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
+from prometheus_client import CollectorRegistry
+
+from mesh.authz import AuthzInterceptor, PolicySource
 from mesh.client import ClientConfig, MeshChannel
 from mesh.server import HostConfig, ServiceHost
+from mesh.telemetry import (
+    ClientMetrics,
+    ServerMetrics,
+    ServerMetricsInterceptor,
+    serve_metrics,
+    setup_tracing,
+    tracing_server_interceptors,
+)
 from mesh.tls import TlsFiles
 
-__all__ = ["host_config", "parse_args", "run_service"]
+__all__ = ["Runtime", "host_config", "parse_args", "run_service"]
 
 log = logging.getLogger(__name__)
 
-MakeServicers = Callable[[argparse.Namespace], Sequence[object]]
+MakeServicers = Callable[["Runtime"], Sequence[object]]
 
 
 def parse_args(
@@ -59,59 +71,93 @@ def parse_args(
         default=env.get("MESH_TRACING", "off"),
         help="OpenTelemetry tracing exporter (env MESH_TRACING)",
     )
+    parser.add_argument(
+        "--policy",
+        default=env.get("MESH_POLICY", ""),
+        help="authorization policy (TOML, docs/authz.md), reloaded on change (env MESH_POLICY)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env.get("MESH_METRICS_PORT", "0")),
+        help="Prometheus metrics port (0 picks a free one; see `mesh ls` metadata)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     if add_arguments is not None:
         add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def host_config(args: argparse.Namespace) -> HostConfig:
-    files = (
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    return (
         None if args.insecure else TlsFiles(Path(args.tls_dir), args.cert_name or args.deployment)
     )
+
+
+def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None) -> HostConfig:
     return HostConfig(
         deployment=args.deployment,
         version=args.version,
         host=args.host,
         port=args.port,
-        tls=files,
+        tls=_tls_files(args),
         etcd=tuple(e for e in args.etcd.split(",") if e),
         namespace=args.namespace,
         lease_ttl=args.ttl,
         grace=args.grace,
         zone=args.zone,
         weight=args.weight,
+        metadata=metadata or {},
     )
 
 
-def mesh_channel_opener(args: argparse.Namespace) -> Callable[[], Awaitable[MeshChannel]]:
-    """A function that opens this service's MeshChannel on first use (inside the event loop)
-    and returns the same channel after; for servicers that call other services."""
-    opened: list[MeshChannel] = []
-    lock = asyncio.Lock()
+class Runtime:
+    """What a service's servicers get from the edge: its flags, its metrics registry, and
+    its mesh channel for calling other services (opened on first use, inside the loop)."""
 
-    async def open_channel() -> MeshChannel:
-        async with lock:
-            if not opened:
-                files = (
-                    None
-                    if args.insecure
-                    else TlsFiles(Path(args.tls_dir), args.cert_name or args.deployment)
-                )
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.registry = CollectorRegistry()
+        self.metrics_port = serve_metrics(self.registry, args.metrics_port)
+        self.tracing = setup_tracing(args.tracing, args.deployment)
+        self._channel: MeshChannel | None = None
+        self._client_metrics: ClientMetrics | None = None
+        self._lock = asyncio.Lock()
+
+    async def channel(self) -> MeshChannel:
+        async with self._lock:
+            if self._channel is None:
                 config = ClientConfig(
-                    etcd=tuple(e for e in args.etcd.split(",") if e),
-                    namespace=args.namespace,
-                    tls=files,
-                    tracing=args.tracing != "off",
+                    etcd=tuple(e for e in self.args.etcd.split(",") if e),
+                    namespace=self.args.namespace,
+                    tls=_tls_files(self.args),
+                    tracing=self.tracing,
                 )
-                opened.append(await MeshChannel.connect(config))
-        return opened[0]
+                self._client_metrics = ClientMetrics(self.registry)
+                self._channel = await MeshChannel.connect(config, metrics=self._client_metrics)
+        return self._channel
 
-    return open_channel
+    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ServerMetricsInterceptor(ServerMetrics(self.registry))
+        ]
+        if self.tracing:
+            interceptors.extend(tracing_server_interceptors())
+        if self.args.policy:
+            interceptors.append(AuthzInterceptor(PolicySource(Path(self.args.policy))))
+        return interceptors
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
 
 
-async def _serve(config: HostConfig, servicers: Sequence[object]) -> None:
-    host = ServiceHost(config)
+async def _serve(runtime: Runtime, servicers: Sequence[object]) -> None:
+    # The metrics address rides in the registry entry, so operators find every endpoint.
+    metadata = {"metrics": f"{runtime.args.host}:{runtime.metrics_port}"}
+    host = ServiceHost(
+        host_config(runtime.args, metadata), interceptors=runtime.server_interceptors()
+    )
     for servicer in servicers:
         host.add_servicer(servicer)
     await host.start()
@@ -119,6 +165,7 @@ async def _serve(config: HostConfig, servicers: Sequence[object]) -> None:
         await host.wait_for_signal()
     finally:
         await host.stop()
+        await runtime.close()
 
 
 def run_service(
@@ -133,4 +180,5 @@ def run_service(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=f"%(asctime)s %(levelname)s {args.deployment} %(name)s: %(message)s",
     )
-    asyncio.run(_serve(host_config(args), make_servicers(args)))
+    runtime = Runtime(args)
+    asyncio.run(_serve(runtime, make_servicers(runtime)))

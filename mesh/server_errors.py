@@ -7,7 +7,6 @@ leak to callers. One adapter covers grpc.aio's four handler shapes.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import grpc
 
 from mesh.errors import MeshError
+from mesh.server_wrap import Behaviour, Kind, map_behaviour
 
 __all__ = ["ErrorInterceptor"]
 
@@ -65,19 +65,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None:
-            return handler
         method = details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(method, handler.stream_unary))
-        if handler.unary_stream and _is_async_gen(handler.unary_stream):
-            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
-        if handler.stream_stream and _is_async_gen(handler.stream_stream):
-            return handler._replace(stream_stream=_wrap_stream(method, handler.stream_stream))
-        return handler  # streaming handlers written with context.write() keep their errors
 
+        def wrap(behaviour: Behaviour) -> Callable[..., Any]:
+            if behaviour.kind is Kind.SYNC:
+                return behaviour.function  # runs in a thread pool: an async wrapper breaks it
+            if not behaviour.response_streaming:
+                return _wrap_unary(method, behaviour.function)
+            if behaviour.kind is Kind.ASYNC_GENERATOR:
+                return _wrap_stream(method, behaviour.function)
+            return behaviour.function  # streams written with context.write() keep their errors
 
-def _is_async_gen(function: Callable[..., Any]) -> bool:
-    return inspect.isasyncgenfunction(function)
+        return handler and map_behaviour(handler, wrap)

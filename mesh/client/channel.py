@@ -24,8 +24,10 @@ from mesh.client.config import ClientConfig
 from mesh.client.middleware import (
     DeadlineLayer,
     Handler,
+    Layer,
     PickLayer,
     RetryLayer,
+    TelemetryLayer,
     build_chain,
     transport,
 )
@@ -35,6 +37,7 @@ from mesh.policy.retry import idempotency_of
 from mesh.registry.etcd import Etcd
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind, Discovery
+from mesh.telemetry import ChannelCollector, ClientMetrics
 
 __all__ = ["MeshChannel"]
 
@@ -50,7 +53,14 @@ class MeshChannel:
     >>> await channel.close()
     """
 
-    def __init__(self, etcd: Etcd, config: ClientConfig, *, owns_etcd: bool = False) -> None:
+    def __init__(
+        self,
+        etcd: Etcd,
+        config: ClientConfig,
+        *,
+        owns_etcd: bool = False,
+        metrics: ClientMetrics | None = None,
+    ) -> None:
         self.config = config
         self.etcd = etcd
         self._owns_etcd = owns_etcd
@@ -66,22 +76,32 @@ class MeshChannel:
             min_per_second=config.budget_min_per_second,
         )
         self.retry_layer = RetryLayer(config.retry_for, self.budget, rand=self._rand.random)
-        layers = {
+        layers: dict[str, Layer | None] = {
+            "telemetry": TelemetryLayer(metrics) if metrics is not None else None,
             "deadline": DeadlineLayer(config.deadlines),
             "retry": self.retry_layer,
             "pick": PickLayer(self.pool, no_instance_wait=config.no_instance_wait),
         }
-        self._chain: Handler = build_chain([layers[name] for name in config.layers], transport)
+        chosen = [layers[name] for name in config.layers]
+        self._chain: Handler = build_chain([x for x in chosen if x is not None], transport)
+        if metrics is not None:
+            metrics.registry.register(ChannelCollector(self))
         self._credentials: grpc.ChannelCredentials | None = None
         self._cert_stamp = self._stamp()
         self._rotation_task: asyncio.Task[None] | None = None
         self._interceptors = _tracing_interceptors() if config.tracing else []
 
+    @property
+    def pools(self) -> dict[str, ServicePool]:
+        return self._pools
+
     @classmethod
-    async def connect(cls, config: ClientConfig) -> MeshChannel:
+    async def connect(
+        cls, config: ClientConfig, *, metrics: ClientMetrics | None = None
+    ) -> MeshChannel:
         etcd = Etcd(config.etcd)
         await etcd.connect()
-        channel = cls(etcd, config, owns_etcd=True)
+        channel = cls(etcd, config, owns_etcd=True, metrics=metrics)
         channel.start()
         return channel
 

@@ -12,10 +12,11 @@ from mesh.tls import TlsFiles
 
 __all__ = ["LAYERS", "ClientConfig"]
 
-#: The middleware layers, outermost first (the documented default order). The deadline wraps
-#: retry so every attempt shares one time budget; retry wraps pick so each attempt may go to
-#: another instance; pick does the per-instance accounting (breaker, EWMA) around the call.
-LAYERS = ("deadline", "retry", "pick")
+#: The middleware layers, outermost first (the documented default order). Telemetry sees the
+#: call as its caller does (all attempts, final status); the deadline wraps retry so every
+#: attempt shares one time budget; retry wraps pick so each attempt may go to another
+#: instance; pick does the per-instance accounting (breaker, EWMA) around the call.
+LAYERS = ("telemetry", "deadline", "retry", "pick")
 
 
 @dataclass(frozen=True)

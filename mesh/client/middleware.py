@@ -122,6 +122,32 @@ async def transport(call: CallInfo) -> Any:
     return response
 
 
+class TelemetryLayer:
+    """Counts each call once, as its caller sees it: final status, total latency, in flight."""
+
+    def __init__(self, metrics: Any) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, call: CallInfo, next: Handler) -> Any:
+        m = self.metrics
+        method = call.method.rsplit("/", 1)[-1]
+        started = time.perf_counter()
+        code = "OK"
+        m.in_flight.labels(call.service).inc()
+        try:
+            return await next(call)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            m.in_flight.labels(call.service).dec()
+            m.requests.labels(call.service, method, code).inc()
+            m.latency.labels(call.service, method).observe(time.perf_counter() - started)
+
+
 class DeadlineLayer:
     def __init__(self, config: DeadlineConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config

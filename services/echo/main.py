@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-
 from hms.testing.v1 import echo_pb2_grpc
-from mesh.runner import mesh_channel_opener, run_service
+from mesh.runner import Runtime, run_service
 from services.echo.service import EchoService
 
 
-def _servicers(args: argparse.Namespace) -> list[object]:
-    open_channel = mesh_channel_opener(args)
-
+def _servicers(runtime: Runtime) -> list[object]:
     async def forward() -> echo_pb2_grpc.EchoServiceStub:
-        return echo_pb2_grpc.EchoServiceStub(await open_channel())
+        return echo_pb2_grpc.EchoServiceStub(await runtime.channel())
 
-    return [EchoService(args.deployment, forward=forward)]
+    return [EchoService(runtime.args.deployment, forward=forward)]
 
 
 def main() -> None:

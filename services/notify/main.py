@@ -5,16 +5,15 @@ Notifications are kept in `<data-dir>/notify.sqlite3`.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from mesh.runner import run_service
+from mesh.runner import Runtime, run_service
 from services.notify.service import NotifyService
 from services.notify.store import NotificationStore
 
 
-def _servicers(args: argparse.Namespace) -> list[object]:
-    data_dir = Path(args.data_dir)
+def _servicers(runtime: Runtime) -> list[object]:
+    data_dir = Path(runtime.args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     return [NotifyService(NotificationStore(data_dir / "notify.sqlite3"))]
 

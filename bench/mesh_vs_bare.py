@@ -1,0 +1,320 @@
+"""What the mesh channel costs a caller: unary echo over mTLS, bare grpc.aio against the mesh.
+
+Three modes, each measured by its own client process (`bench.loadgen`) at concurrency 1, 16
+and 64 (callers each awaiting one call at a time):
+
+- bare:  a grpc.aio mTLS channel straight to echo-1 (`mesh.tls.instance_channel`);
+- mesh1: a MeshChannel in namespace `bench1`, where echo-1 is the only instance;
+- mesh3: a MeshChannel in namespace `bench3`, where echo-1, echo-2 and echo-3 are registered.
+
+Three echo processes (real etcd, mTLS, each registered by its own ServiceHost in `bench3`);
+the driver writes echo-1's registration once more under `bench1` (a registry key may point at
+any server), so bare and mesh1 load the very same server process. mesh3 runs three servers and
+the client on 2 cores: it shows the balancing works, not that three instances are faster.
+
+The modes run interleaved (bare, mesh1, mesh3 at c=1, `rounds` times with the order reversed
+every other time; then c=16; then c=64) so that drift on a noisy machine falls on all three.
+Per-mode figures are medians over the rounds; ratios are medians of the ratios paired within
+each round.
+
+`python -m bench.mesh_vs_bare --serve` starts the same stack and prints the loadgen command
+lines, for profiling one client by hand (`py-spy record -- <command>`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import BenchmarkFailed, Figures
+from mesh import certs
+from mesh.devstack import DevStack, ServiceProcess
+from mesh.registry import keys
+from mesh.registry.etcd import Etcd
+from mesh.registry.registration import Registration
+from mesh.registry.watch import Discovery
+
+NAME = "mesh_vs_bare"
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = "hms.testing.v1.EchoService"
+ONE, THREE = "bench1", "bench3"  # registry namespaces with one and with three instances
+ECHOES = ("echo-1", "echo-2", "echo-3")
+MODES = ("bare", "mesh1", "mesh3")
+CALLER = "ops"  # the client's certificate name
+STARTUP_TIMEOUT = 60.0
+# A loadgen process needs ~1 s to import grpc and protobuf, plus its warm-up and window.
+LOADGEN_SLACK = 30.0
+#: The issue's bar, at the highest concurrency: mesh1 / bare.
+TARGET_THROUGHPUT_RATIO = 0.85
+TARGET_P99_RATIO = 1.2
+
+
+@dataclass(frozen=True)
+class Plan:
+    concurrencies: tuple[int, ...]
+    rounds: int  # how many times the trio runs at each concurrency
+    warmup: float
+    duration: float
+
+
+FULL = Plan(concurrencies=(1, 16, 64), rounds=3, warmup=0.5, duration=3.0)
+QUICK = Plan(concurrencies=(1, 16, 64), rounds=1, warmup=0.3, duration=1.0)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the loadgen finds the servers."""
+
+    etcd: str
+    tls_dir: Path
+    address: str  # echo-1's, for the bare channel
+    identity: str
+
+    def loadgen_args(self, mode: str, concurrency: int, plan: Plan) -> list[str]:
+        if mode == "bare":
+            target = ["--mode=bare", f"--address={self.address}", f"--identity={self.identity}"]
+        else:
+            namespace = ONE if mode == "mesh1" else THREE
+            target = ["--mode=mesh", f"--etcd={self.etcd}", f"--namespace={namespace}"]
+        return [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            *target,
+            f"--tls-dir={self.tls_dir}",
+            f"--cert-name={CALLER}",
+            f"--concurrency={concurrency}",
+            f"--warmup={plan.warmup}",
+            f"--duration={plan.duration}",
+        ]
+
+
+def _echo(endpoint: str, deployment: str, work_dir: Path, tls_dir: Path) -> ServiceProcess:
+    return ServiceProcess(
+        "echo",
+        [
+            f"--etcd={endpoint}",
+            f"--namespace={THREE}",
+            f"--tls-dir={tls_dir}",
+            "--cert-name=echo",
+            f"--deployment={deployment}",
+            f"--data-dir={work_dir / deployment}",
+            "--tracing=off",
+        ],
+        log_path=work_dir / f"{deployment}.log",
+    )
+
+
+async def _wait_registered(discovery: Discovery, fleet: Sequence[ServiceProcess]) -> dict[str, Any]:
+    """echo-N -> its Instance, once all are in the registry; fails on a process exit."""
+
+    def all_seen(instances: list[keys.Instance]) -> bool:
+        if any(not echo.running for echo in fleet):
+            return True
+        return {i.deployment for i in instances} >= set(ECHOES)
+
+    async def poll_exits() -> None:
+        # A dead process changes nothing in the registry, and a Popen's exit is no event.
+        while all(echo.running for echo in fleet):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.ensure_future(discovery.wait_for(all_seen, STARTUP_TIMEOUT))
+    exits = asyncio.ensure_future(poll_exits())
+    try:
+        await asyncio.wait([watcher, exits], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watcher, exits):
+            task.cancel()
+        await asyncio.gather(watcher, exits, return_exceptions=True)
+    for echo in fleet:
+        if not echo.running:
+            raise BenchmarkFailed(f"{NAME}: an echo server exited:\n{echo.log_tail()}")
+    if watcher.cancelled() or watcher.exception() is not None:
+        raise BenchmarkFailed(
+            f"{NAME}: echo servers not registered within {STARTUP_TIMEOUT} s:\n"
+            f"{fleet[0].log_tail()}"
+        )
+    return {i.deployment: i for i in discovery.instances() if i.deployment in ECHOES}
+
+
+@asynccontextmanager
+async def stack(work_dir: Path) -> AsyncIterator[Stack]:
+    """etcd, three echo servers in `bench3`, and echo-1 registered again in `bench1`."""
+    tls_dir = work_dir / "tls"
+    await asyncio.to_thread(certs.ensure, tls_dir, ["echo", CALLER])
+    dev = DevStack(work_dir, nats=False)
+    await asyncio.to_thread(dev.start)
+    fleet = [_echo(dev.etcd.endpoint, name, work_dir, tls_dir) for name in ECHOES]
+    etcd = Etcd([dev.etcd.endpoint])
+    discovery = Discovery(etcd, THREE, SERVICE)
+    registration: Registration | None = None
+    try:
+        for echo in fleet:
+            echo.start()
+        await etcd.connect()
+        await discovery.start(timeout=STARTUP_TIMEOUT)
+        first = (await _wait_registered(discovery, fleet))[ECHOES[0]]
+        registration = Registration(etcd, ONE, [first], ttl=10)
+        registration.start()
+        await registration.wait_registered(timeout=STARTUP_TIMEOUT)
+        yield Stack(dev.etcd.endpoint, tls_dir, first.address, first.identity)
+    finally:
+        if registration is not None:
+            await registration.stop()
+        await discovery.stop()
+        await etcd.close()
+        await asyncio.gather(*(asyncio.to_thread(echo.stop) for echo in fleet))
+        await asyncio.to_thread(dev.stop)
+
+
+async def loadgen(where: Stack, mode: str, concurrency: int, plan: Plan) -> dict[str, Any]:
+    """One measurement by one client process: the JSON it printed."""
+    command = where.loadgen_args(mode, concurrency, plan)
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(plan.warmup + plan.duration + LOADGEN_SLACK):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise BenchmarkFailed(f"{NAME}: loadgen {mode} c={concurrency} hung") from None
+    if proc.returncode != 0:
+        raise BenchmarkFailed(
+            f"{NAME}: loadgen {mode} c={concurrency} exited with {proc.returncode}:\n"
+            f"{err.decode(errors='replace')[-2000:]}"
+        )
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    failed = sum(result["errors"].values())
+    if result["calls"] == 0 or failed > 0.01 * result["calls"]:
+        raise BenchmarkFailed(
+            f"{NAME}: {mode} c={concurrency}: {result['calls']} calls, errors {result['errors']}"
+        )
+    print(
+        f"bench: {NAME} {mode:5} c={concurrency:<3} {result['calls_per_s']:7.0f} calls/s  "
+        f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+        f"cpu {result['cpu_per_call_ms'] * 1000:4.0f} µs/call",
+        file=sys.stderr,
+    )
+    return result
+
+
+Round = dict[str, dict[str, Any]]  # mode -> loadgen result
+
+
+async def measure(where: Stack, plan: Plan) -> dict[int, list[Round]]:
+    """concurrency -> one Round per trio, run interleaved."""
+    rounds: dict[int, list[Round]] = {}
+    for concurrency in plan.concurrencies:
+        for index in range(plan.rounds):
+            # Alternate the order, so no mode always runs first after a pause or last.
+            order = MODES if index % 2 == 0 else MODES[::-1]
+            trio = {mode: await loadgen(where, mode, concurrency, plan) for mode in order}
+            rounds.setdefault(concurrency, []).append(trio)
+    return rounds
+
+
+def figures_of(rounds: dict[int, list[Round]]) -> Figures:
+    """Flat figures: per mode and concurrency, then the paired ratios against bare."""
+    figures: Figures = {}
+    # loadgen's name -> the figure's (the CPU is the client process's).
+    names = {"calls_per_s": "calls_per_s", "p50_ms": "p50_ms", "p99_ms": "p99_ms",
+             "cpu_per_call_ms": "client_cpu_per_call_ms"}  # fmt: skip
+    for concurrency, trios in rounds.items():
+        for mode in MODES:
+            for source, name in names.items():
+                value = statistics.median(trio[mode][source] for trio in trios)
+                figures[f"{mode}_c{concurrency}_{name}"] = round(value, 3)
+    for concurrency, trios in rounds.items():
+        for mode, prefix in (("mesh1", ""), ("mesh3", "mesh3_")):
+            for source, name in (("calls_per_s", "throughput"), ("p50_ms", "p50"),
+                                 ("p99_ms", "p99")):  # fmt: skip
+                ratio = statistics.median(
+                    trio[mode][source] / trio["bare"][source] for trio in trios
+                )
+                figures[f"{prefix}{name}_ratio_c{concurrency}"] = round(ratio, 3)
+    top = max(rounds)
+    figures["rounds"] = len(rounds[top])
+    met = (
+        figures[f"throughput_ratio_c{top}"] >= TARGET_THROUGHPUT_RATIO  # type: ignore[operator]
+        and figures[f"p99_ratio_c{top}"] <= TARGET_P99_RATIO  # type: ignore[operator]
+    )
+    figures[f"target_c{top}"] = "met" if met else "missed"
+    return figures
+
+
+def table(figures: Figures, concurrencies: Sequence[int]) -> str:
+    """The figures as a mode x concurrency table with the ratios, for the terminal."""
+    lines = [f"{'':10}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu µs':>8}   vs bare"]
+    for c in concurrencies:
+        for mode in MODES:
+            row = [figures[f"{mode}_c{c}_{m}"] for m in ("calls_per_s", "p50_ms", "p99_ms")]
+            cpu = float(figures[f"{mode}_c{c}_client_cpu_per_call_ms"]) * 1000
+            line = f"{mode} c{c}".ljust(10)
+            line += f"{row[0]:>9.0f}{row[1]:>9.2f}{row[2]:>9.2f}{cpu:>8.0f}"
+            if mode != "bare":
+                p = "" if mode == "mesh1" else "mesh3_"
+                rps, p50, p99 = (
+                    figures[f"{p}{m}_ratio_c{c}"] for m in ("throughput", "p50", "p99")
+                )
+                line += f"   x{rps:.3f} calls/s, x{p50:.2f} p50, x{p99:.2f} p99"
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+async def run(quick: bool) -> Figures:
+    plan = QUICK if quick else FULL
+    with tempfile.TemporaryDirectory(prefix="bench-mesh-vs-bare-") as tmp:
+        async with stack(Path(tmp)) as where:
+            rounds = await measure(where, plan)
+    figures = figures_of(rounds)
+    print(table(figures, plan.concurrencies), end="", file=sys.stderr)
+    return figures
+
+
+async def serve(work_dir: Path, plan: Plan) -> None:
+    """Start the stack, print each mode's loadgen command line, wait for Ctrl-C."""
+    async with stack(work_dir) as where:
+        top = max(plan.concurrencies)
+        for mode in MODES:
+            print(" ".join(where.loadgen_args(mode, top, plan)), flush=True)
+        print("serving; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
+        # A handler of our own: a shell's background job starts with SIGINT ignored.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.mesh_vs_bare")
+    parser.add_argument("--serve", action="store_true", help="start the stack for profiling")
+    parser.add_argument("--duration", type=float, default=FULL.duration)
+    args = parser.parse_args(argv)
+    if not args.serve:
+        parser.error("run the benchmark with `python -m bench --only mesh_vs_bare`")
+    plan = Plan(FULL.concurrencies, 1, FULL.warmup, args.duration)
+    with tempfile.TemporaryDirectory(prefix="bench-mesh-vs-bare-") as tmp:
+        asyncio.run(serve(Path(tmp), plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Server-side enforcement of an authorization policy (see `mesh.authz.policy`).
+
+`AuthzInterceptor` decides every call from the caller's SPIFFE ID, taken from its mTLS
+certificate, and the method. A denied call ends with PERMISSION_DENIED naming the caller, the
+method and the rule; in audit mode it is logged and let through. `PolicySource` follows the
+policy file on disk: an edit takes effect without a restart, and an edit that does not parse
+keeps the previous policy (never fails open) and logs why.
+
+    interceptor = AuthzInterceptor(PolicySource(Path("/etc/hms/authz.toml")))
+    host = ServiceHost(config, interceptors=[interceptor])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from mesh.authz.policy import Decision, Mode, Policy, PolicyError, is_always_allowed, load_policy
+from mesh.server_wrap import Behaviour, Kind, map_behaviour
+
+__all__ = ["AuthzInterceptor", "PolicySource", "caller_identity", "denial_message"]
+
+log = logging.getLogger(__name__)
+
+# What identifies one version of a file: a rename gives a new inode even within one mtime tick.
+_Stamp = tuple[int, int, int]
+
+
+def caller_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The caller's SPIFFE ID from a grpc.aio ``context.auth_context()``, or None.
+
+    grpcio sets ``peer_spiffe_id`` only when the peer certificate carries exactly one URI SAN
+    and it is a valid SPIFFE ID; ``peer_uri`` lists every URI SAN. Both must agree on one ID:
+    a certificate that could be read as two identities is no identity. Plaintext peers have
+    neither key.
+
+    >>> caller_identity({"peer_spiffe_id": [b"spiffe://hms.local/svc/a"],
+    ...                  "peer_uri": [b"spiffe://hms.local/svc/a"]})
+    'spiffe://hms.local/svc/a'
+    >>> caller_identity({"transport_security_type": [b"insecure"]}) is None
+    True
+    """
+    spiffe_ids = list(auth_context.get("peer_spiffe_id") or ())
+    uris = list(auth_context.get("peer_uri") or ())
+    if len(spiffe_ids) != 1 or len(uris) > 1 or (uris and uris[0] != spiffe_ids[0]):
+        return None
+    value = spiffe_ids[0]
+    try:
+        identity = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        return None
+    return identity if identity.startswith("spiffe://") else None
+
+
+def denial_message(caller: str | None, method: str, decision: Decision) -> str:
+    """What a denied caller is told (and what the log says).
+
+    >>> denial_message(None, "/a.B/C", Decision(False, None, "no allow rule matches"))
+    'an unauthenticated caller may not call /a.B/C (no allow rule matches)'
+    """
+    who = caller if caller is not None else "an unauthenticated caller"
+    return f"{who} may not call {method} ({decision.reason})"
+
+
+class PolicySource:
+    """The policy in a file, re-read when the file changes (mtime, size or inode).
+
+    The file is looked at most once per `check_interval` seconds (0: on every call), on the
+    `clock` passed in. The first load happens here and raises (PolicyError, OSError), so a
+    service does not start with a broken policy; later failures keep the last good policy
+    and are logged once per problem.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        check_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not check_interval >= 0:
+            raise ValueError(f"check_interval must be >= 0 s, got {check_interval}")
+        self.path = Path(path)
+        self.check_interval = check_interval
+        self.reloads = 0
+        self._clock = clock
+        self._lock = threading.Lock()  # sync handlers decide in grpc.aio's thread pool
+        self._stamp: _Stamp | None = self._stat()
+        self._policy = load_policy(self.path)
+        self._checked_at = clock()
+        self._last_error: str | None = None
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force: the last one that loaded."""
+        return self._policy
+
+    def current(self) -> Policy:
+        """The policy in force, after looking at the file if `check_interval` has passed."""
+        with self._lock:
+            now = self._clock()
+            if now - self._checked_at >= self.check_interval:
+                self._checked_at = now
+                self._refresh()
+            return self._policy
+
+    def _refresh(self) -> None:
+        try:
+            stamp = self._stat()
+        except OSError as exc:
+            self._stamp = None  # whatever comes back next is a change
+            self._error(f"cannot read policy file {self.path}: {exc}")
+            return
+        if stamp == self._stamp:
+            return
+        # Stat before reading: a write after this stat shows up as a change next time.
+        self._stamp = stamp
+        try:
+            policy = load_policy(self.path)
+        except (PolicyError, OSError) as exc:
+            self._error(str(exc))
+            return
+        self._policy, self._last_error = policy, None
+        self.reloads += 1
+        log.info("reloaded authorization policy %s (mode %s)", self.path, policy.mode)
+
+    def _stat(self) -> _Stamp:
+        stat = os.stat(self.path)
+        return stat.st_mtime_ns, stat.st_ino, stat.st_size
+
+    def _error(self, problem: str) -> None:
+        if problem != self._last_error:
+            log.error("keeping the previous authorization policy: %s", problem)
+        self._last_error = problem
+
+
+class AuthzInterceptor(grpc.aio.ServerInterceptor):
+    """Enforces a policy on every call, in all four handler shapes.
+
+    Give it a `Policy` (fixed) or a `PolicySource` (follows its file). Health checking and
+    reflection are never wrapped: no policy can block them.
+    """
+
+    def __init__(self, policy: Policy | PolicySource) -> None:
+        self._current: Callable[[], Policy] = (
+            policy.current if isinstance(policy, PolicySource) else lambda: policy
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or is_always_allowed(method):
+            return handler
+        return map_behaviour(handler, lambda behaviour: self._guard(method, behaviour))
+
+    def refusal(self, method: str, auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+        """The message to deny a call with, or None to let it through (audit mode logs it)."""
+        policy = self._current()
+        caller = caller_identity(auth_context)
+        decision = policy.decide(caller, method)
+        if decision.allowed:
+            return None
+        message = denial_message(caller, method, decision)
+        if policy.mode is Mode.AUDIT:
+            log.warning("authz audit, would deny: %s [policy %s]", message, policy.source)
+            return None
+        log.info("authz denied: %s [policy %s]", message, policy.source)
+        return message
+
+    def _guard(self, method: str, behaviour: Behaviour) -> Callable[..., Any]:
+        # Each wrapper has the kind of what it wraps, so grpc.aio runs it the same way.
+        function = behaviour.function
+        denied = grpc.StatusCode.PERMISSION_DENIED
+
+        if behaviour.kind is Kind.ASYNC_GENERATOR:
+
+            async def guarded_async_gen(request: Any, context: Any) -> AsyncIterator[Any]:
+                message = self.refusal(method, context.auth_context())
+                if message is not None:
+                    await context.abort(denied, message)
+                    return  # abort raises; never run the behaviour if it did not
+                async for response in function(request, context):
+                    yield response
+
+            return guarded_async_gen
+
+        if behaviour.kind is Kind.COROUTINE:
+
+            async def guarded_coroutine(request: Any, context: Any) -> Any:
+                message = self.refusal(method, context.auth_context())
+                if message is not None:
+                    await context.abort(denied, message)
+                    return None
+                return await function(request, context)
+
+            return guarded_coroutine
+
+        # Sync behaviours get grpc.aio's sync context, whose abort() blocks on the event
+        # loop: it must run in the thread pool, never in the loop itself.
+        if behaviour.response_streaming:
+
+            def guarded_sync_stream(request: Any, context: Any) -> Iterator[Any]:
+                # A generator, so this body runs when grpc.aio iterates it in its thread pool.
+                message = self.refusal(method, context.auth_context())
+                if message is not None:
+                    context.abort(denied, message)  # does not raise from a sync context
+                    return
+                yield from function(request, context)
+
+            return guarded_sync_stream
+
+        def guarded_sync(request: Any, context: Any) -> Any:
+            message = self.refusal(method, context.auth_context())
+            if message is not None:
+                context.abort(denied, message)
+                return None
+            return function(request, context)
+
+        return guarded_sync

@@ -1,0 +1,201 @@
+"""Tracing and metrics, set up at a process's edge (its main) and handed to the library.
+
+Tracing is OpenTelemetry with opentelemetry-instrumentation-grpc on both sides, so the W3C
+trace context travels in gRPC metadata and A -> B -> C is one trace. OpenTelemetry's tracer
+provider is process-global by its own design; it is set here, once, from the command line.
+
+Metrics are Prometheus text on a per-process metrics port, from a registry of our own
+(never the library-global default), so several meshes in one process do not mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from mesh.errors import MeshError
+from mesh.server_wrap import Behaviour, Kind, map_behaviour
+
+__all__ = [
+    "EXPORTERS",
+    "ClientMetrics",
+    "ServerMetrics",
+    "ServerMetricsInterceptor",
+    "serve_metrics",
+    "setup_tracing",
+    "tracing_server_interceptors",
+]
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("off", "console", "otlp")
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def setup_tracing(exporter: str, service_name: str) -> bool:
+    """Install a tracer provider exporting to `exporter`; False when tracing is off."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"tracing exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
+    if exporter == "off":
+        return False
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if exporter == "console":
+        span_exporter: Any = ConsoleSpanExporter()
+    else:  # OTLP over gRPC; endpoint from OTEL_EXPORTER_OTLP_ENDPOINT (default localhost:4317)
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        span_exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    trace.set_tracer_provider(provider)
+    return True
+
+
+def tracing_server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]
+
+
+def serve_metrics(registry: CollectorRegistry, port: int = 0, host: str = "127.0.0.1") -> int:
+    """Serve `registry` as Prometheus text on host:port (0: a free port); returns the port."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_port)
+
+
+class ClientMetrics:
+    """Per service, method and status code: requests, latency, in flight (the chain's
+    telemetry layer feeds them); retries and ejections are read from the channel at scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "mesh_client_requests", "Calls made through the mesh channel, by final status",
+            ["service", "method", "code"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "mesh_client_request_seconds", "Call latency as the caller sees it (all attempts)",
+            ["service", "method"], buckets=_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "mesh_client_in_flight", "Calls in flight", ["service"], registry=registry
+        )
+
+
+class ChannelCollector(Collector):
+    """Retries, budget refusals and ejections, read from a MeshChannel when scraped."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    def collect(self) -> Iterable[Any]:
+        retry = self.channel.retry_layer
+        retries = CounterMetricFamily("mesh_client_retries", "Retries and hedges sent")
+        retries.add_metric([], retry.retries)
+        refused = CounterMetricFamily(
+            "mesh_client_retry_budget_refusals", "Retries not sent: budget exhausted"
+        )
+        refused.add_metric([], retry.budget_refusals)
+        ejections = CounterMetricFamily(
+            "mesh_client_ejections", "Instances ejected by outlier detection", labels=["service"]
+        )
+        endpoints = GaugeMetricFamily(
+            "mesh_client_endpoints", "Known instances", labels=["service"]
+        )
+        for service, pool in list(self.channel.pools.items()):
+            ejections.add_metric([service], pool.detector.ejections_total)
+            endpoints.add_metric([service], len(pool.endpoints))
+        return [retries, refused, ejections, endpoints]
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "mesh_server_requests", "Calls handled, by status",
+            ["service", "method", "code"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "mesh_server_request_seconds", "Time spent handling calls",
+            ["service", "method"], buckets=_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "mesh_server_in_flight", "Calls being handled", ["service"], registry=registry
+        )
+
+
+def _code_of(exc: BaseException | None, context: Any) -> str:
+    if exc is None:
+        return "OK"
+    if isinstance(exc, MeshError):
+        return exc.code.name
+    code = context.code() if hasattr(context, "code") else None  # set by context.abort()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return _CODE_NAMES.get(code, "UNKNOWN") if isinstance(code, int) else "UNKNOWN"
+
+
+class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        _, service, method = [*details.method.split("/"), "", ""][:3]
+        return handler and map_behaviour(handler, lambda b: self._wrap(b, service, method))
+
+    def _wrap(self, behaviour: Behaviour, service: str, method: str) -> Callable[..., Any]:
+        m = self.metrics
+        function = behaviour.function
+
+        def record(started: float, exc: BaseException | None, context: Any) -> None:
+            m.requests.labels(service, method, _code_of(exc, context)).inc()
+            m.latency.labels(service, method).observe(time.perf_counter() - started)
+
+        if behaviour.kind is Kind.COROUTINE:
+
+            async def unary(request: Any, context: Any) -> Any:
+                started, failure = time.perf_counter(), None
+                m.in_flight.labels(service).inc()
+                try:
+                    return await function(request, context)
+                except BaseException as exc:
+                    failure = exc
+                    raise
+                finally:
+                    m.in_flight.labels(service).dec()
+                    record(started, failure, context)
+
+            return unary
+        if behaviour.kind is Kind.ASYNC_GENERATOR:
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                started, failure = time.perf_counter(), None
+                m.in_flight.labels(service).inc()
+                try:
+                    async for response in function(request, context):
+                        yield response
+                except BaseException as exc:
+                    failure = exc
+                    raise
+                finally:
+                    m.in_flight.labels(service).dec()
+                    record(started, failure, context)
+
+            return stream
+        return function
