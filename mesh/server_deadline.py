@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from mesh.deadline import inbound_scope
-from mesh.server_wrap import Behaviour, Kind, map_behaviour
+from mesh.server_wrap import Behaviour, Kind, WrapCache
 
 __all__ = ["DeadlineInterceptor"]
 
@@ -35,10 +35,12 @@ def _wrap(behaviour: Behaviour) -> Callable[..., Any]:
 
 
 class DeadlineInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped = WrapCache(lambda _method: _wrap)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        return handler and map_behaviour(handler, _wrap)
+        return self._wrapped.get(details.method, await continuation(details))

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from mesh.errors import MeshError
-from mesh.server_wrap import Behaviour, Kind, map_behaviour
+from mesh.server_wrap import Behaviour, Kind, WrapCache
 
 __all__ = ["ErrorInterceptor"]
 
@@ -58,22 +58,26 @@ def _wrap_stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> C
     return handler
 
 
+def _wrap_for(method: str) -> Callable[[Behaviour], Callable[..., Any]]:
+    def wrap(behaviour: Behaviour) -> Callable[..., Any]:
+        if behaviour.kind is Kind.SYNC:
+            return behaviour.function  # runs in a thread pool: an async wrapper breaks it
+        if not behaviour.response_streaming:
+            return _wrap_unary(method, behaviour.function)
+        if behaviour.kind is Kind.ASYNC_GENERATOR:
+            return _wrap_stream(method, behaviour.function)
+        return behaviour.function  # streams written with context.write() keep their errors
+
+    return wrap
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped = WrapCache(_wrap_for)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method
-
-        def wrap(behaviour: Behaviour) -> Callable[..., Any]:
-            if behaviour.kind is Kind.SYNC:
-                return behaviour.function  # runs in a thread pool: an async wrapper breaks it
-            if not behaviour.response_streaming:
-                return _wrap_unary(method, behaviour.function)
-            if behaviour.kind is Kind.ASYNC_GENERATOR:
-                return _wrap_stream(method, behaviour.function)
-            return behaviour.function  # streams written with context.write() keep their errors
-
-        return handler and map_behaviour(handler, wrap)
+        return self._wrapped.get(details.method, await continuation(details))

@@ -74,3 +74,23 @@ def map_behaviour(
     if wrapped is function:
         return handler
     return handler._replace(**{field: wrapped})
+
+
+class WrapCache:
+    """Wrapped handlers per method, so an interceptor wraps each method once, not per call
+    (grpc.aio asks every interceptor for the handler on every call; rebuilding it showed up
+    as ~10 % of a busy server's samples)."""
+
+    def __init__(self, wrap_for: Callable[[str], Callable[[Behaviour], Callable[..., Any]]]):
+        self._wrap_for = wrap_for
+        self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
+        if handler is None:
+            return None
+        found = self._cache.get(method)
+        if found is not None and found[0] is handler:
+            return found[1]
+        wrapped = map_behaviour(handler, self._wrap_for(method))
+        self._cache[method] = (handler, wrapped)
+        return wrapped

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mesh.errors import MeshError
-from mesh.server_wrap import Behaviour, Kind, map_behaviour
+from mesh.server_wrap import Behaviour, Kind, WrapCache
 
 __all__ = [
     "EXPORTERS",
@@ -149,36 +149,46 @@ def _code_of(exc: BaseException | None, context: Any) -> str:
 class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
+        self._wrapped = WrapCache(self._wrap_for)
+
+    def _wrap_for(self, path: str) -> Callable[[Behaviour], Callable[..., Any]]:
+        _, service, method = [*path.split("/"), "", ""][:3]
+        return lambda behaviour: self._wrap(behaviour, service, method)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        _, service, method = [*details.method.split("/"), "", ""][:3]
-        return handler and map_behaviour(handler, lambda b: self._wrap(b, service, method))
+        return self._wrapped.get(details.method, await continuation(details))
 
     def _wrap(self, behaviour: Behaviour, service: str, method: str) -> Callable[..., Any]:
         m = self.metrics
         function = behaviour.function
+        # Labelled children looked up once per method, not per call.
+        requests_ok = m.requests.labels(service, method, "OK")
+        latency = m.latency.labels(service, method)
+        in_flight = m.in_flight.labels(service)
 
         def record(started: float, exc: BaseException | None, context: Any) -> None:
-            m.requests.labels(service, method, _code_of(exc, context)).inc()
-            m.latency.labels(service, method).observe(time.perf_counter() - started)
+            if exc is None:
+                requests_ok.inc()
+            else:
+                m.requests.labels(service, method, _code_of(exc, context)).inc()
+            latency.observe(time.perf_counter() - started)
 
         if behaviour.kind is Kind.COROUTINE:
 
             async def unary(request: Any, context: Any) -> Any:
                 started, failure = time.perf_counter(), None
-                m.in_flight.labels(service).inc()
+                in_flight.inc()
                 try:
                     return await function(request, context)
                 except BaseException as exc:
                     failure = exc
                     raise
                 finally:
-                    m.in_flight.labels(service).dec()
+                    in_flight.dec()
                     record(started, failure, context)
 
             return unary
@@ -186,7 +196,7 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 started, failure = time.perf_counter(), None
-                m.in_flight.labels(service).inc()
+                in_flight.inc()
                 try:
                     async for response in function(request, context):
                         yield response
@@ -194,7 +204,7 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
                     failure = exc
                     raise
                 finally:
-                    m.in_flight.labels(service).dec()
+                    in_flight.dec()
                     record(started, failure, context)
 
             return stream

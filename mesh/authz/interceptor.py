@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from mesh.authz.policy import Decision, Mode, Policy, PolicyError, is_always_allowed, load_policy
-from mesh.server_wrap import Behaviour, Kind, map_behaviour
+from mesh.server_wrap import Behaviour, Kind, WrapCache
 
 __all__ = ["AuthzInterceptor", "PolicySource", "caller_identity", "denial_message"]
 
@@ -152,6 +152,8 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         self._current: Callable[[], Policy] = (
             policy.current if isinstance(policy, PolicySource) else lambda: policy
         )
+        # The guard reads the current policy at call time, so wrapping once per method is safe.
+        self._wrapped = WrapCache(lambda method: lambda b: self._guard(method, b))
 
     async def intercept_service(
         self,
@@ -162,7 +164,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         method: str = details.method
         if handler is None or is_always_allowed(method):
             return handler
-        return map_behaviour(handler, lambda behaviour: self._guard(method, behaviour))
+        return self._wrapped.get(method, handler)
 
     def refusal(self, method: str, auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
         """The message to deny a call with, or None to let it through (audit mode logs it)."""
