@@ -2,8 +2,9 @@
 
 A citizen applies for a housing voucher: the eligibility rules are checked, a notification is
 sent with the decision, and a caseworker lists what was sent. It starts the whole stack (etcd,
-NATS, every service in its own process), finds the services through the registry, calls them
-over mTLS with the `ops` identity, prints each step and its answer, and stops everything.
+NATS, every service in its own process), calls the services through the mesh channel
+(registry, load balancing, deadlines, retries) over mTLS with the `ops` identity, prints each
+step and its answer, and stops everything.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from google.protobuf import json_format
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from hms.notify.v1 import notify_pb2, notify_pb2_grpc
 from mesh import tls
-from mesh.registry.etcd import Etcd
-from mesh.registry.watch import Discovery
+from mesh.client import ClientConfig, MeshChannel
 from mesh.stack import OPS_IDENTITY, Stack, StackConfig
 
 T = TypeVar("T")
@@ -76,26 +76,19 @@ class Steps:
 
 async def scenario(etcd_endpoint: str, tls_dir: Path, namespace: str = "hms") -> int:
     """Runs the scenario against a running stack; returns the number of failed steps."""
-    etcd = Etcd([etcd_endpoint])
-    await etcd.connect()
-    discovery = Discovery(etcd, namespace)
-    await discovery.start(timeout=10)
-    files = tls.TlsFiles(tls_dir, OPS_IDENTITY)
-    try:
-        [rules_at] = discovery.instances(ELIGIBILITY)[:1]
-        [notify_at] = discovery.instances(NOTIFY)[:1]
-        print(f"found {ELIGIBILITY} at {rules_at.address} ({rules_at.identity})")
-        print(f"found {NOTIFY} at {notify_at.address} ({notify_at.identity})\n")
-        async with (
-            tls.instance_channel(rules_at.address, rules_at.identity, files) as rules_channel,
-            tls.instance_channel(notify_at.address, notify_at.identity, files) as notify_channel,
-        ):
-            rules = eligibility_pb2_grpc.EligibilityServiceStub(rules_channel)
-            notify = notify_pb2_grpc.NotifyServiceStub(notify_channel)
-            return await _steps(rules, notify)
-    finally:
-        await discovery.stop()
-        await etcd.close()
+    config = ClientConfig(
+        etcd=(etcd_endpoint,), namespace=namespace, tls=tls.TlsFiles(tls_dir, OPS_IDENTITY)
+    )
+    async with await MeshChannel.connect(config) as channel:
+        for service in (ELIGIBILITY, NOTIFY):
+            pool = await channel.pool(service)
+            for endpoint in pool.endpoints.values():
+                instance = endpoint.instance
+                print(f"found {service} at {instance.address} ({instance.identity})")
+        print()
+        rules = eligibility_pb2_grpc.EligibilityServiceStub(channel)
+        notify = notify_pb2_grpc.NotifyServiceStub(channel)
+        return await _steps(rules, notify)
 
 
 async def _steps(
