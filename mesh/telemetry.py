@@ -75,23 +75,37 @@ def serve_metrics(registry: CollectorRegistry, port: int = 0, host: str = "127.0
     return int(server.server_port)
 
 
-class ClientMetrics:
-    """Per service, method and status code: requests, latency, in flight (the chain's
-    telemetry layer feeds them); retries and ejections are read from the channel at scrape."""
+class CallMetrics:
+    """Per service, method and status code: requests, latency and calls in flight, for one
+    side (`mesh_client_*` fed by the channel's telemetry layer, `mesh_server_*` by the server
+    interceptor)."""
+
+    side = "call"
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        prefix = f"mesh_{self.side}"
         self.requests = Counter(
-            "mesh_client_requests", "Calls made through the mesh channel, by final status",
+            f"{prefix}_requests", f"Calls ({self.side} side), by final status",
             ["service", "method", "code"], registry=registry,
         )  # fmt: skip
         self.latency = Histogram(
-            "mesh_client_request_seconds", "Call latency as the caller sees it (all attempts)",
+            f"{prefix}_request_seconds", f"Call latency ({self.side} side, all attempts)",
             ["service", "method"], buckets=_BUCKETS, registry=registry,
         )  # fmt: skip
         self.in_flight = Gauge(
-            "mesh_client_in_flight", "Calls in flight", ["service"], registry=registry
+            f"{prefix}_in_flight", "Calls in flight", ["service"], registry=registry
         )
+
+
+class ClientMetrics(CallMetrics):
+    """Retries and ejections are read from the channel at scrape time (ChannelCollector)."""
+
+    side = "client"
+
+
+class ServerMetrics(CallMetrics):
+    side = "server"
 
 
 class ChannelCollector(Collector):
@@ -118,21 +132,6 @@ class ChannelCollector(Collector):
             ejections.add_metric([service], pool.detector.ejections_total)
             endpoints.add_metric([service], len(pool.endpoints))
         return [retries, refused, ejections, endpoints]
-
-
-class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "mesh_server_requests", "Calls handled, by status",
-            ["service", "method", "code"], registry=registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "mesh_server_request_seconds", "Time spent handling calls",
-            ["service", "method"], buckets=_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.in_flight = Gauge(
-            "mesh_server_in_flight", "Calls being handled", ["service"], registry=registry
-        )
 
 
 def _code_of(exc: BaseException | None, context: Any) -> str:
