@@ -12,7 +12,7 @@ a bad request is still an `InvalidArgument` like everywhere else.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -35,6 +35,7 @@ PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _MAX_STATUS = max(_STATUS_BY_NUMBER)
+_MAX_STREAM = 10_000
 
 
 class EchoService(echo_pb2_grpc.EchoServiceServicer):
@@ -57,6 +58,24 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
         # Opens (once) the stub used to forward along a chain; None: forwarding refused.
         self._forward = forward
         self._failure = 0  # the SetFailure switch
+
+    async def EchoStream(
+        self, request: echo_pb2.EchoRequest, context: _Context
+    ) -> AsyncIterator[echo_pb2.EchoResponse]:
+        if request.count < 0:
+            raise InvalidArgument.field("count", f"must not be negative, got {request.count}")
+        if request.count > _MAX_STREAM:
+            raise InvalidArgument.field("count", f"at most {_MAX_STREAM}, got {request.count}")
+        for index in range(max(1, request.count)):
+            response = await self._echo(request, context)
+            response.message = f"{request.message} {index + 1}"
+            yield response
+
+    async def Collect(
+        self, requests: AsyncIterator[echo_pb2.EchoRequest], context: object
+    ) -> echo_pb2.EchoResponse:
+        messages = [request.message async for request in requests]
+        return echo_pb2.EchoResponse(message=" ".join(messages), served_by=self._deployment)
 
     async def SetFailure(
         self, request: echo_pb2.SetFailureRequest, context: object

@@ -304,3 +304,24 @@ async def test_calls_keep_flowing_while_etcd_is_down_for_30s(
     await discovery.wait_for(lambda xs: {i.deployment for i in xs} == {"echo-a", "echo-b"}, 10)
     reply = await stub.Echo(echo_pb2.EchoRequest(message="after"), timeout=5)
     assert reply.message == "after"
+
+
+async def test_streaming_calls_go_through_the_mesh(
+    start_service: ServiceFactory, discovery: Discovery, channel: MeshChannel
+) -> None:
+    await start_replicas(start_service, discovery, ["echo-a"])
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    replies = [r.message async for r in stub.EchoStream(echo_pb2.EchoRequest(message="m", count=3))]
+    assert replies == ["m 1", "m 2", "m 3"]
+
+    async def requests() -> AsyncIterator[echo_pb2.EchoRequest]:
+        for word in ("a", "b", "c"):
+            yield echo_pb2.EchoRequest(message=word)
+
+    collected = await stub.Collect(requests(), timeout=5)
+    assert collected.message == "a b c"
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        async for _ in stub.EchoStream(echo_pb2.EchoRequest(message="m", count=-1)):
+            pass
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "count" in (bad.value.details() or "")

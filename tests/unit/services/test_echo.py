@@ -223,3 +223,37 @@ async def test_bad_switch_and_hop_values_name_the_field(field: str, request_: ob
 async def test_forwarding_without_a_channel_is_a_failed_precondition() -> None:
     with pytest.raises(FailedPrecondition):
         await EchoService("echo-a").Echo(echo_pb2.EchoRequest(forward_hops=1), FakeContext())
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        pytest.param(0, ["m 1"], id="zero-means-one"),
+        pytest.param(1, ["m 1"], id="one"),
+        pytest.param(3, ["m 1", "m 2", "m 3"], id="three"),
+    ],
+)
+async def test_echo_stream_sends_count_responses(count: int, expected: list[str]) -> None:
+    service = EchoService("echo-a")
+    request = echo_pb2.EchoRequest(message="m", count=count)
+    replies = [r.message async for r in service.EchoStream(request, FakeContext())]
+    assert replies == expected
+
+
+@pytest.mark.parametrize(
+    "count", [pytest.param(-1, id="negative"), pytest.param(10_001, id="huge")]
+)
+async def test_echo_stream_refuses_a_bad_count_naming_it(count: int) -> None:
+    stream = EchoService("echo-a").EchoStream(echo_pb2.EchoRequest(count=count), FakeContext())
+    with pytest.raises(InvalidArgument) as bad:
+        await anext(stream)
+    assert "count" in str(bad.value)
+
+
+async def test_collect_joins_the_streamed_messages() -> None:
+    async def requests() -> Any:
+        for word in ("a", "b"):
+            yield echo_pb2.EchoRequest(message=word)
+
+    answer = await EchoService("echo-a").Collect(requests(), FakeContext())
+    assert answer.message == "a b"
