@@ -1,0 +1,360 @@
+"""Consume events with durable JetStream pull consumers: ack, nak with backoff, dead letters.
+
+One durable consumer per (deployment, event type), named by `consumer_name`: replicas of a
+deployment share it, so each event goes to one replica, and a restarted replica resumes where the
+deployment stopped. Per event:
+
+    decode fails (or ce-type names another type)  -> dead letters ("undecodable"), term
+    handler returns                               -> ack
+    handler raises, deliveries left               -> nak, redelivered after spec.retry_delay(n)
+    handler raises on the last delivery           -> dead letters ("handler-failed"), term
+
+Dead letters go to `<prefix>.dlq.<deployment>.<type>` with the original payload and headers and
+the reason, error text, delivery count, stream and sequence in `Hms-Dlq-*` headers. JetStream has
+no dead-letter queue of its own. Delivery is at least once: a handler may see an event again (a
+crash before its ack), so handlers must be idempotent.
+
+The consumer loop never ends on an error: fetch errors (NATS down) are retried with backoff, and
+every per-event failure is logged and settled.
+
+>>> subscriber = Subscriber(nc.jetstream(), deployment="notify")
+>>> await subscriber.subscribe(VoucherSubmitted, on_voucher)   # async def on_voucher(msg, meta)
+>>> ...
+>>> await subscriber.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import nats.errors
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import TextMapPropagator
+
+from mesh.errors import Unavailable
+from mesh.events.publisher import header_value
+from mesh.events.subjects import (
+    DEFAULT_PREFIX,
+    ConsumerSpec,
+    Headers,
+    consumer_name,
+    dead_letter_subject,
+    event_subject,
+    stream_name,
+)
+from mesh.policy.backoff import Backoff, BackoffPolicy
+
+__all__ = ["EventMeta", "Handler", "Subscriber", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+_TRACER_NAME = "mesh.events"
+# Retrying a failed fetch or dead-letter publish: quick at first, at most every 2 s.
+_RETRY = BackoffPolicy(base=0.05, cap=2.0)
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    """What a handler knows about the event besides its payload."""
+
+    id: str
+    type: str
+    source: str
+    time: datetime | None  # when it was published (ce-time), None if absent or unreadable
+    delivery_count: int  # 1 on first delivery
+    subject: str
+    stream_sequence: int
+    trace_context: otel_context.Context  # the publisher's, extracted from the headers
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[M, EventMeta], Awaitable[None]]
+
+
+class Subscription(Generic[M]):
+    """One consumer loop; `stop()` ends it (an event being handled is redelivered later)."""
+
+    def __init__(
+        self, owner: Subscriber, message_type: type[M], handler: Handler[M], name: str
+    ) -> None:
+        self._owner = owner
+        self.message_type = message_type
+        self.full_name: str = message_type.DESCRIPTOR.full_name
+        self.handler = handler
+        self.consumer = name
+        self.subject = event_subject(owner.prefix, self.full_name)
+        self.dead_letter_subject = dead_letter_subject(
+            owner.prefix, owner.deployment, self.full_name
+        )
+        self._pull: JetStreamContext.PullSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        owner = self._owner
+        spec = owner.spec
+        config = ConsumerConfig(
+            name=self.consumer,
+            durable_name=self.consumer,
+            filter_subject=self.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait,
+            backoff=spec.server_backoff(),
+            max_deliver=spec.max_deliver,
+            max_ack_pending=max(1000, spec.max_in_flight * 4),
+        )
+        try:
+            # Create-or-update: a changed ConsumerSpec takes effect at the next start.
+            await owner.js.add_consumer(owner.stream, config=config)
+            self._pull = await owner.js.pull_subscribe_bind(
+                durable=self.consumer, stream=owner.stream
+            )
+        except nats.errors.Error as exc:
+            raise Unavailable(f"consumer {self.consumer} on {owner.stream}: {exc!r}") from exc
+        self._task = asyncio.create_task(self._run(), name=f"events:{self.consumer}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pull is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._pull.unsubscribe()
+            self._pull = None
+
+    async def _run(self) -> None:
+        if self._pull is None:
+            raise RuntimeError("start() the subscription first")
+        retry = Backoff(_RETRY)
+        spec = self._owner.spec
+        while True:
+            try:
+                batch = await self._pull.fetch(spec.max_in_flight, timeout=self._owner.poll)
+            except nats.errors.TimeoutError:
+                continue  # nothing to do within the poll interval
+            except Exception:
+                delay = retry.next_delay()
+                log.warning(
+                    "fetch on %s failed; again in %.2f s", self.consumer, delay, exc_info=True
+                )
+                await asyncio.sleep(delay)
+                continue
+            retry.reset()
+            await asyncio.gather(*(self._settle(msg) for msg in batch))
+
+    async def _settle(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not acked: JetStream redelivers after its ack wait. The loop goes on.
+            log.exception("settling an event on %s failed", self.consumer)
+
+    async def _handle(self, msg: Msg) -> None:
+        owner = self._owner
+        headers = dict(msg.headers or {})
+        parent = owner.propagator.extract(headers)
+        metadata = msg.metadata
+        delivery = metadata.num_delivered
+        event_id = headers.get(Headers.ID) or headers.get(Headers.MSG_ID, "")
+        with owner.tracer.start_as_current_span(
+            f"process {msg.subject}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self.consumer,
+                "messaging.message.id": event_id,
+                "messaging.message.body.size": len(msg.data),
+                "messaging.message.delivery_count": delivery,
+            },
+        ) as span:
+            try:
+                message = self._decode(msg.data, headers)
+            except DecodeError as exc:
+                span.set_status(trace.StatusCode.ERROR, str(exc))
+                await self._dead_letter(msg, headers, "undecodable", str(exc))
+                return
+            meta = EventMeta(
+                id=event_id,
+                type=headers.get(Headers.TYPE, self.full_name),
+                source=headers.get(Headers.SOURCE, ""),
+                time=_parse_time(headers.get(Headers.TIME)),
+                delivery_count=delivery,
+                subject=msg.subject,
+                stream_sequence=metadata.sequence.stream,
+                trace_context=parent,
+                headers=headers,
+            )
+            try:
+                async with _working(msg, owner.spec.heartbeat):
+                    await self.handler(message, meta)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                if delivery >= owner.spec.max_deliver:
+                    await self._dead_letter(msg, headers, "handler-failed", _describe(exc))
+                else:
+                    delay = owner.spec.retry_delay(delivery)
+                    log.warning(
+                        "%s: event %s failed (delivery %d of %d), retry in %.2f s: %s",
+                        self.consumer,
+                        event_id,
+                        delivery,
+                        owner.spec.max_deliver,
+                        delay,
+                        _describe(exc),
+                    )
+                    await msg.nak(delay=delay)
+                return
+            await msg.ack()
+
+    def _decode(self, data: bytes, headers: Mapping[str, str]) -> M:
+        declared = headers.get(Headers.TYPE)
+        if declared is not None and declared != self.full_name:
+            raise DecodeError(f"ce-type is {declared}, expected {self.full_name}")
+        try:
+            return self.message_type.FromString(data)
+        except DecodeError as exc:
+            raise DecodeError(f"payload does not decode as {self.full_name}: {exc}") from exc
+
+    async def _dead_letter(
+        self, msg: Msg, headers: Mapping[str, str], reason: str, error: str
+    ) -> None:
+        """Publish to the dead letters, then term. Retries until stored: on the last delivery
+        JetStream would not redeliver, so giving up here would lose the event."""
+        owner = self._owner
+        metadata = msg.metadata
+        letter = {
+            **headers,
+            # One dead letter per (deployment, stored event), even if this is retried.
+            Headers.MSG_ID: f"{owner.deployment}:{metadata.stream}:{metadata.sequence.stream}",
+            Headers.DLQ_REASON: reason,
+            Headers.DLQ_ERROR: header_value(error),
+            Headers.DLQ_DELIVERIES: str(metadata.num_delivered),
+            Headers.DLQ_SUBJECT: msg.subject,
+            Headers.DLQ_STREAM: metadata.stream,
+            Headers.DLQ_SEQUENCE: str(metadata.sequence.stream),
+            Headers.DLQ_CONSUMER: self.consumer,
+        }
+        retry = Backoff(_RETRY)
+        async with _working(msg, owner.spec.heartbeat):
+            while True:
+                try:
+                    await owner.js.publish(self.dead_letter_subject, msg.data, headers=letter)
+                    break
+                except nats.errors.Error:
+                    delay = retry.next_delay()
+                    log.warning(
+                        "dead-lettering %s failed; again in %.2f s",
+                        letter[Headers.MSG_ID],
+                        delay,
+                        exc_info=True,
+                    )
+                    await asyncio.sleep(delay)
+        log.error(
+            "%s: event %s dead-lettered (%s): %s",
+            self.consumer,
+            headers.get(Headers.ID, "?"),
+            reason,
+            error,
+        )
+        await msg.term()
+
+
+class Subscriber:
+    """The event consumers of one deployment.
+
+    `spec` sets redelivery (see `ConsumerSpec`); `poll` is how long one fetch waits for events.
+    `tracer_provider` and `propagator` default to OpenTelemetry's global ones.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        deployment: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        stream: str | None = None,
+        spec: ConsumerSpec | None = None,
+        poll: float = 1.0,
+        tracer_provider: trace.TracerProvider | None = None,
+        propagator: TextMapPropagator | None = None,
+    ) -> None:
+        consumer_name(deployment, "Probe")  # validates the deployment name now
+        if poll <= 0:
+            raise ValueError(f"poll must be > 0 s, got {poll}")
+        self.js = js
+        self.deployment = deployment
+        self.prefix = prefix
+        self.stream = stream or stream_name(prefix, "events")
+        self.spec = spec or ConsumerSpec()
+        self.poll = poll
+        self.tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
+        self.propagator = propagator or propagate.get_global_textmap()
+        self._subscriptions: list[Subscription[Message]] = []
+
+    async def subscribe(self, message_type: type[M], handler: Handler[M]) -> Subscription[M]:
+        """Deliver events of `message_type` to `handler(message, meta)` until `close()`."""
+        name = consumer_name(self.deployment, message_type.DESCRIPTOR.full_name)
+        subscription = Subscription(self, message_type, handler, name)
+        await subscription.start()
+        self._subscriptions.append(subscription)  # type: ignore[arg-type]
+        return subscription
+
+    async def close(self) -> None:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.stop()
+
+
+@contextlib.asynccontextmanager
+async def _working(msg: Msg, interval: float) -> AsyncIterator[None]:
+    """Tell JetStream every `interval` that `msg` is still being worked on (+WPI), so a long
+    handler is not redelivered to another replica while it runs."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
