@@ -34,7 +34,7 @@ def pick_p2c(
 ) -> T:
     """The better of two weighted random candidates; the only one if there is one.
 
-    >>> pick_p2c(["a", "b"], cost={"a": 1.0, "b": 2.0}.get, lambda _: 1, lambda: 0.3)
+    >>> pick_p2c(["a", "b"], {"a": 1.0, "b": 2.0}.get, lambda _: 1, lambda: 0.3)
     'a'
     """
     if not candidates:

@@ -29,6 +29,7 @@ from mesh.client.call import CallInfo, rpc_error
 from mesh.deadline import DeadlineConfig, inbound_deadline, outbound_deadline
 from mesh.policy.budget import RetryBudget
 from mesh.policy.retry import (
+    Pushback,
     RetryPolicy,
     can_hedge,
     parse_pushback,
@@ -201,6 +202,7 @@ class RetryLayer:
         if policy.hedging_delay is not None and can_hedge(policy, call.idempotency):
             return await self._hedge(call, next, policy)
         while True:
+            call.trailers = ()  # each attempt's pushback is its own
             try:
                 return await next(call)
             except grpc.aio.AioRpcError as exc:
@@ -213,10 +215,12 @@ class RetryLayer:
 
     async def _once_unless_unsent(self, call: CallInfo, next: Handler) -> Any:
         """Streaming calls cannot replay their messages: retried only when never sent."""
+        policy = self.policy_for(call.method)
         try:
             return await next(call)
-        except grpc.aio.AioRpcError:
-            if call.sent or not self.budget.try_withdraw():
+        except grpc.aio.AioRpcError as exc:
+            retryable = policy.max_attempts > 1 and exc.code() in policy.retryable_codes
+            if call.sent or not retryable or not self.budget.try_withdraw():
                 raise
         call.attempt += 1
         self.retries += 1
@@ -226,7 +230,7 @@ class RetryLayer:
         self, call: CallInfo, error: grpc.aio.AioRpcError, policy: RetryPolicy
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up with `error`."""
-        pushback = parse_pushback(_trailer(call.trailers, "grpc-retry-pushback-ms"))
+        pushback = _pushback(call.trailers)
         if pushback == "stop":
             return None
         decision = should_retry(
@@ -264,8 +268,12 @@ class RetryLayer:
         pending: set[asyncio.Task[Any]] = set(attempts)
         try:
             while pending:
+                # Once every attempt is out there is nothing to hedge: wait without a timer.
+                more = len(attempts) < policy.max_attempts
                 done, pending = await asyncio.wait(
-                    pending, timeout=policy.hedging_delay, return_when=asyncio.FIRST_COMPLETED
+                    pending,
+                    timeout=policy.hedging_delay if more else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 for task in done:
                     error = task.exception()
@@ -276,10 +284,13 @@ class RetryLayer:
                     last_error = error
                     if error.code() not in policy.non_fatal_codes:
                         raise error
-                if len(attempts) < policy.max_attempts and self.budget.try_withdraw():
-                    self.retries += 1
-                    launch()
-                    pending.add(attempts[-1])
+                if len(attempts) < policy.max_attempts:
+                    if self.budget.try_withdraw():
+                        self.retries += 1
+                        launch()
+                        pending.add(attempts[-1])
+                    else:
+                        self.budget_refusals += 1
         finally:
             for task in attempts:
                 if not task.done():
@@ -291,11 +302,15 @@ class RetryLayer:
         raise last_error
 
 
-def _trailer(metadata: Sequence[tuple[str, Any]], key: str) -> str | None:
-    for name, value in metadata:
-        if name == key:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+def _pushback(metadata: Sequence[tuple[str, Any]]) -> Pushback:
+    """The server's retry pushback (gRFC A6); the trailer sent more than once means stop."""
+    values = [v for k, v in metadata if k == "grpc-retry-pushback-ms"]
+    if not values:
+        return None
+    if len(values) > 1:
+        return "stop"
+    value = values[0]
+    return parse_pushback(value.decode() if isinstance(value, bytes) else str(value))
 
 
 class PickLayer:
@@ -333,10 +348,9 @@ class PickLayer:
         except grpc.aio.AioRpcError as exc:
             self._failed(pool, endpoint, exc, started)
             raise
-        except asyncio.CancelledError:
-            pool.detector.on_success(endpoint.key, self.clock())  # the caller gave up, not it
-            raise
         finally:
+            # A cancelled attempt (the caller gave up, or a hedge lost) says nothing about the
+            # instance: no success, no failure; a lost probe is given up after probe_timeout.
             endpoint.outstanding -= 1
         now = self.clock()
         endpoint.ewma.observe(now - started)
