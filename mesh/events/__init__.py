@@ -3,6 +3,8 @@
 See docs/events.md for the subject layout, headers and redelivery rules.
 """
 
+from mesh.events.idempotency import IdempotentHandler
+from mesh.events.outbox import Outbox, OutboxRelay
 from mesh.events.publisher import Publisher, ensure_stream
 from mesh.events.subjects import (
     DEFAULT_PREFIX,
@@ -19,6 +21,9 @@ __all__ = [
     "ConsumerSpec",
     "EventMeta",
     "Headers",
+    "IdempotentHandler",
+    "Outbox",
+    "OutboxRelay",
     "Publisher",
     "StreamSpec",
     "Subscriber",

@@ -1,0 +1,301 @@
+"""A transactional outbox in the service's own SQLite database, and the relay that empties it.
+
+A service writes its business change and the event in one transaction of its own database, so
+both commit or neither does; the relay publishes committed events in `seq` order and marks them
+sent. While NATS is down events pile up in the table and are published after recovery: nothing is
+lost, and nothing is published ahead of an earlier unsent event (so order per aggregate holds).
+
+The outbox row's event id is the event's `Nats-Msg-Id`. A publish whose ack was lost is retried
+with the same id and JetStream stores it once, provided the retry comes within the stream's
+duplicate window; `OutboxRelay` refuses a stream whose window is not longer than its longest
+backoff.
+
+>>> outbox = Outbox("fee-calc.sqlite3")
+>>> with conn:                                   # the caller's transaction
+...     conn.execute("UPDATE vouchers SET state = 'submitted' WHERE id = ?", ("v1",))
+...     outbox.add(conn, VoucherSubmitted(voucher_id="v1"), aggregate="v1")
+>>> relay = OutboxRelay(outbox, publisher, stream=events_stream())
+>>> relay.start()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.message import Message
+
+from mesh.errors import Unavailable
+from mesh.events.subjects import StreamSpec
+from mesh.policy.backoff import Backoff, BackoffPolicy
+
+__all__ = ["EventPublisher", "Outbox", "OutboxRelay", "OutboxRow"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    type       TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    aggregate  TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at    TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_at IS NULL;
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class EventPublisher(Protocol):
+    """What the relay needs of `mesh.events.Publisher`."""
+
+    async def publish(self, message: Message, *, event_id: str | None = None) -> object: ...
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored event."""
+
+    seq: int
+    event_id: str
+    type: str  # Protobuf full name
+    payload: bytes
+    aggregate: str
+    created_at: str
+    sent_at: str | None
+
+
+class Outbox:
+    """The `outbox` table of one SQLite database; creates it if missing.
+
+    Given a path, the outbox opens its own connection for the relay (WAL mode, so the relay's
+    reads never wait for a writer). Given a connection, it shares the caller's; the relay then
+    leaves it alone while the caller has a transaction open on it, rather than commit that
+    transaction half done.
+    """
+
+    def __init__(self, path_or_connection: str | Path | sqlite3.Connection) -> None:
+        if isinstance(path_or_connection, sqlite3.Connection):
+            self._conn = path_or_connection
+            self._owned = False
+        else:
+            # timeout=0: a locked database raises at once instead of blocking the event loop;
+            # the relay retries later.
+            self._conn = sqlite3.connect(str(path_or_connection), timeout=0, isolation_level=None)
+            self._owned = True
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        if self._conn.in_transaction:
+            # executescript would commit the caller's transaction first.
+            raise ValueError("create the Outbox outside a transaction (it creates its table)")
+        try:
+            self._conn.executescript(_SCHEMA)
+        except BaseException:
+            if self._owned:
+                self._conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection the outbox opened (a shared one stays open)."""
+        if self._owned:
+            self._conn.close()
+
+    @staticmethod
+    def add(
+        conn: sqlite3.Connection | sqlite3.Cursor,
+        message: Message,
+        *,
+        aggregate: str,
+        event_id: str | None = None,
+    ) -> str:
+        """Write `message` to the outbox in the caller's transaction; returns its event id.
+
+        It is published only if that transaction commits. `aggregate` names the entity the event
+        is about (events of one aggregate are published in the order they were added).
+        """
+        if not aggregate:
+            raise ValueError("aggregate must be non-empty")
+        event_id = str(uuid.uuid4()) if event_id is None else event_id
+        if not event_id or "\n" in event_id or "\r" in event_id:
+            raise ValueError(f"event id {event_id!r} must be a non-empty single line")
+        conn.execute(
+            "INSERT INTO outbox (event_id, type, payload, aggregate, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                event_id,
+                message.DESCRIPTOR.full_name,
+                message.SerializeToString(),
+                aggregate,
+                _now(),
+            ),
+        )
+        return event_id
+
+    @property
+    def busy(self) -> bool:
+        """True while a caller's transaction is open on a shared connection."""
+        return self._conn.in_transaction
+
+    def pending(self) -> int:
+        """How many events are not yet marked sent."""
+        (count,) = self._conn.execute(
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+        ).fetchone()
+        return int(count)
+
+    def unsent(self, *, after: int = 0, limit: int = 100) -> list[OutboxRow]:
+        """Unsent rows with `seq > after`, oldest first."""
+        rows = self._conn.execute(
+            "SELECT seq, event_id, type, payload, aggregate, created_at, sent_at FROM outbox"
+            " WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def mark_sent(self, seqs: list[int]) -> None:
+        """Mark rows sent, in one transaction of their own."""
+        if not seqs:
+            return
+        if self._conn.in_transaction:
+            raise sqlite3.OperationalError("the shared connection is in a transaction")
+        marks = [(_now(), seq) for seq in seqs]
+        with self._conn:
+            self._conn.executemany("UPDATE outbox SET sent_at = ? WHERE seq = ?", marks)
+
+
+class OutboxRelay:
+    """Publishes an outbox's events strictly in `seq` order and marks them sent.
+
+    A failed publish (NATS down) is retried with `backoff`, starting again from the first unsent
+    event, so no event overtakes an earlier one. Rows published but not yet marked (the database
+    was locked) are marked at the next round and not published again meanwhile. `poll` is how
+    often an empty outbox is checked. Types are looked up by name in `pool` (the default pool
+    holds every generated module imported in this process).
+
+    The stream's duplicate window must be longer than the longest backoff, or a retry of an event
+    whose ack was lost could be stored twice: checked here, against `stream`.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        publisher: EventPublisher,
+        *,
+        stream: StreamSpec,
+        batch: int = 100,
+        backoff: BackoffPolicy | None = None,
+        poll: float = 0.2,
+        pool: DescriptorPool | None = None,
+    ) -> None:
+        self.backoff = backoff or BackoffPolicy(base=0.05, cap=5.0)
+        if batch < 1:
+            raise ValueError(f"relay batch must be >= 1, got {batch}")
+        if poll <= 0:
+            raise ValueError(f"relay poll must be > 0 s, got {poll}")
+        if stream.duplicate_window <= self.backoff.cap:
+            raise ValueError(
+                f"stream {stream.name} duplicate_window {stream.duplicate_window} s must exceed "
+                f"the relay's longest backoff (backoff.cap {self.backoff.cap} s)"
+            )
+        self.outbox = outbox
+        self.publisher = publisher
+        self.batch = batch
+        self.poll = poll
+        self._pool = pool or descriptor_pool.Default()
+        self._classes: dict[str, type[Message]] = {}
+        self._published_upto = 0  # highest seq published in this run
+        self._unmarked: list[int] = []  # published, not yet marked sent
+        self._task: asyncio.Task[None] | None = None
+
+    def pending(self) -> int:
+        """Events not yet marked sent."""
+        return self.outbox.pending()
+
+    def _decode(self, row: OutboxRow) -> Message:
+        cls = self._classes.get(row.type)
+        if cls is None:
+            try:
+                descriptor = self._pool.FindMessageTypeByName(row.type)
+            except KeyError as exc:
+                raise LookupError(
+                    f"outbox event {row.event_id}: type {row.type} is not in the descriptor pool "
+                    "(import its generated module)"
+                ) from exc
+            cls = message_factory.GetMessageClass(descriptor)
+            self._classes[row.type] = cls
+        return cls.FromString(row.payload)
+
+    def _mark(self) -> None:
+        if self._unmarked:
+            self.outbox.mark_sent(self._unmarked)
+            self._unmarked = []
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent events in order; returns how many were published.
+
+        Raises the first failure (`Unavailable` from the publisher); what was published before it
+        stays published and is marked.
+        """
+        if self.outbox.busy:
+            return 0
+        try:
+            self._mark()
+        except sqlite3.OperationalError:
+            return 0  # locked by a writer: mark next round
+        rows = self.outbox.unsent(after=self._published_upto, limit=self.batch)
+        published = 0
+        try:
+            for row in rows:
+                await self.publisher.publish(self._decode(row), event_id=row.event_id)
+                self._published_upto = row.seq
+                self._unmarked.append(row.seq)
+                published += 1
+        finally:
+            with contextlib.suppress(sqlite3.OperationalError):
+                if not self.outbox.busy:
+                    self._mark()
+        return published
+
+    async def _run(self) -> None:
+        retry = Backoff(self.backoff)
+        while True:
+            try:
+                published = await self.relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = retry.next_delay()
+                level = logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR
+                log.log(level, "outbox relay: %s; again in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            retry.reset()
+            if published < self.batch:
+                await asyncio.sleep(self.poll)  # polling the table for new rows
+
+    def start(self) -> None:
+        """Run the relay in a task until `stop()`."""
+        if self._task is not None:
+            raise RuntimeError("the relay is already running")
+        self._task = asyncio.create_task(self._run(), name="events:outbox-relay")
+
+    async def stop(self) -> None:
+        """Stop the relay (an event being published may be published again next start)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
