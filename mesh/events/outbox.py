@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import uuid
@@ -33,6 +34,8 @@ from typing import Protocol
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 
 from mesh.errors import Unavailable
 from mesh.events.subjects import StreamSpec
@@ -50,10 +53,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload    BLOB NOT NULL,
     aggregate  TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    sent_at    TEXT
+    sent_at    TEXT,
+    trace      TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_at IS NULL;
 """
+
+
+def _current_trace() -> str:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return json.dumps(carrier, separators=(",", ":"))
 
 
 def _now() -> str:
@@ -77,6 +87,8 @@ class OutboxRow:
     aggregate: str
     created_at: str
     sent_at: str | None
+    #: W3C trace context (JSON of traceparent/tracestate) of the span that added the event.
+    trace: str = "{}"
 
 
 class Outbox:
@@ -132,14 +144,15 @@ class Outbox:
         if not event_id or "\n" in event_id or "\r" in event_id:
             raise ValueError(f"event id {event_id!r} must be a non-empty single line")
         conn.execute(
-            "INSERT INTO outbox (event_id, type, payload, aggregate, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (event_id, type, payload, aggregate, created_at, trace)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             (
                 event_id,
                 message.DESCRIPTOR.full_name,
                 message.SerializeToString(),
                 aggregate,
                 _now(),
+                _current_trace(),
             ),
         )
         return event_id
@@ -159,7 +172,8 @@ class Outbox:
     def unsent(self, *, after: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Unsent rows with `seq > after`, oldest first."""
         rows = self._conn.execute(
-            "SELECT seq, event_id, type, payload, aggregate, created_at, sent_at FROM outbox"
+            "SELECT seq, event_id, type, payload, aggregate, created_at, sent_at, trace"
+            " FROM outbox"
             " WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
@@ -259,7 +273,13 @@ class OutboxRelay:
         published = 0
         try:
             for row in rows:
-                await self.publisher.publish(self._decode(row), event_id=row.event_id)
+                # Publish under the trace of the transaction that added the event, so the
+                # publisher's and the handler's spans join the writer's trace.
+                token = otel_context.attach(propagate.extract(json.loads(row.trace or "{}")))
+                try:
+                    await self.publisher.publish(self._decode(row), event_id=row.event_id)
+                finally:
+                    otel_context.detach(token)
                 self._published_upto = row.seq
                 self._unmarked.append(row.seq)
                 published += 1

@@ -82,3 +82,40 @@ async def test_rows_sent_again_after_a_crash_before_marking_are_stored_once(
     info = await js.stream_info("HMS_EVENTS")
     assert info.state.messages == 20  # JetStream dropped the 20 re-sent ids
     outbox.close()
+
+
+async def test_an_event_from_the_outbox_continues_the_writers_trace(
+    js: JetStreamContext, tmp_path: Path
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    db = tmp_path / "fee-calc.sqlite3"
+    outbox = Outbox(db)
+    conn = sqlite3.connect(str(db))
+    # The business transaction runs inside a span; the relay publishes later, elsewhere.
+    with provider.get_tracer("test").start_as_current_span("submit voucher") as writer, conn:
+        outbox.add(conn, VoucherSubmitted(voucher_id="v1"), aggregate="a1")
+    conn.close()
+    seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handler(message: VoucherSubmitted, meta: EventMeta) -> None:
+        if not seen.done():
+            seen.set_result(trace.get_current_span().get_span_context().trace_id)
+
+    subscriber = Subscriber(js, "notify", spec=FAST, poll=0.2, tracer_provider=provider)
+    relay = OutboxRelay(
+        outbox, Publisher(js, "fee-calc", tracer_provider=provider), stream=events_stream(),
+        backoff=RETRY,
+    )  # fmt: skip
+    await subscriber.subscribe(VoucherSubmitted, handler)
+    relay.start()
+    try:
+        async with asyncio.timeout(WAIT):
+            handler_trace = await seen
+    finally:
+        await relay.stop()
+        await subscriber.close()
+        outbox.close()
+    assert handler_trace == writer.get_span_context().trace_id
