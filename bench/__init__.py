@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: Modules run by `python -m bench`, in this order; later benchmarks append theirs.
-BENCHMARKS: tuple[str, ...] = ("bench.registry", "bench.mesh_vs_bare")
+BENCHMARKS: tuple[str, ...] = ("bench.registry", "bench.mesh_vs_bare", "bench.events")
 
 Figures: TypeAlias = dict[str, float | int | str]
 

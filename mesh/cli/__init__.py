@@ -10,9 +10,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mesh.cli import certs, ls, up
+from mesh.cli import certs, events, ls, up
 
-COMMANDS = (certs, up, ls)
+COMMANDS = (certs, up, ls, events)
 
 
 def build_parser() -> argparse.ArgumentParser:
