@@ -99,17 +99,21 @@ async def test_kill9_one_of_three_under_steady_idempotent_calls_loses_nothing(
     results: list[tuple[float, str]] = []
     failures: list[str] = []
     killed_at: list[float] = []
+    b_busy = asyncio.Event()  # echo-b has served 20 calls: it is in the rotation
 
     async def worker() -> None:
         while not killed_at or time.monotonic() < killed_at[0] + 1.5:
             try:
                 reply = await stub.Echo(echo_pb2.EchoRequest(message="x", delay_ms=2), timeout=5)
                 results.append((time.monotonic(), reply.served_by))
+                if sum(1 for _, who in results if who == "echo-b") >= 20:
+                    b_busy.set()
             except grpc.aio.AioRpcError as exc:
                 failures.append(f"{exc.code().name}: {exc.details()}")
 
     workers = [asyncio.create_task(worker()) for _ in range(8)]
-    await until(lambda: _served(results, "echo-b", 20), 10, "echo-b takes calls")
+    async with asyncio.timeout(10):
+        await b_busy.wait()
     replicas["echo-b"][0].kill()
     killed_at.append(time.monotonic())
     await asyncio.gather(*workers)
@@ -125,11 +129,6 @@ async def test_kill9_one_of_three_under_steady_idempotent_calls_loses_nothing(
     assert dead in pool.endpoints
     assert pool.detector.health(dead).ejections >= 1
     assert channel.retry_layer.retries <= 8 + 5  # the calls in flight, then a few probes
-
-
-async def _served(results: list[tuple[float, str]], who: str, count: int) -> bool:
-    await asyncio.sleep(0.01)
-    return sum(1 for _, name in results if name == who) >= count
 
 
 async def test_a_failing_replica_is_ejected_and_readmitted_after_it_recovers(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -150,6 +151,19 @@ async def test_kill9_keys_vanish_within_ttl_plus_one_second(
     assert time.monotonic() - killed_at <= ttl + 1
 
 
+async def _until_in_flight(instance: keys.Instance, count: int, timeout: float = 5) -> None:
+    url = f"http://{instance.metadata['metrics']}/metrics"
+    wanted = f'mesh_server_in_flight{{service="{instance.service}"}} {float(count)}'
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return str(response.read().decode())
+
+    async with asyncio.timeout(timeout):
+        while wanted not in await asyncio.to_thread(scrape):
+            pass  # each scrape is an HTTP round trip: no busy spin
+
+
 async def test_sigterm_deregisters_at_once_and_finishes_in_flight_call(
     start_service: ServiceFactory, discovery: Discovery, tls_dir: Path
 ) -> None:
@@ -165,7 +179,8 @@ async def test_sigterm_deregisters_at_once_and_finishes_in_flight_call(
         in_flight = asyncio.ensure_future(
             stub.Echo(echo_pb2.EchoRequest(message="slow", delay_ms=1500), timeout=10)
         )
-        await asyncio.sleep(0.2)  # let the slow call reach the server before the signal
+        # The signal must come while the server is handling the call: its metrics say when.
+        await _until_in_flight(instance, 1)
         sent_at = time.monotonic()
         proc.terminate()
         # With a 10 s lease, vanishing within 1 s proves the lease was revoked, not expired.
