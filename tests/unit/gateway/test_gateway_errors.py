@@ -1,0 +1,252 @@
+"""gateway.errors: the complete gRPC -> HTTP table, the Status body, the gateway's own errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2
+
+from gateway.errors import GatewayError, http_status, status_body
+
+C = grpc.StatusCode
+
+# grpc-gateway v2, runtime/errors.go, HTTPStatusFromCode.
+GRPC_GATEWAY_TABLE = [
+    pytest.param(C.OK, 200, id="ok"),
+    pytest.param(C.CANCELLED, 499, id="cancelled-client-closed"),
+    pytest.param(C.UNKNOWN, 500, id="unknown"),
+    pytest.param(C.INVALID_ARGUMENT, 400, id="invalid-argument"),
+    pytest.param(C.DEADLINE_EXCEEDED, 504, id="deadline-exceeded-gateway-timeout"),
+    pytest.param(C.NOT_FOUND, 404, id="not-found"),
+    pytest.param(C.ALREADY_EXISTS, 409, id="already-exists"),
+    pytest.param(C.PERMISSION_DENIED, 403, id="permission-denied"),
+    pytest.param(C.UNAUTHENTICATED, 401, id="unauthenticated"),
+    pytest.param(C.RESOURCE_EXHAUSTED, 429, id="resource-exhausted"),
+    pytest.param(C.FAILED_PRECONDITION, 400, id="failed-precondition-not-412"),
+    pytest.param(C.ABORTED, 409, id="aborted"),
+    pytest.param(C.OUT_OF_RANGE, 400, id="out-of-range"),
+    pytest.param(C.UNIMPLEMENTED, 501, id="unimplemented"),
+    pytest.param(C.INTERNAL, 500, id="internal"),
+    pytest.param(C.UNAVAILABLE, 503, id="unavailable"),
+    pytest.param(C.DATA_LOSS, 500, id="data-loss"),
+]
+
+
+@pytest.mark.parametrize(("code", "expected"), GRPC_GATEWAY_TABLE)
+def test_http_status_follows_grpc_gateway(code: grpc.StatusCode, expected: int) -> None:
+    assert http_status(code) == expected
+
+
+def test_every_status_code_is_mapped() -> None:
+    unmapped = []
+    for code in grpc.StatusCode:
+        try:
+            status = http_status(code)
+        except KeyError:
+            unmapped.append(code.name)
+        else:
+            assert 200 <= status <= 599, code
+    assert unmapped == []
+
+
+def test_table_above_covers_every_code() -> None:
+    listed = {param.values[0] for param in GRPC_GATEWAY_TABLE}
+    assert listed == set(grpc.StatusCode)
+
+
+def _packed_unknown_type() -> any_pb2.Any:
+    return any_pb2.Any(type_url="type.example.com/acme.Secret", value=b"\x01\x02")
+
+
+@pytest.mark.parametrize(
+    ("details", "expected"),
+    [
+        pytest.param((), [], id="no-details"),
+        pytest.param(
+            [
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field="shelf", description="bad"
+                        )
+                    ]
+                )
+            ],
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{"field": "shelf", "description": "bad"}],
+                }
+            ],
+            id="message-is-packed-into-any",
+        ),
+        pytest.param(
+            [error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=2))],
+            [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}],
+            id="well-known-field-in-json-form",
+        ),
+        pytest.param(
+            [_packed_unknown_type()],
+            [{"@type": "type.example.com/acme.Secret", "value": "AQI="}],
+            id="any-of-unknown-type-keeps-its-bytes",
+        ),
+        pytest.param(
+            [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "QUOTA"}],
+            [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "QUOTA"}],
+            id="json-form-passes-through",
+        ),
+    ],
+)
+def test_status_body_details(details: Any, expected: list[dict[str, Any]]) -> None:
+    body = status_body(C.FAILED_PRECONDITION, "shelf is closed", details)
+    assert body == {"code": 9, "message": "shelf is closed", "details": expected}
+
+
+def test_status_body_code_is_the_number() -> None:
+    assert status_body(C.UNAUTHENTICATED, "no token")["code"] == 16
+
+
+def test_status_body_detail_without_type_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="@type"):
+        status_body(C.INTERNAL, "x", [{"reason": "QUOTA"}])
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "words", "headers"),
+    [
+        pytest.param(
+            GatewayError.bad_json("Expecting value: line 1 column 9"),
+            400,
+            C.INVALID_ARGUMENT,
+            ["request body", "line 1 column 9"],
+            (),
+            id="bad-json",
+        ),
+        pytest.param(
+            GatewayError.bad_query_value("page_size", "ten", "not an integer"),
+            400,
+            C.INVALID_ARGUMENT,
+            ["'page_size'", "'ten'", "not an integer"],
+            (),
+            id="bad-query-value-names-field-and-value",
+        ),
+        pytest.param(
+            GatewayError.bad_path_value("name", "a%zz", "malformed percent-encoding"),
+            400,
+            C.INVALID_ARGUMENT,
+            ["'name'", "'a%zz'", "percent"],
+            (),
+            id="bad-path-value",
+        ),
+        pytest.param(
+            GatewayError.unknown_field("colour"),
+            400,
+            C.INVALID_ARGUMENT,
+            ["request body", "unknown field 'colour'"],
+            (),
+            id="unknown-body-field-strict",
+        ),
+        pytest.param(
+            GatewayError.unknown_field("colour", where="query"),
+            400,
+            C.INVALID_ARGUMENT,
+            ["query", "'colour'"],
+            (),
+            id="unknown-query-field-strict",
+        ),
+        pytest.param(
+            GatewayError.bad_header("grpc-timeout", "soon", "expected digits and a unit"),
+            400,
+            C.INVALID_ARGUMENT,
+            ["'grpc-timeout'", "'soon'"],
+            (),
+            id="bad-header",
+        ),
+        pytest.param(
+            GatewayError.no_route("GET", "/v1/nowhere"),
+            404,
+            C.NOT_FOUND,
+            ["GET /v1/nowhere"],
+            (),
+            id="no-route",
+        ),
+        pytest.param(
+            GatewayError.method_not_allowed("PUT", "/v1/shelves/1", ["PATCH", "GET", "GET"]),
+            405,
+            C.UNIMPLEMENTED,
+            ["PUT", "/v1/shelves/1", "GET, PATCH"],
+            (("allow", "GET, PATCH"),),
+            id="method-not-allowed-405-not-501-with-allow",
+        ),
+        pytest.param(
+            GatewayError.body_too_large(1_048_576),
+            413,
+            C.RESOURCE_EXHAUSTED,
+            ["1048576 bytes"],
+            (),
+            id="body-too-large-413",
+        ),
+        pytest.param(
+            GatewayError.no_backend("library.v1.Library"),
+            503,
+            C.UNAVAILABLE,
+            ["library.v1.Library", "no ready instance"],
+            (),
+            id="no-backend-503",
+        ),
+        pytest.param(
+            GatewayError.rate_limited(2.5),
+            429,
+            C.RESOURCE_EXHAUSTED,
+            ["rate limit", "3 s"],
+            (("retry-after", "3"),),
+            id="rate-limited-rounds-up",
+        ),
+        pytest.param(
+            GatewayError.rate_limited(0.01),
+            429,
+            C.RESOURCE_EXHAUSTED,
+            ["1 s"],
+            (("retry-after", "1"),),
+            id="rate-limited-never-zero",
+        ),
+    ],
+)
+def test_gateway_errors(
+    error: GatewayError,
+    status: int,
+    code: grpc.StatusCode,
+    words: list[str],
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    assert error.http_status == status
+    assert error.code is code
+    for word in words:
+        assert word in error.message
+    assert str(error) == error.message
+    assert error.headers == headers
+    assert error.body() == {"code": code.value[0], "message": error.message, "details": []}
+
+
+def test_long_client_values_are_cut_short_in_messages() -> None:
+    error = GatewayError.bad_query_value("q", "x" * 10_000, "too odd")
+    assert len(error.message) < 200
+    assert "10000 characters" in error.message
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [pytest.param(float("inf"), id="infinite"), pytest.param(float("nan"), id="nan")],
+)
+def test_rate_limited_needs_a_finite_delay(retry_after: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        GatewayError.rate_limited(retry_after)
+
+
+def test_gateway_error_is_catchable_as_exception() -> None:
+    with pytest.raises(GatewayError) as info:
+        raise GatewayError.no_backend("svc")
+    assert "503" in repr(info.value)
