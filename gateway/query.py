@@ -1,0 +1,304 @@
+"""Fill a request message from query parameters, as grpc-gateway's ``PopulateQueryParameters``.
+
+Pure: no I/O. A parameter names a field path, each segment by its proto name or its JSON name
+(``page_size`` or ``pageSize``), dots walking into nested messages (``book.author.name``).
+Values are the text forms grpc-gateway accepts:
+
+- repeated fields by repetition (``?tag=a&tag=b``);
+- enums by name or number (``CHANNEL_SMS`` or ``2``), numbers only if the enum defines them;
+- bools as ``true``/``false``/``1``/``0`` (``True``/``FALSE``/``t``/``f`` too, as Go's
+  ``strconv.ParseBool``);
+- integers in decimal (int64 too: the text is exact), range-checked for the field's type;
+- floats in decimal or exponent form, ``NaN``/``Infinity``/``-Infinity`` (the JSON words);
+- bytes in standard or URL-safe base64, padded or not;
+- well-known types in their JSON string forms: Timestamp (RFC 3339), Duration (``"1.5s"``),
+  FieldMask (``"a,b.c"``, the paths as given) and the wrappers (the wrapped scalar's form).
+
+A parameter on a field bound by the path or the body (or inside one) is ignored: the path wins.
+An unknown parameter is ignored unless ``strict``; a value that does not fit its field is a
+``GatewayError.bad_query_value`` naming both.
+
+>>> from hms.notify.v1 import notify_pb2
+>>> req = notify_pb2.ListNotificationsRequest()
+>>> apply_query(req, [("pageSize", "20")], bound=set(), strict=False)
+>>> req.page_size
+20
+
+The helpers ``resolve_field_path`` and ``set_text_value`` are shared with ``transcode`` (path
+variables use the same conversions); they raise ``ValueProblem``, which each caller maps to its
+own ``GatewayError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Iterable, Set
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from gateway.errors import GatewayError
+
+__all__ = [
+    "UnknownField",
+    "ValueProblem",
+    "apply_query",
+    "is_text_settable",
+    "resolve_field_path",
+    "set_text_value",
+]
+
+
+class ValueProblem(ValueError):
+    """A text value does not fit its field; the message says why."""
+
+
+class UnknownField(LookupError):
+    """A dotted path names no field (``args[0]`` is the segment that was not found)."""
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_FLOAT_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_FLOAT32_MAX = 3.4028234663852886e38
+_TRUE = frozenset({"true", "True", "TRUE", "t", "T", "1"})
+_FALSE = frozenset({"false", "False", "FALSE", "f", "F", "0"})
+
+_T = FieldDescriptor
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    **dict.fromkeys((_T.TYPE_INT32, _T.TYPE_SINT32, _T.TYPE_SFIXED32), (-(2**31), 2**31 - 1)),
+    **dict.fromkeys((_T.TYPE_INT64, _T.TYPE_SINT64, _T.TYPE_SFIXED64), (-(2**63), 2**63 - 1)),
+    **dict.fromkeys((_T.TYPE_UINT32, _T.TYPE_FIXED32), (0, 2**32 - 1)),
+    **dict.fromkeys((_T.TYPE_UINT64, _T.TYPE_FIXED64), (0, 2**64 - 1)),
+}
+
+_WRAPPERS = frozenset(
+    "google.protobuf." + name
+    for name in (
+        "DoubleValue",
+        "FloatValue",
+        "Int64Value",
+        "UInt64Value",
+        "Int32Value",
+        "UInt32Value",
+        "BoolValue",
+        "StringValue",
+        "BytesValue",
+    )
+)
+# Parsed from their JSON string form by json_format.
+_JSON_STRING_TYPES = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration"})
+_FIELD_MASK = "google.protobuf.FieldMask"
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _field_named(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+    field = descriptor.fields_by_name.get(name)
+    if field is not None:
+        return field
+    for candidate in descriptor.fields:
+        if candidate.json_name == name:
+            return candidate
+    return None
+
+
+def resolve_field_path(descriptor: Descriptor, path: str) -> tuple[FieldDescriptor, ...]:
+    """The fields a dotted path walks through, each segment by proto or JSON name.
+
+    Raises ``UnknownField`` when a segment names no field, or walks on from a field that is not
+    a singular message.
+    """
+    fields: list[FieldDescriptor] = []
+    current: Descriptor | None = descriptor
+    for segment in path.split("."):
+        if current is None:
+            raise UnknownField(path)
+        field = _field_named(current, segment)
+        if field is None:
+            raise UnknownField(path)
+        fields.append(field)
+        nested = field.message_type
+        walkable = nested is not None and not field.is_repeated and not _is_map(field)
+        current = nested if walkable else None
+    return tuple(fields)
+
+
+def _parse_int(field: FieldDescriptor, text: str) -> int:
+    if not _INT_RE.fullmatch(text):
+        raise ValueProblem("not an integer")
+    value = int(text)
+    low, high = _INT_RANGES[field.type]
+    if not low <= value <= high:
+        raise ValueProblem(f"out of range [{low}, {high}]")
+    return value
+
+
+def _parse_float(field: FieldDescriptor, text: str) -> float:
+    if text in _FLOAT_WORDS:
+        return _FLOAT_WORDS[text]
+    if not _FLOAT_RE.fullmatch(text):
+        raise ValueProblem("not a number")
+    value = float(text)
+    limit = _FLOAT32_MAX if field.type == _T.TYPE_FLOAT else math.inf
+    if math.isinf(value) or abs(value) > limit:
+        raise ValueProblem("out of range")
+    return value
+
+
+def _parse_bool(text: str) -> bool:
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueProblem("not a bool (true, false, 1 or 0)")
+
+
+def _parse_bytes(text: str) -> bytes:
+    # Standard and URL-safe alphabets, padded or not; a mix of the two is refused.
+    url_safe = "-" in text or "_" in text
+    if url_safe and ("+" in text or "/" in text):
+        raise ValueProblem("mixes standard and URL-safe base64")
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(padded, altchars=b"-_" if url_safe else None, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueProblem(f"not base64: {exc}") from exc
+
+
+def _parse_enum(field: FieldDescriptor, text: str) -> int:
+    enum = field.enum_type
+    by_name = enum.values_by_name.get(text)
+    if by_name is not None:
+        return by_name.number
+    if _INT_RE.fullmatch(text) and int(text) in enum.values_by_number:
+        return int(text)
+    raise ValueProblem(f"not a value of enum {enum.full_name}")
+
+
+def _scalar(field: FieldDescriptor, text: str) -> Any:
+    kind = field.type
+    if kind == _T.TYPE_STRING:
+        return text
+    if kind == _T.TYPE_BOOL:
+        return _parse_bool(text)
+    if kind == _T.TYPE_ENUM:
+        return _parse_enum(field, text)
+    if kind == _T.TYPE_BYTES:
+        return _parse_bytes(text)
+    if kind in (_T.TYPE_FLOAT, _T.TYPE_DOUBLE):
+        return _parse_float(field, text)
+    if kind in _INT_RANGES:
+        return _parse_int(field, text)
+    raise ValueProblem("this field type cannot be set from text")
+
+
+def is_text_settable(field: FieldDescriptor) -> bool:
+    """True when a text value can set ``field``: a scalar, an enum or a well-known type."""
+    if _is_map(field):
+        return False
+    nested = field.message_type
+    if nested is None:
+        return True
+    name = nested.full_name
+    return name in _WRAPPERS or name in _JSON_STRING_TYPES or name == _FIELD_MASK
+
+
+def _fill_message(target: Message, text: str) -> None:
+    name = target.DESCRIPTOR.full_name
+    if name in _WRAPPERS:
+        value_field = target.DESCRIPTOR.fields_by_name["value"]
+        target.value = _scalar(value_field, text)  # type: ignore[attr-defined]
+    elif name == _FIELD_MASK:
+        # grpc-gateway splits the text on commas and keeps the paths as given.
+        target.paths.extend(p for p in text.split(",") if p)  # type: ignore[attr-defined]
+    elif name in _JSON_STRING_TYPES:
+        try:
+            json_format.Parse(json.dumps(text), target)
+        except (json_format.Error, ValueError, TypeError, OverflowError) as exc:
+            raise ValueProblem(f"not a valid {target.DESCRIPTOR.name}") from exc
+    else:
+        raise ValueProblem(f"message {name} cannot be set from text")
+
+
+def set_text_value(message: Message, fields: Iterable[FieldDescriptor], text: str) -> None:
+    """Set (or, for a repeated field, append) the field at the end of ``fields`` from text.
+
+    Intermediate messages are created on the way. Raises ``ValueProblem`` if the text does not
+    fit the field.
+    """
+    *parents, leaf = fields
+    target = message
+    for parent in parents:
+        target = getattr(target, parent.name)
+    if _is_map(leaf):
+        raise ValueProblem("map fields cannot be set from text")
+    try:
+        if leaf.message_type is not None:
+            if leaf.is_repeated:
+                item = getattr(target, leaf.name).add()
+                try:
+                    _fill_message(item, text)
+                except ValueProblem:
+                    del getattr(target, leaf.name)[-1]
+                    raise
+            else:
+                sub = getattr(target, leaf.name)
+                scratch = type(sub)()
+                _fill_message(scratch, text)
+                sub.CopyFrom(scratch)
+        elif leaf.is_repeated:
+            getattr(target, leaf.name).append(_scalar(leaf, text))
+        else:
+            setattr(target, leaf.name, _scalar(leaf, text))
+    except (TypeError, ValueError) as exc:
+        # A str protobuf will not store (lone surrogates), or a value upb refuses.
+        if isinstance(exc, ValueProblem):
+            raise
+        raise ValueProblem(str(exc) or type(exc).__name__) from exc
+
+
+def _is_bound(names: tuple[str, ...], bound: Set[str]) -> bool:
+    return any(".".join(names[:i]) in bound for i in range(1, len(names) + 1))
+
+
+def apply_query(
+    message: Message,
+    params: list[tuple[str, str]],
+    *,
+    bound: set[str],
+    strict: bool,
+) -> None:
+    """Fill ``message`` from query parameters, in order; see the module docstring.
+
+    ``bound`` holds the dotted proto field paths set by the path or the body; a parameter on
+    one of them, or inside one, is ignored.
+
+    >>> from hms.testing.v1 import echo_pb2
+    >>> req = echo_pb2.EchoRequest()
+    >>> apply_query(req, [("message", "hi"), ("nope", "1")], bound=set(), strict=False)
+    >>> req.message
+    'hi'
+    """
+    descriptor = message.DESCRIPTOR
+    for name, value in params:
+        try:
+            fields = resolve_field_path(descriptor, name)
+        except UnknownField:
+            if strict:
+                raise GatewayError.unknown_field(name, "query") from None
+            continue
+        if _is_bound(tuple(f.name for f in fields), bound):
+            continue
+        try:
+            set_text_value(message, fields, value)
+        except ValueProblem as exc:
+            raise GatewayError.bad_query_value(name, value, str(exc)) from exc
