@@ -60,7 +60,7 @@ from mesh.registry.etcd import (
     WatchEvent,
 )
 
-__all__ = ["FakeEtcd", "eventually"]
+__all__ = ["DummyChannel", "FakeEtcd", "VirtualClock", "eventually"]
 
 
 async def eventually(
@@ -329,3 +329,26 @@ class FakeEtcd:
         if lease.keys:
             self._delete_keys(list(lease.keys))
         self._notify()
+
+
+class VirtualClock:
+    """A monotonic clock that moves only when told: `clock()` reads, `advance(s)` moves."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class DummyChannel:
+    """Stands in for a per-instance grpc.aio channel where only `close()` is used."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self, grace: float | None = None) -> None:
+        self.closed = True

@@ -39,8 +39,10 @@ async def serve(config: StackConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     info = await stack.start()
     try:
-        print(summary(info))
-        print(f"stack ready: {config.state_dir / 'stack.json'}; Ctrl-C stops everything")
+        print(summary(info), flush=True)
+        print(
+            f"stack ready: {config.state_dir / 'stack.json'}; Ctrl-C stops everything", flush=True
+        )
         await stop.wait()
     finally:
         print("stopping ...")

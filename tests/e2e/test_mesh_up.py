@@ -18,16 +18,19 @@ from services.demo import scenario
 pytestmark = pytest.mark.integration
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float) -> None:
+def _wait_until_ready(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Read `mesh up`'s output until it says the stack is ready; returns what it printed."""
+    assert proc.stdout is not None
+    printed: list[str] = []
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"mesh up exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} not written within {timeout} s")
-        time.sleep(0.1)  # polling for the file, bounded by the deadline
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # returns at each line; "" only when mesh up exited
+        printed.append(line)
+        if line.startswith("stack ready"):
+            return "".join(printed)
+        if not line:
+            raise AssertionError(f"mesh up exited {proc.wait()}: {''.join(printed)}")
+    raise AssertionError(f"mesh up not ready within {timeout} s: {''.join(printed)}")
 
 
 def test_mesh_up_ls_scenario_and_clean_stop(tmp_path: Path) -> None:
@@ -41,7 +44,7 @@ def test_mesh_up_ls_scenario_and_clean_stop(tmp_path: Path) -> None:
         env=env,
     )
     try:
-        _wait_for_file(state / "stack.json", up, 60)
+        _wait_until_ready(up, 60)
         info = json.loads((state / "stack.json").read_text())
         assert set(info["services"]) >= {"eligibility", "notify", "echo"}
         assert (Path(info["tls_dir"]) / "ops.pem").exists()

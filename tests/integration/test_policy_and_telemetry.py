@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -31,13 +30,11 @@ def write_policy(path: Path, callers: list[str]) -> None:
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Repeat `check` (each try makes a real call) until it holds."""
+    """Repeat `check` (each try is a real call, which paces the loop) until it holds."""
     try:
         async with asyncio.timeout(timeout):
-            for _ in itertools.count():
-                if await check():
-                    return
-                await asyncio.sleep(0.1)  # pacing the tries; the condition is the call's outcome
+            while not await check():
+                pass
     except TimeoutError:
         raise AssertionError(f"not within {timeout} s: {what}") from None
 

@@ -20,6 +20,7 @@ from mesh.policy.outlier import HealthState, OutlierConfig
 from mesh.policy.retry import Idempotency
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
+from mesh.testing import DummyChannel, VirtualClock
 
 Code = grpc.StatusCode
 SERVICE = "hms.test.v1.Echo"
@@ -29,22 +30,6 @@ PENALTY = 1.0  # PeakEwma's default: what a RESOURCE_EXHAUSTED answer counts as
 OUTLIER = OutlierConfig(
     consecutive_failures=3, base_ejection=30.0, max_ejection_percent=50.0, probe_timeout=5.0
 )
-
-
-class VirtualClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class DummyChannel:
-    async def close(self, grace: float | None = None) -> None:
-        return None
 
 
 class WatchedPool(ServicePool):

@@ -15,30 +15,12 @@ from mesh.client.pool import ServicePool
 from mesh.policy.outlier import HealthState, OutlierConfig
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
+from mesh.testing import DummyChannel, VirtualClock
 
 SERVICE = "hms.test.v1.Echo"
 EJECT_AT_ONCE = OutlierConfig(
     consecutive_failures=1, base_ejection=30.0, max_ejection_percent=100.0, probe_timeout=5.0
 )
-
-
-class VirtualClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class DummyChannel:
-    def __init__(self) -> None:
-        self.closed = False
-
-    async def close(self, grace: float | None = None) -> None:
-        self.closed = True
 
 
 def instance(n: int, weight: int = 100, address: str | None = None) -> Instance:

@@ -16,6 +16,7 @@ from mesh.client.middleware import Handler, RetryLayer, build_chain, transport
 from mesh.policy.backoff import BackoffPolicy
 from mesh.policy.budget import RetryBudget
 from mesh.policy.retry import Idempotency, RetryPolicy
+from mesh.testing import VirtualClock
 
 Code = grpc.StatusCode
 IDEM, NSE, UNK = Idempotency.IDEMPOTENT, Idempotency.NO_SIDE_EFFECTS, Idempotency.UNKNOWN
@@ -23,17 +24,6 @@ METHOD = "/hms.test.v1.Echo/Say"
 PUSHBACK = "grpc-retry-pushback-ms"
 NO_JITTER = BackoffPolicy(base=0.1, cap=1.0, multiplier=2.0, jitter=0.0)
 POLICY = RetryPolicy(max_attempts=3, backoff=NO_JITTER)  # UNAVAILABLE only
-
-
-class VirtualClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeSleep:
