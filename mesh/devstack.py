@@ -23,8 +23,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
-__all__ = ["DevStack", "EtcdProcess", "NatsProcess", "ServiceProcess", "binary", "free_port"]
+__all__ = [
+    "DevStack",
+    "EtcdProcess",
+    "GatewayProcess",
+    "NatsProcess",
+    "ServiceProcess",
+    "binary",
+    "free_port",
+]
 
 _LOOPBACK = "127.0.0.1"
 
@@ -253,9 +262,12 @@ class ServiceProcess:
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", f"services.{self.package}.main", *self.args]
+
+    def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", f"services.{self.package}.main", *self.args]
+        command = self.command()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 command,
@@ -308,3 +320,29 @@ class ServiceProcess:
             self.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class GatewayProcess(ServiceProcess):
+    """`mesh gateway ...` as its own process; `wait_url()` reads the address it bound."""
+
+    LISTENING = "gateway listening on "
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log_path: Path):
+        super().__init__("gateway", args, env=env, log_path=log_path)
+        self.url = ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mesh.cli", "gateway", *self.args]
+
+    def wait_url(self, timeout: float = 30.0) -> str:
+        """The gateway's base URL, once it listens (RuntimeError if it exits first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_tail(100_000).splitlines():
+                if line.startswith(self.LISTENING):
+                    self.url = line[len(self.LISTENING) :].strip()
+                    return self.url
+            if not self.running:
+                raise RuntimeError(f"the gateway exited:\n{self.log_tail(2000)}")
+            time.sleep(0.05)
+        raise TimeoutError(f"the gateway did not listen within {timeout} s:\n{self.log_tail()}")

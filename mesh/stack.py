@@ -4,7 +4,7 @@ process. `mesh up`, the demo and end-to-end tests use it.
 When all services are registered it writes `<state-dir>/stack.json`:
 
     {"etcd": "127.0.0.1:PORT", "nats": "nats://127.0.0.1:PORT", "namespace": "hms",
-     "tls_dir": "/abs/.mesh/tls", "ops_cert": "ops",
+     "tls_dir": "/abs/.mesh/tls", "ops_cert": "ops", "gateway": "http://127.0.0.1:PORT",
      "services": {"<deployment>": {"pid": N, "log": "...", "instances": [
          {"service": "hms.notify.v1.NotifyService", "address": "127.0.0.1:PORT", ...}]}}}
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh import certs
-from mesh.devstack import DevStack, ServiceProcess
+from mesh.devstack import DevStack, GatewayProcess, ServiceProcess
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
 
@@ -30,6 +30,7 @@ __all__ = ["Stack", "StackConfig", "discover_services", "read_stack_file"]
 log = logging.getLogger(__name__)
 
 OPS_IDENTITY = "ops"
+GATEWAY_IDENTITY = "gateway"
 STACK_FILE = "stack.json"
 
 
@@ -57,6 +58,8 @@ class StackConfig:
     lease_ttl: int = 10
     ready_timeout: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Start the REST gateway too (its URL goes into stack.json).
+    gateway: bool = True
 
 
 class Stack:
@@ -70,6 +73,7 @@ class Stack:
         self.deployments = config.deployments or tuple(discover_services())
         self.dev: DevStack | None = None
         self.procs: dict[str, ServiceProcess] = {}
+        self.gateway: GatewayProcess | None = None
         self.info: dict[str, Any] = {}
 
     @property
@@ -91,7 +95,7 @@ class Stack:
         }
 
     async def start(self) -> dict[str, Any]:
-        certs.ensure(self.tls_dir, [*self.deployments, OPS_IDENTITY])
+        certs.ensure(self.tls_dir, [*self.deployments, OPS_IDENTITY, GATEWAY_IDENTITY])
         # Throwaway data: a new stack starts empty.
         shutil.rmtree(self.run_dir, ignore_errors=True)
         (self.run_dir / "logs").mkdir(parents=True)
@@ -101,6 +105,8 @@ class Stack:
             for deployment in self.deployments:
                 self.start_service(deployment)
             instances = await self._wait_registered()
+            if self.config.gateway:
+                await self._start_gateway()
         except BaseException:
             await self.stop()
             raise
@@ -118,6 +124,17 @@ class Stack:
         proc = ServiceProcess(deployment, args, env=self.env(), log_path=log_path).start()
         self.procs[deployment] = proc
         return proc
+
+    async def _start_gateway(self) -> None:
+        args = [
+            f"--etcd={self.etcd_endpoint}",
+            f"--namespace={self.config.namespace}",
+            f"--tls-dir={self.tls_dir}",
+            f"--cert-name={GATEWAY_IDENTITY}",
+        ]
+        log_path = self.run_dir / "logs" / "gateway.log"
+        gateway = self.gateway = GatewayProcess(args, env=self.env(), log_path=log_path).start()
+        await asyncio.to_thread(gateway.wait_url, self.config.ready_timeout)
 
     async def _wait_registered(self) -> list[Any]:
         etcd = Etcd([self.etcd_endpoint])
@@ -168,11 +185,16 @@ class Stack:
             "namespace": self.config.namespace,
             "tls_dir": str(self.tls_dir),
             "ops_cert": OPS_IDENTITY,
+            "gateway": self.gateway.url if self.gateway is not None else None,
             "services": services,
         }
 
     async def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM every service (they drain and deregister), then stop NATS and etcd."""
+        """SIGTERM the gateway and every service (they drain and deregister), then stop NATS
+        and etcd."""
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.stop, grace)
+            self.gateway = None
         for proc in self.procs.values():
             proc.terminate()
         await asyncio.gather(*(asyncio.to_thread(p.stop, grace) for p in self.procs.values()))

@@ -4,16 +4,20 @@ A citizen applies for a housing voucher: the eligibility rules are checked, a no
 sent with the decision, and a caseworker lists what was sent. It starts the whole stack (etcd,
 NATS, every service in its own process), calls the services through the mesh channel
 (registry, load balancing, deadlines, retries) over mTLS with the `ops` identity, prints each
-step and its answer, and stops everything.
+step and its answer; then an outside caller does the same over REST through the gateway; and
+it stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,6 +167,51 @@ async def _steps(
     return steps.failures
 
 
+def _http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def rest_scenario(gateway: str, wait: float = 20.0) -> int:
+    """An outside caller over REST, through the gateway; returns the number of failed steps."""
+    deadline = time.monotonic() + wait
+    while True:  # the gateway learns the services' routes by reflection as they register
+        status, body = await asyncio.to_thread(_http, "GET", f"{gateway}/readyz")
+        if status == 200 and {ELIGIBILITY, NOTIFY} <= set(json.loads(body)["services"]):
+            break
+        if time.monotonic() > deadline:
+            print(f"gateway {gateway} did not learn the services: {body}")
+            return 1
+        await asyncio.sleep(0.05)
+    failures = 0
+    print(f"\nREST through the gateway at {gateway}:")
+    for title, method, path, payload, expected in (
+        (
+            "A citizen checks eligibility from the web",
+            "POST",
+            "/v1/eligibility:check",
+            {"applicantId": "HV-2001", "annualIncomePence": "1900000", "householdSize": 3,
+             "residenceMonths": 48},
+            200,
+        ),
+        ("A rule that does not exist answers 404", "GET", "/v1/rules/MAX_AGE", None, 404),
+        ("Malformed JSON answers 400, naming the problem", "POST", "/v1/eligibility:check",
+         {"annualIncomePence": "lots"}, 400),
+    ):  # fmt: skip
+        status, body = await asyncio.to_thread(_http, method, gateway + path, payload)
+        mark = "as expected" if status == expected else f"EXPECTED {expected}"
+        failures += status != expected
+        print(f"  {title}\n  {method} {path} -> {status} ({mark})\n    {body[:300]}")
+    return failures
+
+
 async def main_async(state_dir: Path) -> int:
     stack = Stack(StackConfig(state_dir=state_dir))
     print(f"Starting etcd, NATS and {', '.join(stack.deployments)} (state in {state_dir}) ...")
@@ -172,6 +221,7 @@ async def main_async(state_dir: Path) -> int:
         print(f"stack up in {time.perf_counter() - started:.1f} s: etcd {info['etcd']}, "
               f"NATS {info['nats']}\n")  # fmt: skip
         failures = await scenario(info["etcd"], Path(info["tls_dir"]), info["namespace"])
+        failures += await rest_scenario(info["gateway"])
     finally:
         await stack.stop()
         print("stack stopped")

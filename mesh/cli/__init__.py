@@ -10,9 +10,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mesh.cli import certs, events, ls, up
+from mesh.cli import certs, events, gateway, ls, up
 
-COMMANDS = (certs, up, ls, events)
+COMMANDS = (certs, up, ls, events, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:

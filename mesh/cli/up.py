@@ -25,6 +25,8 @@ def summary(info: dict[str, Any]) -> str:
         f"nats     {info['nats']}",
         f"tls      {info['tls_dir']} (ops certificate: {info['ops_cert']}.pem)",
     ]
+    if info.get("gateway"):
+        lines.append(f"gateway  {info['gateway']} (REST; /openapi.json lists the routes)")
     for deployment, service in info["services"].items():
         for instance in service["instances"]:
             lines.append(f"{deployment:<12} {instance['address']:<22} {instance['service']}")

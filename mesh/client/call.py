@@ -63,6 +63,9 @@ class CallInfo:
     endpoint: Any = None
     #: Trailing metadata of the last failed attempt (retry pushback lives there).
     trailers: Metadata = ()
+    #: The grpc.aio call of the last attempt: a caller that needs the response's metadata
+    #: (the REST gateway) reads it there.
+    rpc: Any = None
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

@@ -36,6 +36,7 @@ from mesh.policy.budget import RetryBudget
 from mesh.policy.retry import idempotency_of
 from mesh.registry.etcd import Etcd
 from mesh.registry.keys import Instance
+from mesh.registry.static import StaticDiscovery, static_discovery
 from mesh.registry.watch import Change, ChangeKind, Discovery
 from mesh.telemetry import ChannelCollector, ClientMetrics
 
@@ -55,7 +56,7 @@ class MeshChannel:
 
     def __init__(
         self,
-        etcd: Etcd,
+        etcd: Etcd | None,
         config: ClientConfig,
         *,
         owns_etcd: bool = False,
@@ -67,7 +68,7 @@ class MeshChannel:
         self._clock = time.monotonic
         self._rand = random.Random()
         self._pools: dict[str, ServicePool] = {}
-        self._discoveries: dict[str, Discovery] = {}
+        self._discoveries: dict[str, Discovery | StaticDiscovery] = {}
         self._opening: dict[str, asyncio.Future[ServicePool]] = {}
         self.budget = RetryBudget(
             self._clock,
@@ -99,9 +100,11 @@ class MeshChannel:
     async def connect(
         cls, config: ClientConfig, *, metrics: ClientMetrics | None = None
     ) -> MeshChannel:
-        etcd = Etcd(config.etcd)
-        await etcd.connect()
-        channel = cls(etcd, config, owns_etcd=True, metrics=metrics)
+        etcd = None
+        if config.etcd:
+            etcd = Etcd(config.etcd)
+            await etcd.connect()
+        channel = cls(etcd, config, owns_etcd=etcd is not None, metrics=metrics)
         channel.start()
         return channel
 
@@ -117,7 +120,7 @@ class MeshChannel:
             await pool.close()
         self._pools.clear()
         self._discoveries.clear()
-        if self._owns_etcd:
+        if self._owns_etcd and self.etcd is not None:
             await self.etcd.close()
 
     async def __aenter__(self) -> MeshChannel:
@@ -148,7 +151,11 @@ class MeshChannel:
             rand=self._rand.random,
             watch_health=self.config.watch_health,
         )
-        discovery = Discovery(self.etcd, self.config.namespace, service)
+        discovery: Discovery | StaticDiscovery
+        if service in self.config.upstreams or self.etcd is None:
+            discovery = static_discovery(self.config.upstreams, service)
+        else:
+            discovery = Discovery(self.etcd, self.config.namespace, service)
         discovery.subscribe(pool.apply)
         # Bounded: with etcd down at start there is nothing to serve, but a call must not hang.
         await discovery.start(timeout=self.config.no_instance_wait)

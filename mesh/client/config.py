@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from mesh.deadline import DeadlineConfig
 from mesh.policy.outlier import OutlierConfig
 from mesh.policy.retry import RetryPolicy
+from mesh.registry.keys import Instance
 from mesh.tls import TlsFiles
 
 __all__ = ["LAYERS", "ClientConfig"]
@@ -41,10 +42,13 @@ class ClientConfig:
     layers: tuple[str, ...] = LAYERS
     #: Wrap each per-instance channel with OpenTelemetry's gRPC client interceptor.
     tracing: bool = False
+    #: Fixed instances per service, used instead of the registry for those services (see
+    #: mesh.registry.static); with no etcd endpoint, the only services that can be called.
+    upstreams: Mapping[str, tuple[Instance, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.etcd:
-            raise ValueError("etcd: at least one endpoint is required")
+        if not self.etcd and not self.upstreams:
+            raise ValueError("etcd: at least one endpoint is required (or static upstreams)")
         unknown = [name for name in self.layers if name not in LAYERS]
         if unknown or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers {self.layers!r}: use each of {LAYERS} at most once")

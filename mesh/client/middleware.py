@@ -107,7 +107,7 @@ async def transport(call: CallInfo) -> Any:
     if call.attempt > 0:
         metadata = [*metadata, ("grpc-previous-rpc-attempts", str(call.attempt))]
     left = remaining(call)
-    rpc = multicallable(
+    rpc = call.rpc = multicallable(
         call.request, timeout=left, metadata=metadata, wait_for_ready=call.wait_for_ready
     )
     if call.kind.response_streaming:

@@ -1,0 +1,359 @@
+"""The gateway as an ASGI application: HTTP/JSON in, a gRPC call through the mesh channel out.
+
+One request passes these steps, in this order (each may answer on its own):
+
+1. request id: ``X-Request-Id`` kept, or created; it goes to the backend and back;
+2. operations: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` (GET);
+3. CORS: a preflight is answered here; other answers carry the CORS headers;
+4. rate limit per client address: 429 with ``Retry-After``;
+5. route: 404, or 405 with ``Allow``; client and bidi streaming methods answer 501;
+6. the gate: a bearer JWT unless the route is public; 401 with ``WWW-Authenticate``;
+7. body (413 over the limit) and transcoding into the request message (400 naming the field);
+8. the call, through the mesh channel (discovery, mTLS, deadline, retries, breakers): the
+   deadline from ``Grpc-Timeout`` or the configured default; metadata from the headers, plus
+   the verified identity;
+9. the answer: JSON (or an ``HttpBody``'s bytes), the response metadata as ``Grpc-Metadata-*``
+   and ``Grpc-Trailer-*`` headers; a server stream as NDJSON or SSE. A gRPC error becomes
+   grpc-gateway's HTTP status and a ``google.rpc.Status`` body with the backend's details.
+
+An exception nobody expected answers 500 without internals and is logged with the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import grpc
+from google.rpc import status_pb2
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway import streaming
+from gateway.asgi import ClientGone, Receive, Request, Responder, Scope, Send, json_bytes, read_body
+from gateway.auth import IDENTITY_KEYS, JwtVerifier, identity_metadata
+from gateway.config import GatewayConfig
+from gateway.endpoint import Endpoint
+from gateway.errors import GatewayError, http_status, status_body
+from gateway.headers import from_metadata, parse_grpc_timeout, success_status, to_metadata
+from gateway.openapi import build_openapi
+from gateway.ratelimit import RateLimiter
+from gateway.router import Match, MethodNotAllowed
+from gateway.routes import RouteTable
+from gateway.template.match import BadPath
+from gateway.transcode import HTTP_BODY, render_response
+from mesh.client.call import CallInfo, CallKind
+from mesh.client.channel import MeshChannel
+
+__all__ = ["Gateway", "GatewayMetrics"]
+
+log = logging.getLogger(__name__)
+
+_JSON = "application/json"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class GatewayMetrics:
+    """Requests by route and HTTP status, and their latency, for ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests answered by the gateway",
+            ["service", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gateway_request_seconds",
+            "Time from request to the end of the answer",
+            ["service", "method"],
+            registry=registry,
+        )
+
+
+class Gateway:
+    """The ASGI application. Serve it with uvicorn (see gateway/serve.py)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        table: RouteTable,
+        channel: MeshChannel,
+        *,
+        metrics: GatewayMetrics | None = None,
+        ready: Callable[[], bool] = lambda: True,
+        verifier: JwtVerifier | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.channel = channel
+        self.metrics = metrics or GatewayMetrics(CollectorRegistry())
+        self.ready = ready
+        self.verifier = verifier or (JwtVerifier(config.jwt) if config.jwt else None)
+        self.limiter = limiter or (RateLimiter(config.rate_limit) if config.rate_limit else None)
+        self._openapi: tuple[int, bytes] = (-1, b"")
+        self._ops = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/openapi.json": self._openapi_json,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request = Request(scope, receive)
+        common = [(b"x-request-id", request.request_id.encode("latin-1"))]
+        responder = Responder(send, common)
+        endpoint: Endpoint | None = None
+        try:
+            cors = self.config.cors
+            if cors is not None:
+                origin = request.header("origin")
+                if request.method == "OPTIONS" and origin is not None:
+                    wanted = request.header("access-control-request-method")
+                    if wanted is not None:
+                        await self._preflight(request, responder, origin, wanted)
+                        return
+                common.extend(
+                    (k.encode("latin-1"), v.encode("latin-1"))
+                    for k, v in cors.simple_headers(origin)
+                )
+            operation = self._ops.get(request.path)
+            if operation is not None and request.method == "GET":
+                await operation(responder)
+                return
+            if self.limiter is not None:
+                wait = self.limiter.acquire(request.client or "unknown")
+                if wait is not None:
+                    raise GatewayError.rate_limited(wait)
+            endpoint, bindings = self._route(request)
+            await self._serve(request, responder, endpoint, bindings)
+        except GatewayError as error:
+            await responder.error(error)
+        except ClientGone:
+            responder.status = 499
+        except Exception:
+            log.exception("request %s failed unexpectedly", request.request_id)
+            if responder.status == 0:
+                await responder.error(
+                    GatewayError(500, grpc.StatusCode.INTERNAL, "internal error in the gateway")
+                )
+        finally:
+            service, method = (
+                ("", "") if endpoint is None else (endpoint.service, endpoint.method.name)
+            )
+            self.metrics.requests.labels(service, method, str(responder.status)).inc()
+            self.metrics.latency.labels(service, method).observe(time.perf_counter() - started)
+
+    def _route(self, request: Request) -> tuple[Endpoint, Any]:
+        try:
+            found = self.table.resolve(request.method, request.path)
+        except BadPath as exc:
+            raise GatewayError(400, grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if isinstance(found, Match):
+            return found.route.payload, found.bindings
+        if isinstance(found, MethodNotAllowed):
+            raise GatewayError.method_not_allowed(request.method, request.path, found.allow)
+        raise GatewayError.no_route(request.method, request.path)
+
+    async def _serve(
+        self, request: Request, responder: Responder, endpoint: Endpoint, bindings: Any
+    ) -> None:
+        if endpoint.kind.request_streaming:
+            raise GatewayError(
+                501,
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{endpoint.path} is a client-streaming method; the REST gateway serves only "
+                "unary and server-streaming methods",
+            )
+        metadata = to_metadata(
+            request.headers, client_ip=request.client, host=request.host, reserved=IDENTITY_KEYS
+        )
+        if self.verifier is not None and not self.config.is_public(
+            endpoint.service, endpoint.method.name
+        ):
+            identity = self.verifier.verify(request.header("authorization"))
+            metadata.extend(identity_metadata(identity))
+        body = await read_body(request, self.config.body_limit)
+        try:
+            query = parse_qsl(
+                request.query.decode("latin-1"), keep_blank_values=True, errors="strict"
+            )
+        except UnicodeDecodeError as exc:
+            raise GatewayError(
+                400, grpc.StatusCode.INVALID_ARGUMENT, f"query string is not UTF-8: {exc.reason}"
+            ) from None
+        message = endpoint.mapping.build_request(
+            endpoint.request_class,
+            bindings,
+            query,
+            body,
+            options=self.config.json,
+            content_type=request.header("content-type") or "",
+        )
+        call = CallInfo(
+            kind=endpoint.kind,
+            method=endpoint.path,
+            service=endpoint.service,
+            request=message,
+            metadata=metadata,
+            serializer=endpoint.request_class.SerializeToString,
+            deserializer=endpoint.response_class.FromString,
+            idempotency=endpoint.idempotency,
+            timeout=self._timeout(request),
+        )
+        if endpoint.kind is CallKind.UNARY_STREAM:
+            await self._stream(request, responder, endpoint, call)
+        else:
+            await self._unary(responder, endpoint, call)
+
+    def _timeout(self, request: Request) -> float:
+        header = request.header("grpc-timeout")
+        if header is None:
+            return self.config.default_timeout
+        return min(parse_grpc_timeout(header), self.config.max_timeout)
+
+    async def _unary(self, responder: Responder, endpoint: Endpoint, call: CallInfo) -> None:
+        try:
+            response = await self.channel.invoke(call)
+            initial = await call.rpc.initial_metadata()
+            trailing = await call.rpc.trailing_metadata()
+        except grpc.aio.AioRpcError as exc:
+            await self._rpc_error(responder, exc)
+            return
+        data, content_type = render_response(
+            response, response_body=endpoint.mapping.response_body, options=self.config.json
+        )
+        status = success_status(initial) or 200
+        await responder.whole(status, data, content_type, from_metadata(initial, trailing))
+
+    async def _stream(
+        self, request: Request, responder: Responder, endpoint: Endpoint, call: CallInfo
+    ) -> None:
+        rpc = None
+        watcher = asyncio.create_task(_until_disconnect(request.receive))
+        try:
+            rpc = await self.channel.invoke(call)
+            watcher.add_done_callback(lambda _: rpc.cancel())
+            try:
+                first = await rpc.read()
+                initial = await rpc.initial_metadata()
+            except grpc.aio.AioRpcError as exc:
+                await self._rpc_error(responder, exc)  # nothing sent yet: a plain error answer
+                return
+            raw = endpoint.response_class.DESCRIPTOR.full_name == HTTP_BODY
+            sse = not raw and streaming.wants_sse(request.header("accept"))
+            frame, error_frame = (
+                (streaming.sse_frame, streaming.sse_error)
+                if sse
+                else (streaming.ndjson_frame, streaming.ndjson_error)
+            )
+            if raw:
+                kind = first.content_type if first is not grpc.aio.EOF else None
+                content_type = kind or "application/octet-stream"
+            else:
+                content_type = streaming.SSE if sse else streaming.NDJSON
+            headers = from_metadata(initial, None)
+            if sse:
+                headers.append(("cache-control", "no-cache"))
+            await responder.start(200, content_type, headers)
+            message = first
+            try:
+                while message is not grpc.aio.EOF:
+                    if raw:
+                        await responder.body(bytes(message.data), more=True)
+                    else:
+                        data, _ = render_response(message, options=self.config.json)
+                        await responder.body(frame(data), more=True)
+                    message = await rpc.read()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.CANCELLED or not watcher.done():
+                    await responder.body(error_frame(json_bytes(_status_json(exc))), more=True)
+            await responder.body(b"")
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _rpc_error(self, responder: Responder, exc: grpc.aio.AioRpcError) -> None:
+        headers = from_metadata(exc.initial_metadata(), exc.trailing_metadata())
+        await responder.whole(
+            http_status(exc.code()), json_bytes(_status_json(exc)), _JSON, headers
+        )
+
+    async def _preflight(
+        self, request: Request, responder: Responder, origin: str, wanted: str
+    ) -> None:
+        assert self.config.cors is not None
+        headers = self.config.cors.preflight(
+            origin, wanted, request.header("access-control-request-headers")
+        )
+        if headers is None:
+            raise GatewayError(
+                403,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"CORS preflight refused for origin {origin!r} and method {wanted!r}",
+            )
+        await responder.whole(204, b"", None, headers)
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def _healthz(self, responder: Responder) -> None:
+        await responder.whole(200, b'{"status":"ok"}', _JSON)
+
+    async def _readyz(self, responder: Responder) -> None:
+        if self.ready():
+            body = json_bytes({"status": "ready", "services": sorted(self.table.services())})
+            await responder.whole(200, body, _JSON)
+        else:
+            await responder.whole(503, b'{"status":"starting"}', _JSON)
+
+    async def _metrics(self, responder: Responder) -> None:
+        await responder.whole(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+
+    async def _openapi_json(self, responder: Responder) -> None:
+        version, document = self._openapi
+        if version != self.table.version:
+            document = json_bytes(build_openapi(self.table.endpoints(), options=self.config.json))
+            self._openapi = (self.table.version, document)
+        await responder.whole(200, document, _JSON)
+
+
+def _status_json(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The google.rpc.Status of a failed call, with the details the backend attached."""
+    details: list[Any] = []
+    for key, value in exc.trailing_metadata() or ():
+        if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
+            with contextlib.suppress(Exception):  # undecodable details: keep code and message
+                details = list(status_pb2.Status.FromString(value).details)
+    return status_body(exc.code(), exc.details() or "", details)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

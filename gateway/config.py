@@ -1,0 +1,54 @@
+"""The gateway's settings: one frozen dataclass, validated on construction.
+
+Files and the environment are read by the command line (mesh/cli/gateway.py), never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.auth import JwtConfig
+from gateway.cors import CorsPolicy
+from gateway.ratelimit import RateLimit
+from gateway.transcode import JsonOptions
+
+__all__ = ["GatewayConfig"]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How the gateway reads, checks and forwards requests.
+
+    ``public``: gRPC services (``pkg.Service``) or methods (``pkg.Service/Method``) that need no
+    token when ``jwt`` is set. ``default_timeout``: the deadline of a call whose request sends
+    no ``Grpc-Timeout``; ``max_timeout`` caps what a client may ask for.
+    """
+
+    json: JsonOptions = field(default_factory=JsonOptions)
+    default_timeout: float = 30.0
+    max_timeout: float = 300.0
+    body_limit: int = 4 * 1024 * 1024
+    jwt: JwtConfig | None = None
+    public: frozenset[str] = frozenset()
+    rate_limit: RateLimit | None = None
+    cors: CorsPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.default_timeout <= self.max_timeout:
+            raise ValueError(
+                f"default_timeout must be > 0 and <= max_timeout ({self.max_timeout}), "
+                f"got {self.default_timeout}"
+            )
+        if self.body_limit < 0:
+            raise ValueError(f"body_limit must be >= 0 bytes, got {self.body_limit}")
+        bad = [name for name in self.public if not _is_public_name(name)]
+        if bad:
+            raise ValueError(f"public: {bad} are not pkg.Service or pkg.Service/Method names")
+
+    def is_public(self, service: str, method: str) -> bool:
+        return service in self.public or f"{service}/{method}" in self.public
+
+
+def _is_public_name(name: str) -> bool:
+    service, _, method = name.partition("/")
+    return "." in service and "/" not in method and all(service.split("."))

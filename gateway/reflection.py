@@ -1,0 +1,154 @@
+"""Learn a gRPC service's descriptors from a running instance by server reflection.
+
+The gateway fronts services it has no generated code for, so it asks one of their instances
+(through the mesh channel: discovery, mTLS and deadlines as for any call) for the file that
+defines the service and every file that one imports, and builds them into a private
+``DescriptorPool``: one pool per service, so two services that ship different versions of a
+shared file never clash.
+
+grpcio serves ``grpc.reflection.v1alpha``; servers in other languages may serve only
+``grpc.reflection.v1``. The two protocols have the same messages, so v1alpha is asked first and
+v1 when the server answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_reflection.v1alpha import reflection_pb2
+
+from mesh.client.call import CallInfo, CallKind
+from mesh.client.channel import MeshChannel
+from mesh.policy.retry import Idempotency
+
+__all__ = ["ReflectionError", "build_pool", "fetch_service"]
+
+_METHODS = (
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+)
+# A file imports a bounded number of others; a server that keeps naming new ones is broken.
+_MAX_FILES = 500
+
+
+class ReflectionError(Exception):
+    """The service's descriptors could not be learnt; the message says which and why."""
+
+
+async def fetch_service(
+    channel: MeshChannel, service: str, *, timeout: float = 5.0
+) -> ServiceDescriptor:
+    """The descriptor of `service`, asked of one of its instances.
+
+    Raises ``ReflectionError`` (reflection not served, the service unknown to its own server,
+    a broken file set) or ``grpc.aio.AioRpcError`` (no instance reachable).
+    """
+    last: grpc.aio.AioRpcError | None = None
+    for method in _METHODS:
+        try:
+            files = await _fetch_files(channel, method, service, timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            last = exc
+            continue
+        pool = build_pool(files)
+        try:
+            return pool.FindServiceByName(service)
+        except KeyError:
+            raise ReflectionError(f"{service}: reflection returned files without it") from None
+    raise ReflectionError(f"{service}: server reflection is not served ({last.details()})")  # type: ignore[union-attr]
+
+
+async def _fetch_files(
+    channel: MeshChannel, method: str, service: str, timeout: float
+) -> list[descriptor_pb2.FileDescriptorProto]:
+    requests: asyncio.Queue[reflection_pb2.ServerReflectionRequest | None] = asyncio.Queue()
+
+    async def outgoing() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        while (request := await requests.get()) is not None:
+            yield request
+
+    call = CallInfo(
+        kind=CallKind.STREAM_STREAM,
+        method=method,
+        service=service,  # routed to an instance of the service being learnt
+        request=outgoing(),
+        metadata=[],
+        serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        idempotency=Idempotency.NO_SIDE_EFFECTS,
+        timeout=timeout,
+    )
+    rpc = await channel.invoke(call)
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    try:
+        requests.put_nowait(reflection_pb2.ServerReflectionRequest(file_containing_symbol=service))
+        while True:
+            reply = await rpc.read()
+            if reply is grpc.aio.EOF:
+                raise ReflectionError(f"{service}: reflection stream ended early")
+            if reply.HasField("error_response"):
+                error = reply.error_response
+                raise ReflectionError(
+                    f"{service}: reflection answered {error.error_code} {error.error_message!r}"
+                )
+            for data in reply.file_descriptor_response.file_descriptor_proto:
+                proto = descriptor_pb2.FileDescriptorProto.FromString(data)
+                files.setdefault(proto.name, proto)
+            missing = _missing(files.values(), files)
+            if not missing:
+                return list(files.values())
+            if len(files) > _MAX_FILES:
+                raise ReflectionError(f"{service}: more than {_MAX_FILES} files imported")
+            # One at a time: each answer may bring several of the missing files at once.
+            requests.put_nowait(reflection_pb2.ServerReflectionRequest(file_by_filename=missing[0]))
+    finally:
+        requests.put_nowait(None)
+        rpc.cancel()
+
+
+def _missing(
+    protos: Iterable[descriptor_pb2.FileDescriptorProto], have: dict[str, object]
+) -> list[str]:
+    return sorted({dep for proto in protos for dep in proto.dependency if dep not in have})
+
+
+def build_pool(
+    files: Iterable[descriptor_pb2.FileDescriptorProto],
+) -> descriptor_pool.DescriptorPool:
+    """A private pool holding `files`, added dependencies first.
+
+    Raises ``ReflectionError`` for an import cycle, a missing import or a file the pool
+    refuses (the message names the file).
+    """
+    by_name = {proto.name: proto for proto in files}
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+    visiting: set[str] = set()
+
+    def add(name: str) -> None:
+        if name in added:
+            return
+        if name in visiting:
+            raise ReflectionError(f"import cycle through {name}")
+        proto = by_name.get(name)
+        if proto is None:
+            raise ReflectionError(f"file {name} is imported but was not received")
+        visiting.add(name)
+        for dependency in proto.dependency:
+            add(dependency)
+        visiting.discard(name)
+        try:
+            pool.Add(proto)
+        except (TypeError, ValueError) as exc:
+            raise ReflectionError(f"file {name} is not a valid descriptor: {exc}") from None
+        added.add(name)
+
+    for name in sorted(by_name):
+        add(name)
+    return pool

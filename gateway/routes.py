@@ -1,0 +1,68 @@
+"""The gateway's live route table: every HTTP binding of every service it has learnt.
+
+Services come and go as a whole: learning a service (again) replaces all its routes at once, so
+a request never sees half of an old version and half of a new one. ``version`` goes up on each
+change, so derived views (the OpenAPI document) are rebuilt only when something changed.
+
+>>> table = RouteTable()
+>>> from hms.testing.v1 import echo_pb2
+>>> from gateway.endpoint import endpoints_of
+>>> table.set_service("hms.testing.v1.EchoService",
+...                   endpoints_of(echo_pb2.DESCRIPTOR.services_by_name["EchoService"]))
+>>> table.resolve("POST", "/v1/echo").route.payload.path
+'/hms.testing.v1.EchoService/Echo'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from gateway.endpoint import Endpoint
+from gateway.router import Match, MethodNotAllowed, NotFound, Router
+
+__all__ = ["RouteTable"]
+
+log = logging.getLogger(__name__)
+
+
+class RouteTable:
+    """Routes per service, resolved in one pass (see gateway.router for precedence)."""
+
+    def __init__(self) -> None:
+        self._router: Router[Endpoint] = Router()
+        self._services: dict[str, tuple[Endpoint, ...]] = {}
+        self.version = 0
+
+    def set_service(self, service: str, endpoints: Iterable[Endpoint]) -> None:
+        """Replace every route of `service` with `endpoints`."""
+        fresh = tuple(endpoints)
+        self._router.remove_payloads(lambda endpoint: endpoint.service == service)
+        taken = {(r.method, str(r.template)) for r in self._router.routes}
+        for endpoint in fresh:
+            route = self._router.add(
+                endpoint.mapping.http_method, endpoint.mapping.template, endpoint
+            )
+            key = (route.method, str(route.template))
+            if key in taken:
+                # Registration order decides a tie; say so, as the later one is unreachable.
+                log.warning(
+                    "%s %s of %s is already served; the first one wins", *key, endpoint.path
+                )
+            taken.add(key)
+        self._services[service] = fresh
+        self.version += 1
+
+    def drop_service(self, service: str) -> None:
+        if self._services.pop(service, None) is not None:
+            self._router.remove_payloads(lambda endpoint: endpoint.service == service)
+            self.version += 1
+
+    def services(self) -> dict[str, tuple[Endpoint, ...]]:
+        return dict(self._services)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [endpoint for found in self._services.values() for endpoint in found]
+
+    def resolve(self, method: str, path: str) -> Match[Endpoint] | NotFound | MethodNotAllowed:
+        return self._router.resolve(method, path)

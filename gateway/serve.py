@@ -1,0 +1,107 @@
+"""Run the gateway: the mesh channel, the route source, the ASGI app and uvicorn, wired once.
+
+The listening socket is bound here (port 0 by default, so several gateways run side by side)
+and handed to uvicorn, so the real address is known before the first request and reported
+through ``on_listening``. uvicorn handles SIGINT/SIGTERM: it stops accepting, lets requests in
+flight finish (up to ``grace``), then the channel and the registry watch are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from gateway.app import Gateway, GatewayMetrics
+from gateway.config import GatewayConfig
+from gateway.learn import RegistryLearner, load_descriptor_set
+from gateway.routes import RouteTable
+from mesh.client.channel import MeshChannel
+from mesh.client.config import ClientConfig
+from mesh.registry.watch import Discovery
+from mesh.telemetry import ClientMetrics
+
+__all__ = ["GatewayServer", "ListenConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: Seconds that requests in flight get to finish on shutdown.
+    grace: float = 10.0
+    #: Static mode: routes from this descriptor set instead of the registry.
+    descriptor_set: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be within 0..65535, got {self.port}")
+
+
+class GatewayServer:
+    """``await GatewayServer(gateway_config, client_config, listen).run(on_listening)``."""
+
+    def __init__(self, config: GatewayConfig, client: ClientConfig, listen: ListenConfig) -> None:
+        self.config = config
+        self.client = client
+        self.listen = listen
+        self.table = RouteTable()
+        self.registry = CollectorRegistry()
+        self.url = ""
+        self._server: uvicorn.Server | None = None
+
+    async def run(self, on_listening: Callable[[str], object] = print) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.listen.host, self.listen.port))
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        channel = await MeshChannel.connect(self.client, metrics=ClientMetrics(self.registry))
+        learner: RegistryLearner | None = None
+        try:
+            if self.listen.descriptor_set is not None:
+                names = load_descriptor_set(self.listen.descriptor_set, self.table)
+                log.info("static routes of %s", ", ".join(names) or "no annotated service")
+                ready: Callable[[], bool] = lambda: True  # noqa: E731
+            else:
+                if channel.etcd is None:
+                    raise ValueError("dynamic mode needs etcd (or give a descriptor set)")
+                learner = RegistryLearner(
+                    channel, Discovery(channel.etcd, self.client.namespace), self.table
+                )
+                await learner.start(timeout=5.0)
+                ready = lambda: learner.synced  # noqa: E731
+            app = Gateway(
+                self.config, self.table, channel, metrics=GatewayMetrics(self.registry), ready=ready
+            )
+            server = self._server = uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    http="httptools",
+                    loop="none",  # ours: the channel and the app share it
+                    lifespan="off",
+                    access_log=False,
+                    log_level="warning",
+                    timeout_graceful_shutdown=int(self.listen.grace),
+                    server_header=False,
+                )
+            )
+            on_listening(f"gateway listening on {self.url}")
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+            if learner is not None:
+                await learner.stop()
+            await channel.close()
+
+    def stop(self) -> None:
+        """Ask the server to stop (as SIGTERM does)."""
+        if self._server is not None:
+            self._server.should_exit = True

@@ -1,0 +1,105 @@
+"""Fixtures for the gateway's integration tests: one etcd, the mirror backend and a gateway
+process per session, all real (etcd on a free port, mTLS, `mesh gateway` as its own process).
+Tests that need another gateway configuration start one with `start_gateway`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mesh import certs
+from mesh.devstack import EtcdProcess, GatewayProcess, ServiceProcess
+
+GATEWAY_IDENTITIES = ["mirror", "echo", "gateway", "ops"]
+
+
+@dataclass
+class GatewayStack:
+    etcd: EtcdProcess
+    tls_dir: Path
+    base: Path
+    mirror: ServiceProcess
+
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+
+    def start_service(
+        self, package: str, deployment: str, *, ttl: int = 2, extra: tuple[str, ...] = ()
+    ) -> ServiceProcess:
+        args = [
+            f"--etcd={self.etcd.endpoint}",
+            f"--tls-dir={self.tls_dir}",
+            f"--cert-name={package}",
+            f"--deployment={deployment}",
+            f"--ttl={ttl}",
+            "--grace=2",
+            f"--data-dir={self.base / 'data' / deployment}",
+            *extra,
+        ]
+        log = self.base / "logs" / f"{deployment}.log"
+        return ServiceProcess(package, args, env=self.env(), log_path=log).start()
+
+    def start_gateway(self, *extra: str, name: str = "gateway") -> GatewayProcess:
+        args = [
+            f"--etcd={self.etcd.endpoint}",
+            f"--tls-dir={self.tls_dir}",
+            "--cert-name=gateway",
+            *extra,
+        ]
+        log = self.base / "logs" / f"{name}.log"
+        process = GatewayProcess(args, env=self.env(), log_path=log).start()
+        process.wait_url()
+        return process
+
+
+def wait_ready(url: str, services: set[str], timeout: float = 20.0) -> None:
+    """Until the gateway at `url` has learnt `services` (polls /readyz, a condition)."""
+    with httpx.Client(base_url=url, timeout=2) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = client.get("/readyz")
+            if response.status_code == 200 and services <= set(response.json()["services"]):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gateway at {url} not ready for {services}: {response.text}")
+            time.sleep(0.02)  # a pause between polls of the condition
+
+
+@pytest.fixture(scope="session")
+def gateway_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
+    base = tmp_path_factory.mktemp("gateway-stack")
+    tls_dir = base / "tls"
+    certs.ensure(tls_dir, GATEWAY_IDENTITIES)
+    etcd = EtcdProcess(base / "etcd.data")
+    etcd.start()
+    stack = GatewayStack(etcd, tls_dir, base, mirror=None)  # type: ignore[arg-type]
+    try:
+        stack.mirror = stack.start_service("mirror", "mirror")
+        yield stack
+    finally:
+        if stack.mirror is not None:
+            stack.mirror.stop(timeout=5)
+        etcd.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway_stack: GatewayStack) -> Iterator[str]:
+    """A gateway with default settings that has learnt the mirror service."""
+    process = gateway_stack.start_gateway()
+    try:
+        wait_ready(process.url, {"hms.testing.v1.MirrorService"})
+        yield process.url
+    finally:
+        process.stop(timeout=5)
+
+
+@pytest.fixture
+def http(gateway_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway_url, timeout=10) as client:
+        yield client
