@@ -31,9 +31,8 @@ _SERVICE = "/hms.testing.v1.MirrorService/"
 def _metadata_seen(context: Any) -> list[mirror_pb2.MetadataEntry]:
     entries = []
     for key, value in context.invocation_metadata() or ():
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode("ascii")
-        entries.append(mirror_pb2.MetadataEntry(key=key, value=value))
+        text = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+        entries.append(mirror_pb2.MetadataEntry(key=key, value=text))
     return entries
 
 
