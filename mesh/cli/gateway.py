@@ -69,7 +69,10 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
     """The three configurations from the command line (``ValueError`` naming a bad flag)."""
     jwt = None
     if args.jwt_hs256_secret_file or args.jwt_public_key or args.jwks:
-        secret = args.jwt_hs256_secret_file.read_bytes() if args.jwt_hs256_secret_file else None
+        secret = None
+        if args.jwt_hs256_secret_file:
+            # A file written by `echo` ends in a newline that is not part of the secret.
+            secret = args.jwt_hs256_secret_file.read_bytes().rstrip(b"\r\n")
         jwt = JwtConfig.load(
             secret, args.jwt_public_key, args.jwks, args.jwt_issuer, args.jwt_audience
         )
