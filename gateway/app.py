@@ -234,7 +234,7 @@ class Gateway:
             initial = await call.rpc.initial_metadata()
             trailing = await call.rpc.trailing_metadata()
         except grpc.aio.AioRpcError as exc:
-            await self._rpc_error(responder, exc)
+            await self._rpc_error(responder, exc, endpoint.service)
             return
         data, content_type = render_response(
             response, response_body=endpoint.mapping.response_body, options=self.config.json
@@ -254,7 +254,8 @@ class Gateway:
                 first = await rpc.read()
                 initial = await rpc.initial_metadata()
             except grpc.aio.AioRpcError as exc:
-                await self._rpc_error(responder, exc)  # nothing sent yet: a plain error answer
+                # Nothing sent yet: a plain error answer.
+                await self._rpc_error(responder, exc, endpoint.service)
                 return
             raw = endpoint.response_class.DESCRIPTOR.full_name == HTTP_BODY
             sse = not raw and streaming.wants_sse(request.header("accept"))
@@ -283,18 +284,20 @@ class Gateway:
                     message = await rpc.read()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not grpc.StatusCode.CANCELLED or not watcher.done():
-                    await responder.body(error_frame(json_bytes(_status_json(exc))), more=True)
+                    status = _status_json(exc, endpoint.service)
+                    await responder.body(error_frame(json_bytes(status)), more=True)
             await responder.body(b"")
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def _rpc_error(self, responder: Responder, exc: grpc.aio.AioRpcError) -> None:
+    async def _rpc_error(
+        self, responder: Responder, exc: grpc.aio.AioRpcError, service: str
+    ) -> None:
         headers = from_metadata(exc.initial_metadata(), exc.trailing_metadata())
-        await responder.whole(
-            http_status(exc.code()), json_bytes(_status_json(exc)), _JSON, headers
-        )
+        body = json_bytes(_status_json(exc, service))
+        await responder.whole(http_status(exc.code()), body, _JSON, headers)
 
     async def _preflight(
         self, request: Request, responder: Responder, origin: str, wanted: str
@@ -334,14 +337,21 @@ class Gateway:
         await responder.whole(200, document, _JSON)
 
 
-def _status_json(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
-    """The google.rpc.Status of a failed call, with the details the backend attached."""
+def _status_json(exc: grpc.aio.AioRpcError, service: str) -> dict[str, Any]:
+    """The google.rpc.Status of a failed call, with the details the backend attached.
+
+    grpc's own UNAVAILABLE messages ("failed to connect to all addresses ...") do not say
+    which backend is down; the caller of a REST API should not have to guess.
+    """
     details: list[Any] = []
     for key, value in exc.trailing_metadata() or ():
         if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
             with contextlib.suppress(Exception):  # undecodable details: keep code and message
                 details = list(status_pb2.Status.FromString(value).details)
-    return status_body(exc.code(), exc.details() or "", details)
+    message = exc.details() or ""
+    if exc.code() is grpc.StatusCode.UNAVAILABLE and service not in message:
+        message = f"{service} is unavailable: {message}"
+    return status_body(exc.code(), message, details)
 
 
 async def _until_disconnect(receive: Receive) -> None:

@@ -330,15 +330,29 @@ class GatewayProcess(ServiceProcess):
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log_path: Path):
         super().__init__("gateway", args, env=env, log_path=log_path)
         self.url = ""
+        self._log_offset = 0
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "mesh.cli", "gateway", *self.args]
+
+    def start(self) -> Self:
+        # The log is appended to: only what this run writes tells where it listens.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        return super().start()
+
+    def _log_since_start(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def wait_url(self, timeout: float = 30.0) -> str:
         """The gateway's base URL, once it listens (RuntimeError if it exits first)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in self.log_tail(100_000).splitlines():
+            for line in self._log_since_start().splitlines():
                 if line.startswith(self.LISTENING):
                     self.url = line[len(self.LISTENING) :].strip()
                     return self.url

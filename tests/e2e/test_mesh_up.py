@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.demo import scenario
+from services.demo import rest_scenario, scenario
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +68,9 @@ def test_mesh_up_ls_scenario_and_clean_stop(tmp_path: Path) -> None:
 
         failures = asyncio.run(scenario(info["etcd"], Path(info["tls_dir"]), info["namespace"]))
         assert failures == 0
+        # The gateway mesh up started, its URL in stack.json: the same scenario over REST.
+        assert info["gateway"].startswith("http://127.0.0.1:")
+        assert asyncio.run(rest_scenario(info["gateway"])) == 0
         pids = [s["pid"] for s in info["services"].values()]
     finally:
         up.send_signal(signal.SIGTERM)
