@@ -33,11 +33,17 @@ __all__ = [
     "render_markdown",
     "render_text",
     "replace_generated",
+    "split_entries",
     "unit_of",
 ]
 
 #: Modules run by `python -m bench`, in this order; later benchmarks append theirs.
-BENCHMARKS: tuple[str, ...] = ("bench.registry", "bench.mesh_vs_bare", "bench.events")
+BENCHMARKS: tuple[str, ...] = (
+    "bench.registry",
+    "bench.mesh_vs_bare",
+    "bench.events",
+    "bench.gateway",
+)
 
 Figures: TypeAlias = dict[str, float | int | str]
 
@@ -86,6 +92,24 @@ def check_figures(name: str, figures: object) -> Figures:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError(f"{name}: figure {key} = {value!r} is not a number or a string")
     return figures
+
+
+def split_entries(name: str, figures: Figures) -> dict[str, Figures]:
+    """One benchmark's figures as results entries: a key ``other.figure`` goes to the entry
+    ``other`` (one run can feed two comparisons), every other key to ``name``.
+
+    >>> split_entries("a_vs_b", {"ratio_c1": 1.0, "a_vs_c.ratio_c1": 2.0})
+    {'a_vs_b': {'ratio_c1': 1.0}, 'a_vs_c': {'ratio_c1': 2.0}}
+    """
+    entries: dict[str, Figures] = {name: {}}
+    for key, value in figures.items():
+        entry, dot, figure = key.rpartition(".")
+        if not dot:
+            entry, figure = name, key
+        if not entry or not figure:
+            raise ValueError(f"{name}: figure key {key!r} is not 'figure' or 'entry.figure'")
+        entries.setdefault(entry, {})[figure] = value
+    return entries
 
 
 def merge_results(

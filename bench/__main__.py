@@ -30,6 +30,7 @@ from bench import (
     render_markdown,
     render_text,
     replace_generated,
+    split_entries,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed.append(name)
             continue
         print(f"bench: {name} took {elapsed:.1f} s", file=sys.stderr)
-        new[name] = figures
-        runs[name] = {"date": date, "quick": args.quick, "elapsed_s": round(elapsed, 1)}
+        for entry, entry_figures in split_entries(name, figures).items():
+            new[entry] = entry_figures
+            runs[entry] = {"date": date, "quick": args.quick, "elapsed_s": round(elapsed, 1)}
     if new:
         meta = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),

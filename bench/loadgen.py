@@ -1,12 +1,16 @@
-"""One load-generator process for `bench.mesh_vs_bare`: N callers loop on EchoService.Echo.
+"""One load-generator process for the benchmarks: N callers loop on the same echo call.
 
     python -m bench.loadgen --mode bare --address 127.0.0.1:PORT \\
         --identity spiffe://hms.local/svc/echo --tls-dir DIR --concurrency 64
     python -m bench.loadgen --mode mesh --etcd 127.0.0.1:PORT --namespace bench3 \\
         --tls-dir DIR --concurrency 64
+    python -m bench.loadgen --mode http --url http://127.0.0.1:PORT --concurrency 64
 
 `bare` is a plain grpc.aio mTLS channel to one instance (`mesh.tls.instance_channel`); `mesh`
-is a MeshChannel routed through the registry. Either way the caller's identity is `ops`.
+is a MeshChannel routed through the registry; either way the caller's identity is `ops`.
+`http` is `POST /v1/echo {"message": "x"}` over HTTP/1.1, one keep-alive connection per caller,
+written on asyncio streams so that the client costs as little as it can (httpx would spend more
+CPU per request than the servers it measures).
 
 Each caller awaits one call at a time (`await stub.Echo(EchoRequest(message="x"), timeout=5)`).
 After `--warmup` seconds (channels and pools open, the first handshake, JIT-free Python's
@@ -23,26 +27,37 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench import percentile
+from bench import BenchmarkFailed, percentile
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
 from mesh import tls
 from mesh.client import ClientConfig, MeshChannel
 
-__all__ = ["main", "measure"]
+__all__ = ["CallFailed", "main", "measure", "run_loadgen"]
 
 CALL_TIMEOUT = 5.0
 
 
+class CallFailed(Exception):
+    """A call that did not succeed; its argument names the outcome (a code, an HTTP status)."""
+
+
+Call = Callable[[], Awaitable[object]]
+
+
 async def measure(
-    stub: echo_pb2_grpc.EchoServiceStub, concurrency: int, warmup: float, duration: float
+    new_caller: Callable[[], Awaitable[Call]], concurrency: int, warmup: float, duration: float
 ) -> dict[str, Any]:
-    """Run `concurrency` callers for warmup + duration seconds; figures of the duration."""
+    """Run `concurrency` callers for warmup + duration seconds; figures of the duration.
+
+    ``new_caller()`` gives each caller its call (its own connection, for HTTP).
+    """
     started = time.perf_counter()
     window_start = started + warmup
     window_end = window_start + duration
@@ -51,16 +66,18 @@ async def measure(
     cpu: list[float] = []
 
     async def caller() -> None:
+        call = await new_caller()
         clock = time.perf_counter
         while True:
             began = clock()
             if began >= window_end:
                 return
             try:
-                await stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=CALL_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
+                await call()
+            except (grpc.aio.AioRpcError, CallFailed) as exc:
+                name = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 if clock() >= window_start:
-                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    errors[name] = errors.get(name, 0) + 1
                 continue
             ended = clock()
             if window_start <= ended < window_end:
@@ -90,7 +107,79 @@ async def measure(
     }
 
 
+async def run_loadgen(
+    benchmark: str, label: str, command: Sequence[str], timeout: float, *, cwd: Path
+) -> dict[str, Any]:
+    """Run one loadgen process (`command`) and return the JSON it printed; a hang, an exit
+    code or more than 1 % failed calls is a BenchmarkFailed naming `benchmark` and `label`."""
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise BenchmarkFailed(f"{benchmark}: loadgen {label} hung") from None
+    if proc.returncode != 0:
+        raise BenchmarkFailed(
+            f"{benchmark}: loadgen {label} exited with {proc.returncode}:\n"
+            f"{err.decode(errors='replace')[-2000:]}"
+        )
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    failed = sum(result["errors"].values())
+    if result["calls"] == 0 or failed > 0.01 * result["calls"]:
+        raise BenchmarkFailed(
+            f"{benchmark}: {label}: {result['calls']} calls, errors {result['errors']}"
+        )
+    print(
+        f"bench: {benchmark} {label} {result['calls_per_s']:7.0f} calls/s  "
+        f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+        f"cpu {result['cpu_per_call_ms'] * 1000:4.0f} µs/call",
+        file=sys.stderr,
+    )
+    return result
+
+
+_HTTP_BODY = b'{"message":"x"}'
+
+
+async def http_caller(url: str) -> Call:
+    """One keep-alive HTTP/1.1 connection; each call POSTs the echo request and reads the
+    answer (by its Content-Length)."""
+    parsed = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
+    request = (
+        f"POST /v1/echo HTTP/1.1\r\nHost: {parsed.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(_HTTP_BODY)}\r\n\r\n"
+    ).encode() + _HTTP_BODY
+
+    async def call() -> None:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = head[9:12]
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        if status != b"200":
+            raise CallFailed(f"HTTP {status.decode()}")
+
+    return call
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.mode == "http":
+        figures = await measure(
+            lambda: http_caller(args.url), args.concurrency, args.warmup, args.duration
+        )
+        return {"mode": args.mode, "concurrency": args.concurrency, **figures}
     files = tls.TlsFiles(Path(args.tls_dir), args.cert_name)
     if args.mode == "bare":
         channel: Any = tls.instance_channel(args.address, args.identity, files)
@@ -101,7 +190,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         channel = await MeshChannel.connect(config)
     try:
         stub = echo_pb2_grpc.EchoServiceStub(channel)
-        figures = await measure(stub, args.concurrency, args.warmup, args.duration)
+        request = echo_pb2.EchoRequest(message="x")
+
+        async def grpc_caller() -> Call:
+            return lambda: stub.Echo(request, timeout=CALL_TIMEOUT)
+
+        figures = await measure(grpc_caller, args.concurrency, args.warmup, args.duration)
     finally:
         await channel.close()
     return {"mode": args.mode, "concurrency": args.concurrency, **figures}
@@ -109,12 +203,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
-    parser.add_argument("--mode", choices=("bare", "mesh"), required=True)
+    parser.add_argument("--mode", choices=("bare", "mesh", "http"), required=True)
+    parser.add_argument("--url", help="http: the server's base URL")
     parser.add_argument("--address", help="bare: host:port of the instance")
     parser.add_argument("--identity", help="bare: the instance's SPIFFE ID (pinned)")
     parser.add_argument("--etcd", help="mesh: etcd endpoint(s), comma separated")
     parser.add_argument("--namespace", default="hms", help="mesh: registry namespace")
-    parser.add_argument("--tls-dir", required=True)
+    parser.add_argument("--tls-dir", help="bare and mesh: the certificates")
     parser.add_argument("--cert-name", default="ops", help="the caller's certificate name")
     parser.add_argument("--concurrency", type=int, default=1, help="calls in flight")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds not measured")
@@ -124,6 +219,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--mode bare needs --address and --identity")
     if args.mode == "mesh" and not args.etcd:
         parser.error("--mode mesh needs --etcd")
+    if args.mode == "http" and not args.url:
+        parser.error("--mode http needs --url")
+    if args.mode != "http" and not args.tls_dir:
+        parser.error(f"--mode {args.mode} needs --tls-dir")
     if args.concurrency < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--concurrency must be >= 1, --duration > 0 and --warmup >= 0")
     return args

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import statistics
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchmarkFailed, Figures
+from bench.loadgen import run_loadgen
 from mesh import certs
 from mesh.devstack import DevStack, ServiceProcess
 from mesh.registry import keys
@@ -181,38 +181,8 @@ async def stack(work_dir: Path) -> AsyncIterator[Stack]:
 async def loadgen(where: Stack, mode: str, concurrency: int, plan: Plan) -> dict[str, Any]:
     """One measurement by one client process: the JSON it printed."""
     command = where.loadgen_args(mode, concurrency, plan)
-    proc = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(plan.warmup + plan.duration + LOADGEN_SLACK):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise BenchmarkFailed(f"{NAME}: loadgen {mode} c={concurrency} hung") from None
-    if proc.returncode != 0:
-        raise BenchmarkFailed(
-            f"{NAME}: loadgen {mode} c={concurrency} exited with {proc.returncode}:\n"
-            f"{err.decode(errors='replace')[-2000:]}"
-        )
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    failed = sum(result["errors"].values())
-    if result["calls"] == 0 or failed > 0.01 * result["calls"]:
-        raise BenchmarkFailed(
-            f"{NAME}: {mode} c={concurrency}: {result['calls']} calls, errors {result['errors']}"
-        )
-    print(
-        f"bench: {NAME} {mode:5} c={concurrency:<3} {result['calls_per_s']:7.0f} calls/s  "
-        f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
-        f"cpu {result['cpu_per_call_ms'] * 1000:4.0f} µs/call",
-        file=sys.stderr,
-    )
-    return result
+    timeout = plan.warmup + plan.duration + LOADGEN_SLACK
+    return await run_loadgen(NAME, f"{mode:5} c={concurrency:<3}", command, timeout, cwd=ROOT)
 
 
 Round = dict[str, dict[str, Any]]  # mode -> loadgen result

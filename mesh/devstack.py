@@ -29,6 +29,7 @@ __all__ = [
     "DevStack",
     "EtcdProcess",
     "GatewayProcess",
+    "ListeningProcess",
     "NatsProcess",
     "ServiceProcess",
     "binary",
@@ -322,18 +323,22 @@ class ServiceProcess:
             self.kill()
 
 
-class GatewayProcess(ServiceProcess):
-    """`mesh gateway ...` as its own process; `wait_url()` reads the address it bound."""
+class ListeningProcess(ServiceProcess):
+    """A Python module run as a process that prints `<listening><url>` once it serves HTTP;
+    `wait_url()` reads that line. Subclasses name the module and the line."""
 
-    LISTENING = "gateway listening on "
+    MODULE: tuple[str, ...] = ()
+    LISTENING = ""
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log_path: Path):
-        super().__init__("gateway", args, env=env, log_path=log_path)
+    def __init__(
+        self, name: str, args: list[str], *, env: dict[str, str] | None = None, log_path: Path
+    ) -> None:
+        super().__init__(name, args, env=env, log_path=log_path)
         self.url = ""
         self._log_offset = 0
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mesh.cli", "gateway", *self.args]
+        return [sys.executable, "-m", *self.MODULE, *self.args]
 
     def start(self) -> Self:
         # The log is appended to: only what this run writes tells where it listens.
@@ -357,6 +362,16 @@ class GatewayProcess(ServiceProcess):
                     self.url = line[len(self.LISTENING) :].strip()
                     return self.url
             if not self.running:
-                raise RuntimeError(f"the gateway exited:\n{self.log_tail(2000)}")
+                raise RuntimeError(f"{self.package} exited:\n{self.log_tail(2000)}")
             time.sleep(0.05)
-        raise TimeoutError(f"the gateway did not listen within {timeout} s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.package} did not listen within {timeout} s:\n{self.log_tail()}")
+
+
+class GatewayProcess(ListeningProcess):
+    """`mesh gateway ...` as its own process."""
+
+    MODULE = ("mesh.cli", "gateway")
+    LISTENING = "gateway listening on "
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log_path: Path):
+        super().__init__("gateway", args, env=env, log_path=log_path)
