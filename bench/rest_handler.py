@@ -76,6 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
             lifespan="off",
             access_log=False,
             log_level="warning",
+            proxy_headers=False,
         )
     )
     print(f"rest handler listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)

@@ -12,7 +12,11 @@ Values are the text forms grpc-gateway accepts:
 - floats in decimal or exponent form, ``NaN``/``Infinity``/``-Infinity`` (the JSON words);
 - bytes in standard or URL-safe base64, padded or not;
 - well-known types in their JSON string forms: Timestamp (RFC 3339), Duration (``"1.5s"``),
-  FieldMask (``"a,b.c"``, the paths as given) and the wrappers (the wrapped scalar's form).
+  FieldMask (``"a,b.c"``, the paths as given) and the wrappers (the wrapped scalar's form);
+- map entries as ``labels[key]=value`` (scalar and enum values; the key in its field's form).
+
+A field that holds one value given twice (``?name=a&name=b``) is a 400, as in grpc-gateway:
+keeping either value would hide the client's mistake.
 
 A parameter on a field bound by the path or the body (or inside one) is ignored: the path wins.
 An unknown parameter is ignored unless ``strict``; a value that does not fit its field is a
@@ -289,16 +293,57 @@ def apply_query(
     'hi'
     """
     descriptor = message.DESCRIPTOR
+    seen: set[tuple[str, ...]] = set()  # singular fields set so far (map entries by key)
     for name, value in params:
+        path, key = _map_key(name)
         try:
-            fields = resolve_field_path(descriptor, name)
+            fields = resolve_field_path(descriptor, path)
         except UnknownField:
             if strict:
                 raise GatewayError.unknown_field(name, "query") from None
             continue
-        if _is_bound(tuple(f.name for f in fields), bound):
+        names = tuple(f.name for f in fields)
+        if _is_bound(names, bound):
             continue
+        leaf = fields[-1]
+        once = (*names, key) if key is not None else names
+        if (key is not None or not leaf.is_repeated) and once in seen:
+            raise GatewayError.bad_query_value(name, value, "given more than once")
+        seen.add(once)
         try:
-            set_text_value(message, fields, value)
+            if key is not None:
+                set_map_entry(message, fields, key, value)
+            else:
+                set_text_value(message, fields, value)
         except ValueProblem as exc:
             raise GatewayError.bad_query_value(name, value, str(exc)) from exc
+
+
+def _map_key(name: str) -> tuple[str, str | None]:
+    """``labels[a]`` -> (``labels``, ``a``); any other name -> (name, None)."""
+    if name.endswith("]"):
+        base, bracket, key = name[:-1].partition("[")
+        if bracket and base and "[" not in key and "]" not in key:
+            return base, key
+    return name, None
+
+
+def set_map_entry(message: Message, fields: Iterable[FieldDescriptor], key: str, text: str) -> None:
+    """Set one entry of the map field at the end of ``fields`` (``ValueProblem`` if it is not a
+    map of scalars, or the key or the value does not fit)."""
+    *parents, leaf = fields
+    if not _is_map(leaf):
+        raise ValueProblem("only a map field takes [key]")
+    key_field = leaf.message_type.fields_by_name["key"]
+    value_field = leaf.message_type.fields_by_name["value"]
+    if value_field.message_type is not None:
+        raise ValueProblem("a map of messages cannot be set from the query")
+    target = message
+    for parent in parents:
+        target = getattr(target, parent.name)
+    try:
+        getattr(target, leaf.name)[_scalar(key_field, key)] = _scalar(value_field, text)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ValueProblem):
+            raise
+        raise ValueProblem(str(exc) or type(exc).__name__) from exc

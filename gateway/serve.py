@@ -103,6 +103,9 @@ class GatewayServer:
                     log_level="warning",
                     timeout_graceful_shutdown=int(self.listen.grace),
                     server_header=False,
+                    # X-Forwarded-For is the gateway's to read (gateway/headers.py); uvicorn's
+                    # own handling would replace the peer address with a client's claim.
+                    proxy_headers=False,
                 )
             )
             on_listening(f"gateway listening on {self.url}")

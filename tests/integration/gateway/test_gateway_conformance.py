@@ -1,0 +1,1084 @@
+"""REST gateway conformance: one HTTP request per case against a real `mesh gateway` process.
+
+The backend is hms.testing.v1.MirrorService, which answers with the request message it received
+and the metadata it came with, so each case checks exactly what the gateway made of an HTTP
+request (templates, bodies, query parameters, headers) and how it answers (statuses, error
+bodies, response metadata, raw bodies, server streams). Expected behaviour is grpc-gateway v2's
+with its default JSON options (lowerCamelCase, unpopulated fields emitted, enums as names,
+64-bit integers as strings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SVC = "/hms.testing.v1.MirrorService/"
+UPLOAD = b"%PDF-1.7\n\x00\x01\x02\xff binary payload\n"
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+Check = Callable[[httpx.Response], None]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One HTTP request and what its answer must be.
+
+    ``query`` is a raw query string (sent byte for byte) or a list of pairs (encoded by httpx).
+    ``expect`` is a callable on the response or a mapping of dotted paths (list indices as
+    numbers) to the exact value at that place in the response JSON. ``expect_headers`` maps
+    header names to their exact value, or to ``None`` for a header that must be absent.
+    """
+
+    method: str
+    path: str
+    query: str | list[tuple[str, str]] | None = None
+    json: Any = None
+    content: bytes | None = None
+    headers: Mapping[str, str] | None = None
+    status: int = 200
+    expect: Check | Mapping[str, Any] | None = None
+    expect_headers: Mapping[str, str | None] | None = None
+
+
+# -- helpers for expectations -------------------------------------------------------------------
+
+
+def _at(document: Any, dotted: str) -> Any:
+    node = document
+    for segment in dotted.split("."):
+        if isinstance(node, list):
+            node = node[int(segment)]
+        else:
+            assert isinstance(node, dict), f"{dotted}: {segment!r} inside a {type(node).__name__}"
+            assert segment in node, f"{dotted}: no {segment!r} in {sorted(node)}"
+            node = node[segment]
+    return node
+
+
+def _check_paths(response: httpx.Response, expected: Mapping[str, Any]) -> None:
+    document = response.json()
+    for dotted, value in expected.items():
+        actual = _at(document, dotted)
+        assert actual == value, f"{dotted}: expected {value!r}, got {actual!r}"
+
+
+def mirrored(method: str, **received: Any) -> dict[str, Any]:
+    """The answering method and the exact values of some fields of `received` (JSON names)."""
+    expected: dict[str, Any] = {"method": SVC + method}
+    expected.update({f"received.{name}": value for name, value in received.items()})
+    return expected
+
+
+def error(code: int, message: str) -> dict[str, Any]:
+    """A google.rpc.Status body, exactly."""
+    return {"code": code, "message": message, "details": []}
+
+
+def error_where(code: int, *fragments: str) -> Check:
+    """A google.rpc.Status body whose message contains each fragment (library-worded text)."""
+
+    def check(response: httpx.Response) -> None:
+        body = response.json()
+        assert body["code"] == code
+        assert body["details"] == []
+        for fragment in fragments:
+            assert fragment in body["message"], body["message"]
+
+    return check
+
+
+def metadata_of(response: httpx.Response) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for entry in response.json()["metadata"]:
+        seen.setdefault(entry["key"], []).append(entry["value"])
+    return seen
+
+
+def all_of(*checks: Check | Mapping[str, Any]) -> Check:
+    def check(response: httpx.Response) -> None:
+        for one in checks:
+            if callable(one):
+                one(response)
+            else:
+                _check_paths(response, one)
+
+    return check
+
+
+def backend_saw(**metadata: list[str] | None) -> Check:
+    """The backend's metadata has exactly these values for these keys (None: key absent)."""
+
+    def check(response: httpx.Response) -> None:
+        seen = metadata_of(response)
+        for name, values in metadata.items():
+            key = name.replace("_", "-")
+            assert seen.get(key) == values, f"metadata {key}: {seen.get(key)!r} != {values!r}"
+
+    return check
+
+
+def request_id_created(response: httpx.Response) -> None:
+    created = response.headers["x-request-id"]
+    assert _HEX32.fullmatch(created), created
+    assert metadata_of(response)["x-request-id"] == [created]
+
+
+def uploaded(name: str, content_type: str, data: bytes) -> dict[str, Any]:
+    return {
+        "name": name,
+        "contentType": content_type,
+        "size": str(len(data)),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def exact_body(data: bytes) -> Check:
+    def check(response: httpx.Response) -> None:
+        assert response.content == data
+
+    return check
+
+
+def received_only(response: httpx.Response) -> None:
+    body = response.json()
+    assert sorted(set(body) & {"received", "method", "metadata", "index"}) == []
+    assert body["id"] == "r7"
+    assert body["tags"] == ["x", "y"]
+    assert body["int64Value"] == "0"  # unpopulated emitted, int64 as a string
+    assert body["color"] == "COLOR_UNSPECIFIED"  # enums as names
+
+
+def ndjson(count: int, *, error_status: dict[str, Any] | None = None) -> Check:
+    def check(response: httpx.Response) -> None:
+        lines = response.text.splitlines()
+        assert response.text.endswith("\n")
+        frames = [json.loads(line) for line in lines]
+        results = frames[:count]
+        assert [sorted(f) for f in results] == [["result"]] * count
+        assert [f["result"]["index"] for f in results] == list(range(count))
+        assert {f["result"]["method"] for f in results} <= {SVC + "Stream"}
+        if error_status is None:
+            assert len(frames) == count
+        else:
+            assert len(frames) == count + 1
+            assert frames[-1] == {"error": error_status}
+
+    return check
+
+
+def sse(count: int, *, error_status: dict[str, Any] | None = None) -> Check:
+    def check(response: httpx.Response) -> None:
+        events = response.text.split("\n\n")
+        assert events[-1] == ""  # every event ends with a blank line
+        events = events[:-1]
+        data = [event for event in events if event.startswith("data: ")]
+        assert len(data) == count
+        for index, event in enumerate(data):
+            frame = json.loads(event.removeprefix("data: "))
+            assert frame["result"]["index"] == index
+            assert frame["result"]["method"] == SVC + "Stream"
+        if error_status is None:
+            assert len(events) == count
+        else:
+            assert len(events) == count + 1
+            name, payload = events[-1].split("\n")
+            assert name == "event: error"
+            assert json.loads(payload.removeprefix("data: ")) == {"error": error_status}
+
+    return check
+
+
+def empty_body(response: httpx.Response) -> None:
+    assert response.content == b""
+
+
+# -- the cases ----------------------------------------------------------------------------------
+
+BOOKS = "/v1/shelves/s1/books"
+
+TEMPLATES = [
+    pytest.param(
+        Case("GET", "/v1/items/special", expect=mirrored("GetSpecialItem", id="")),
+        id="template-literal-beats-variable",
+    ),
+    pytest.param(
+        Case("GET", "/v1/items/a%2Fb", expect=mirrored("GetItem", id="a/b")),
+        id="template-single-segment-decodes-2F",
+    ),
+    pytest.param(
+        Case("GET", "/v1/items/%E2%82%AC%20x", expect=mirrored("GetItem", id="\u20ac x")),
+        id="template-single-segment-utf8-escapes",
+    ),
+    pytest.param(
+        Case(
+            "GET", "/v1/shelves/s1/books/b1", expect=mirrored("GetBook", name="shelves/s1/books/b1")
+        ),
+        id="template-multi-segment-variable",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/shelves/s%2F1/books/b1",
+            expect=mirrored("GetBook", name="shelves/s%2F1/books/b1"),
+        ),
+        id="template-multi-segment-keeps-2F-encoded",
+    ),
+    pytest.param(
+        Case(
+            "PATCH",
+            "/v1/shelves/s1/books/b1",
+            json={"title": "T"},
+            expect=mirrored(
+                "UpdateBook", **{"book.name": "shelves/s1/books/b1", "book.title": "T"}
+            ),
+        ),
+        id="template-nested-field-path",
+    ),
+    pytest.param(
+        Case("GET", "/v1/files/a/b%2Fc/d.txt", expect=mirrored("GetFile", path="a/b%2Fc/d.txt")),
+        id="template-double-star-keeps-slashes",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shelves/s1/books/b1:publish",
+            json={},
+            expect=mirrored("PublishBook", name="shelves/s1/books/b1"),
+        ),
+        id="template-custom-verb-split-off",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/shelves/s1/books/b1:publish",
+            expect=mirrored("GetBook", name="shelves/s1/books/b1:publish"),
+        ),
+        id="template-colon-is-data-without-verb-route",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/items/%zz",
+            status=400,
+            expect=error(3, "malformed percent escape at position 10 of the path '/v1/items/%zz'"),
+        ),
+        id="template-malformed-escape-400",
+    ),
+    pytest.param(
+        Case("GET", "/v1/items/%ff", status=400, expect=error_where(3, "'%ff'", "UTF-8")),
+        id="template-escape-not-utf8-400",
+    ),
+    pytest.param(
+        Case("GET", "/v1/nothing", status=404, expect=error(5, "no route for GET /v1/nothing")),
+        id="template-no-match-404",
+    ),
+    pytest.param(
+        Case("GET", "/v1/items/a/b", status=404, expect=error(5, "no route for GET /v1/items/a/b")),
+        id="template-star-is-one-segment-404",
+    ),
+    pytest.param(
+        Case(
+            "PUT",
+            "/v1/shelves/s1/books/b1",
+            status=405,
+            expect=error(
+                12,
+                "method PUT not allowed for /v1/shelves/s1/books/b1; allowed: DELETE, GET, PATCH",
+            ),
+            expect_headers={"allow": "DELETE, GET, PATCH"},
+        ),
+        id="template-wrong-method-405-allow",
+    ),
+]
+
+BODIES = [
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shelves/s1/books/b1:publish",
+            json={"name": "shelves/x/books/y", "tags": ["t"], "int64Value": "7", "color": 1},
+            query="tags=from-query",
+            expect=mirrored(
+                "PublishBook",
+                name="shelves/s1/books/b1",
+                tags=["t"],
+                int64Value="7",
+                color="COLOR_RED",
+            ),
+        ),
+        id="body-star-path-wins-query-ignored",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            BOOKS,
+            json={"name": "shelves/s1/books/b9", "title": "Dune", "pages": 412, "authors": ["FH"]},
+            query="parent=shelves%2Fzz&book.title=from-query&tags=q",
+            expect=mirrored(
+                "CreateBook",
+                parent="shelves/s1",
+                book={
+                    "name": "shelves/s1/books/b9",
+                    "title": "Dune",
+                    "pages": "412",
+                    "authors": ["FH"],
+                },
+                tags=["q"],
+            ),
+        ),
+        id="body-field-path-and-body-win-over-query",
+    ),
+    pytest.param(
+        Case(
+            "DELETE",
+            "/v1/shelves/s1/books/b1",
+            query="tags=a&tags=b&name=other",
+            expect=mirrored("DeleteBook", name="shelves/s1/books/b1", tags=["a", "b"]),
+        ),
+        id="body-none-query-applies-path-wins",
+    ),
+    pytest.param(
+        Case(
+            "PATCH",
+            "/v1/shelves/s1/books/b1",
+            json={"title": "New", "pages": 3, "name": "shelves/other/books/z"},
+            expect=mirrored(
+                "UpdateBook",
+                book={"name": "shelves/s1/books/b1", "title": "New", "pages": "3", "authors": []},
+                updateMask="title,pages,name",
+            ),
+        ),
+        id="body-patch-update-mask-from-json-keys",
+    ),
+    pytest.param(
+        Case(
+            "PATCH",
+            "/v1/shelves/s1/books/b1",
+            json={"title": "New", "authors": ["a"]},
+            query="updateMask=pages",
+            expect=mirrored(
+                "UpdateBook",
+                **{"book.title": "New", "book.authors": ["a"]},
+                updateMask="pages",
+            ),
+        ),
+        id="body-patch-explicit-update-mask-kept",
+    ),
+    pytest.param(
+        Case(
+            "PATCH",
+            "/v1/shelves/s1/books/b1",
+            json={},
+            expect=mirrored("UpdateBook", **{"book.name": "shelves/s1/books/b1"}, updateMask=""),
+        ),
+        id="body-patch-empty-object-no-mask",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            BOOKS,
+            content=b'{"title": ',
+            headers={"content-type": "application/json"},
+            status=400,
+            expect=error(
+                3, "request body is not valid: Expecting value: line 1 column 11 (char 10)"
+            ),
+        ),
+        id="body-malformed-json-400",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            content=b'{"id": "a", "id": "b"}',
+            headers={"content-type": "application/json"},
+            status=400,
+            expect=error(3, "request body is not valid: duplicate key 'id'"),
+        ),
+        id="body-duplicate-key-400",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json=[1, 2],
+            status=400,
+            expect=error(3, "request body is not valid: expected a JSON object, got list"),
+        ),
+        id="body-star-not-an-object-400",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            BOOKS,
+            json={"pages": "many"},
+            status=400,
+            expect=error_where(3, "request body is not valid:", "pages", "many"),
+        ),
+        id="body-wrong-json-type-int64-400",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            BOOKS,
+            json={"title": 5},
+            status=400,
+            expect=error_where(3, "request body is not valid:", "title"),
+        ),
+        id="body-wrong-json-type-string-400",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            BOOKS,
+            json={"title": "t", "bogus": 1},
+            expect=mirrored(
+                "CreateBook", book={"name": "", "title": "t", "pages": "0", "authors": []}
+            ),
+        ),
+        id="body-unknown-json-field-ignored",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={
+                "doubleValue": "NaN",
+                "bytesValue": "-_8",
+                "color": 2,
+                "time": "2024-01-02T03:04:05Z",
+                "updateMask": "book.title,nested.label",
+                "labels": {"k": "v"},
+                "wrappedInt": 5,
+            },
+            expect=mirrored(
+                "Lookup",
+                doubleValue="NaN",
+                bytesValue="+/8=",
+                color="COLOR_GREEN",
+                time="2024-01-02T03:04:05Z",
+                updateMask="book.title,nested.label",
+                labels={"k": "v"},
+                wrappedInt=5,
+            ),
+        ),
+        id="body-json-well-known-types",
+    ),
+]
+
+QUERY = [
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="tags=a&tags=b&numbers=1&numbers=2&colors=COLOR_RED&colors=2",
+            expect=mirrored(
+                "ListBooks",
+                shelf="s1",
+                tags=["a", "b"],
+                numbers=[1, 2],
+                colors=["COLOR_RED", "COLOR_GREEN"],
+            ),
+        ),
+        id="query-repeated-by-repetition",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="nested.label=hello&nested.level=3&nested.child.label=deep",
+            expect=mirrored(
+                "ListBooks",
+                nested={"label": "hello", "level": 3, "child": {"label": "deep", "level": 0}},
+            ),
+        ),
+        id="query-nested-with-dots",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="color=COLOR_GREEN",
+            expect=mirrored("ListBooks", color="COLOR_GREEN"),
+        ),
+        id="query-enum-by-name",
+    ),
+    pytest.param(
+        Case("GET", BOOKS, query="color=1", expect=mirrored("ListBooks", color="COLOR_RED")),
+        id="query-enum-by-number",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="color=7",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'color': invalid value '7': "
+                "not a value of enum hms.testing.v1.Color",
+            ),
+        ),
+        id="query-enum-undefined-number-400",
+    ),
+    pytest.param(
+        Case("GET", BOOKS, query="bool_value=true", expect=mirrored("ListBooks", boolValue=True)),
+        id="query-bool-true",
+    ),
+    pytest.param(
+        Case("GET", BOOKS, query="boolValue=1", expect=mirrored("ListBooks", boolValue=True)),
+        id="query-bool-1",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="bool_value=yes",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'bool_value': invalid value 'yes': "
+                "not a bool (true, false, 1 or 0)",
+            ),
+        ),
+        id="query-bool-invalid-400",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="int64_value=-9223372036854775808&uint64_value=18446744073709551615",
+            expect=mirrored(
+                "ListBooks", int64Value="-9223372036854775808", uint64Value="18446744073709551615"
+            ),
+        ),
+        id="query-int64-uint64-extremes-as-strings",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="int64_value=9223372036854775808",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'int64_value': invalid value '9223372036854775808': "
+                "out of range [-9223372036854775808, 9223372036854775807]",
+            ),
+        ),
+        id="query-int64-overflow-400",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="double_value=1.5e3",
+            expect=mirrored("ListBooks", doubleValue=1500.0),
+        ),
+        id="query-double",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="bytes_value=%2B%2F8%3D",
+            expect=mirrored("ListBooks", bytesValue="+/8="),
+        ),
+        id="query-bytes-standard-base64",
+    ),
+    pytest.param(
+        Case(
+            "GET", BOOKS, query="bytes_value=-_8", expect=mirrored("ListBooks", bytesValue="+/8=")
+        ),
+        id="query-bytes-url-safe-unpadded",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="time=2024-01-02T03:04:05.5%2B01:00&duration=1.5s",
+            expect=mirrored("ListBooks", time="2024-01-02T02:04:05.500Z", duration="1.500s"),
+        ),
+        id="query-timestamp-rfc3339-and-duration",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="duration=1.5",
+            status=400,
+            expect=error(
+                3, "query parameter 'duration': invalid value '1.5': not a valid Duration"
+            ),
+        ),
+        id="query-duration-without-unit-400",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="update_mask=book.title,tags",
+            expect=mirrored("ListBooks", updateMask="book.title,tags"),
+        ),
+        id="query-field-mask",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="wrappedInt=42&wrapped_string=hi",
+            expect=mirrored("ListBooks", wrappedInt=42, wrappedString="hi"),
+        ),
+        id="query-wrappers",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="labels=a",
+            status=400,
+            expect=error(
+                3, "query parameter 'labels': invalid value 'a': map fields cannot be set from text"
+            ),
+        ),
+        id="query-map-unsupported-400",
+    ),
+    pytest.param(
+        Case(
+            "GET", BOOKS, query="labels%5Ba%5D=b", expect=mirrored("ListBooks", labels={"a": "b"})
+        ),
+        id="query-map-bracket-key",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="int32_value=abc",
+            status=400,
+            expect=error(3, "query parameter 'int32_value': invalid value 'abc': not an integer"),
+        ),
+        id="query-bad-int-400-names-parameter",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="int32Value=12&unknown_param=5&shelf=zzz",
+            expect=mirrored("ListBooks", shelf="s1", int32Value=12),
+        ),
+        id="query-unknown-ignored-path-wins",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="failMessage=camel&int64_value=5&book.authors=x",
+            expect=mirrored(
+                "ListBooks", failMessage="camel", int64Value="5", **{"book.authors": ["x"]}
+            ),
+        ),
+        id="query-camel-and-proto-names",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="fail_message=x&fail_message=y",
+            status=400,
+            expect=error_where(3, "fail_message"),
+        ),
+        id="query-singular-field-repeated-400",
+    ),
+]
+
+BINDINGS = [
+    pytest.param(
+        Case("GET", "/v1/lookup/7", expect=mirrored("Lookup", id="7", name="")),
+        id="bindings-primary-get",
+    ),
+    pytest.param(
+        Case("GET", "/v1/lookup-by-name/n1", expect=mirrored("Lookup", id="", name="n1")),
+        id="bindings-additional-get",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={"id": "9", "bogus": {"x": 1}, "nested": {"label": "L"}},
+            query="name=ignored-with-body-star",
+            expect=mirrored("Lookup", id="9", name="", nested={"label": "L", "level": 0}),
+        ),
+        id="bindings-additional-post-body-star",
+    ),
+    pytest.param(
+        Case("GET", "/v1/received/r7", query="tags=x&tags=y", expect=received_only),
+        id="response-body-field-only",
+    ),
+]
+
+HTTP_BODY = [
+    pytest.param(
+        Case(
+            "PUT",
+            "/v1/uploads/doc1",
+            content=UPLOAD,
+            headers={"content-type": "application/pdf"},
+            expect=uploaded("doc1", "application/pdf", UPLOAD),
+        ),
+        id="httpbody-upload-raw-bytes",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/downloads/report.csv",
+            query="content_type=text%2Fcsv",
+            expect=exact_body(b"contents of report.csv\n"),
+            expect_headers={"content-type": "text/csv"},
+        ),
+        id="httpbody-download-own-content-type",
+    ),
+]
+
+# gRPC code number -> grpc-gateway v2's HTTP status, all 16 error codes.
+GRPC_TO_HTTP = {
+    1: 499,
+    2: 500,
+    3: 400,
+    4: 504,
+    5: 404,
+    6: 409,
+    7: 403,
+    8: 429,
+    9: 400,
+    10: 409,
+    11: 400,
+    12: 501,
+    13: 500,
+    14: 503,
+    15: 500,
+    16: 401,
+}
+
+
+def _shaped_message(code: int) -> str:
+    # UNAVAILABLE (14) is prefixed with the service, so that a REST caller knows what is down.
+    if code == 14:
+        return f"hms.testing.v1.MirrorService is unavailable: shaped failure {code}"
+    return f"shaped failure {code}"
+
+
+STATUS = [
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"failCode": code, "failMessage": f"shaped failure {code}"},
+            status=http_code,
+            expect=error(code, _shaped_message(code)),
+            expect_headers={"content-type": "application/json"},
+        ),
+        id=f"status-grpc-{code}-http-{http_code}",
+    )
+    for code, http_code in GRPC_TO_HTTP.items()
+] + [
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"delayMs": 500},
+            headers={"grpc-timeout": "1m"},
+            status=504,
+            expect={"code": 4, "details": []},
+        ),
+        id="status-grpc-timeout-tiny-504",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"delayMs": 500},
+            headers={"grpc-timeout": "50m"},
+            status=504,
+            expect=error(4, "Deadline Exceeded"),
+        ),
+        id="status-grpc-timeout-expires-in-flight-504",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={},
+            headers={"grpc-timeout": "1.5S"},
+            status=400,
+            expect=error(
+                3,
+                "header 'grpc-timeout': invalid value '1.5S': expected 1 to 8 digits and a unit "
+                "(H, M, S, m, u or n), as 100m or 30S",
+            ),
+        ),
+        id="status-grpc-timeout-invalid-400",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/gather",
+            json={},
+            status=501,
+            expect=error(
+                12,
+                "/hms.testing.v1.MirrorService/Gather is a client-streaming method; the REST "
+                "gateway serves only unary and server-streaming methods",
+            ),
+        ),
+        id="status-client-streaming-501",
+    ),
+]
+
+HEADERS = [
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/items/x",
+            headers={
+                "Grpc-Metadata-Foo": "bar",
+                "Grpc-Metadata-Sig-Bin": "AQI",
+                "Authorization": "Bearer tok",
+                "Cookie": "c=1",
+                "Grpc-Metadata-Grpc-Foo": "dropped",
+                "Grpc-Metadata-X-Forwarded-Host": "forged",
+            },
+            expect=all_of(
+                mirrored("GetItem", id="x"),
+                backend_saw(
+                    foo=["bar"],
+                    sig_bin=["AQI="],
+                    authorization=["Bearer tok"],
+                    cookie=None,
+                    grpc_foo=None,
+                    x_forwarded_for=["127.0.0.1"],
+                ),
+            ),
+        ),
+        id="headers-metadata-authorization-forwarded-for",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/items/x",
+            headers={"X-Forwarded-For": "10.1.2.3"},
+            expect=backend_saw(x_forwarded_for=["10.1.2.3, 127.0.0.1"]),
+        ),
+        id="headers-forwarded-for-chain-appends-peer",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/items/x",
+            headers={"X-Request-Id": "req-123"},
+            expect=backend_saw(x_request_id=["req-123"]),
+            expect_headers={"x-request-id": "req-123"},
+        ),
+        id="headers-request-id-passed-and-echoed",
+    ),
+    pytest.param(
+        Case("GET", "/v1/items/x", expect=request_id_created),
+        id="headers-request-id-created",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/items/x",
+            headers={"Grpc-Metadata-Bad-Bin": "!!"},
+            status=400,
+            expect=error(
+                3,
+                "header 'grpc-metadata-bad-bin': invalid value '!!': a -bin header must be base64",
+            ),
+        ),
+        id="headers-bad-binary-metadata-400",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"responseHeaders": {"etag": "7"}, "responseTrailers": {"cost": "3"}},
+            expect=mirrored("Shape", responseHeaders={"etag": "7"}),
+            expect_headers={"grpc-metadata-etag": "7", "grpc-trailer-cost": "3"},
+        ),
+        id="headers-response-metadata-and-trailers",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={
+                "failCode": 9,
+                "responseHeaders": {"etag": "7"},
+                "responseTrailers": {"cost": "3"},
+            },
+            status=400,
+            expect=error(9, "shaped"),
+            expect_headers={"grpc-metadata-etag": "7", "grpc-trailer-cost": "3"},
+        ),
+        id="headers-response-metadata-on-error",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"httpStatus": 201},
+            status=201,
+            expect=mirrored("Shape", httpStatus=201),
+            expect_headers={"grpc-metadata-x-http-code": None},
+        ),
+        id="headers-x-http-code-201",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"httpStatus": 204},
+            status=204,
+            expect=empty_body,
+            expect_headers={"content-type": None},
+        ),
+        id="headers-x-http-code-204-no-body",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"httpStatus": 404},
+            expect=mirrored("Shape", httpStatus=404),
+        ),
+        id="headers-x-http-code-non-2xx-ignored",
+    ),
+]
+
+STREAMING = [
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=3",
+            expect=ndjson(3),
+            expect_headers={"content-type": "application/x-ndjson"},
+        ),
+        id="stream-ndjson",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=3",
+            headers={"accept": "text/event-stream"},
+            expect=sse(3),
+            expect_headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
+        ),
+        id="stream-sse",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=3",
+            headers={"accept": "text/event-stream;q=0"},
+            expect=ndjson(3),
+            expect_headers={"content-type": "application/x-ndjson"},
+        ),
+        id="stream-sse-refused-q0-is-ndjson",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=3&fail_code=5&fail_after=2&fail_message=gone",
+            expect=ndjson(2, error_status=error(5, "gone")),
+        ),
+        id="stream-ndjson-mid-stream-error",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=2&fail_code=9&fail_after=1&fail_message=late",
+            headers={"accept": "text/event-stream"},
+            expect=sse(1, error_status=error(9, "late")),
+        ),
+        id="stream-sse-mid-stream-error-event",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=3&fail_code=5&fail_after=0&fail_message=gone",
+            status=404,
+            expect=error(5, "gone"),
+            expect_headers={"content-type": "application/json"},
+        ),
+        id="stream-error-before-first-message-404",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=5000",
+            status=400,
+            expect=error(3, "count must be within 0..1000, not 5000"),
+        ),
+        id="stream-invalid-argument-before-first-message-400",
+    ),
+    pytest.param(
+        Case(
+            "GET",
+            "/v1/stream",
+            query="count=0",
+            expect=empty_body,
+            expect_headers={"content-type": "application/x-ndjson"},
+        ),
+        id="stream-empty-200",
+    ),
+]
+
+CASES = TEMPLATES + BODIES + QUERY + BINDINGS + HTTP_BODY + STATUS + HEADERS + STREAMING
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gateway_conformance(http: httpx.Client, case: Case) -> None:
+    url = case.path
+    params: list[tuple[str, str]] | None = None
+    if isinstance(case.query, str):
+        url = f"{case.path}?{case.query}"
+    elif case.query is not None:
+        params = case.query
+    response = http.request(
+        case.method,
+        url,
+        params=params,
+        json=case.json,
+        content=case.content,
+        headers=dict(case.headers or {}),
+    )
+    assert response.status_code == case.status, response.text
+    if callable(case.expect):
+        case.expect(response)
+    elif case.expect is not None:
+        _check_paths(response, case.expect)
+    for name, value in (case.expect_headers or {}).items():
+        assert response.headers.get(name) == value, f"header {name}: {response.headers.get(name)!r}"
+
+
+def test_conformance_table_is_large_enough() -> None:
+    ids = [param.id for param in CASES]
+    assert len(ids) >= 45
+    assert len(set(ids)) == len(ids)
