@@ -75,6 +75,20 @@ class GatewayMetrics:
             ["service", "method"],
             registry=registry,
         )
+        # labels() hashes and locks on every call; a route's children are looked up once.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, service: str, method: str, status: int, seconds: float) -> None:
+        key = (service, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(service, method, str(status)),
+                self.latency.labels(service, method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class Gateway:
@@ -157,8 +171,7 @@ class Gateway:
             service, method = (
                 ("", "") if endpoint is None else (endpoint.service, endpoint.method.name)
             )
-            self.metrics.requests.labels(service, method, str(responder.status)).inc()
-            self.metrics.latency.labels(service, method).observe(time.perf_counter() - started)
+            self.metrics.observe(service, method, responder.status, time.perf_counter() - started)
 
     def _route(self, request: Request) -> tuple[Endpoint, Any]:
         try:

@@ -8,6 +8,7 @@ flight finish (up to ``grace``), then the channel and the registry watch are clo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
@@ -75,7 +76,14 @@ class GatewayServer:
         sock = listening_socket(self.listen.host, self.listen.port)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
-        channel = await MeshChannel.connect(self.client, metrics=ClientMetrics(self.registry))
+        # The gateway counts each request per route itself (gateway/app.py); the channel's
+        # telemetry layer would count the same calls again, so it is left out of the chain.
+        # The channel's endpoint and ejection figures are still collected.
+        client = self.client
+        if "telemetry" in client.layers:
+            layers = tuple(layer for layer in client.layers if layer != "telemetry")
+            client = dataclasses.replace(client, layers=layers)
+        channel = await MeshChannel.connect(client, metrics=ClientMetrics(self.registry))
         learner: RegistryLearner | None = None
         try:
             if self.listen.descriptor_set is not None:

@@ -223,13 +223,13 @@ def _reject_constant(word: str) -> Any:
     raise ValueError(f"{word} is not JSON")
 
 
+# One decoder for every request: json.loads with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def _decode_json(body: bytes) -> Any:
     try:
-        return json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
+        return _DECODER.decode(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise GatewayError.bad_json(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     except RecursionError as exc:

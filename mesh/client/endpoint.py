@@ -46,7 +46,7 @@ class Endpoint:
         self._make_channel = make_channel
         self._watch_health = watch_health
         self._channel: grpc.aio.Channel | None = None
-        self._callables: dict[tuple[str, str], Any] = {}
+        self._callables: dict[tuple[Any, ...], Any] = {}
         self._health_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -60,15 +60,25 @@ class Endpoint:
         serializer: Callable[[Any], bytes] | None,
         deserializer: Callable[[bytes], Any] | None,
     ) -> Any:
-        """The grpc.aio multicallable for method on this instance (cached per channel)."""
-        found = self._callables.get((kind, method))
+        """The grpc.aio multicallable for method on this instance (cached per channel).
+
+        The method is registered with the channel, as generated stubs do: grpc's core then
+        keeps one handle for its path instead of interning the path on every call. The cache
+        key holds the (de)serializers, so a caller that learns a new version of a service (the
+        gateway, by reflection) gets a callable with the new message classes.
+        """
+        key = (kind, method, serializer, deserializer)
+        found = self._callables.get(key)
         if found is None:
             channel = self.channel()
             factory = getattr(channel, kind)
             found = factory(
-                method, request_serializer=serializer, response_deserializer=deserializer
+                method,
+                request_serializer=serializer,
+                response_deserializer=deserializer,
+                _registered_method=True,
             )
-            self._callables[(kind, method)] = found
+            self._callables[key] = found
         return found
 
     def channel(self) -> grpc.aio.Channel:
