@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -77,10 +78,9 @@ def build_chain(layers: Sequence[Layer], terminal: Handler) -> Handler:
 
 
 def _bind(layer: Layer, next_handler: Handler) -> Handler:
-    async def run(call: CallInfo) -> Any:
-        return await layer(call, next_handler)
-
-    return run
+    # A partial, not a wrapping coroutine: one frame per layer instead of two, which every
+    # resumption of the call walks through.
+    return functools.partial(layer, next=next_handler)
 
 
 def remaining(call: CallInfo, now: float | None = None) -> float | None:
