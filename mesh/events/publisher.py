@@ -103,15 +103,19 @@ class Publisher:
         self._subjects: dict[str, str] = {}  # full name -> subject, validated once
 
     def headers_for(self, full_name: str, event_id: str) -> dict[str, str]:
-        """The headers of a new event, without trace context."""
+        """The headers of a new event, without trace context.
+
+        Only what a consumer needs: the id once (as ``Nats-Msg-Id``, which JetStream
+        de-duplicates on), type, source and time. Each header costs every publish a few
+        microseconds in nats-py and on the server; the CloudEvents ``ce-specversion``,
+        ``ce-id`` (a copy of the id) and ``content-type`` (always Protobuf) told a consumer
+        nothing and cost ~10 % of the publish rate (docs/benchmarks.md).
+        """
         return {
             Headers.MSG_ID: event_id,
-            Headers.SPEC_VERSION: Headers.SPEC_VERSION_VALUE,
-            Headers.ID: event_id,
             Headers.TYPE: full_name,
             Headers.SOURCE: self.source,
             Headers.TIME: _rfc3339(self._clock()),
-            Headers.CONTENT_TYPE: Headers.CONTENT_TYPE_VALUE,
         }
 
     async def publish(self, message: Message, *, event_id: str | None = None) -> PubAck:

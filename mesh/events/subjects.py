@@ -10,8 +10,9 @@ With the default prefix `hms`, `hms.testing.v1.VoucherSubmitted` is published on
 tokens so that their two streams (`hms.events.>` and `hms.dlq.>`) never overlap; JetStream refuses
 two streams whose subjects overlap.
 
-Headers follow the CloudEvents NATS binding (binary mode, `ce-` attributes), plus `Nats-Msg-Id`
-(JetStream's de-duplication key, the same value as `ce-id`) and W3C `traceparent`/`tracestate`.
+Headers: `Nats-Msg-Id` (the event id, JetStream's de-duplication key), the CloudEvents attributes
+`ce-type`, `ce-source`, `ce-time`, and W3C `traceparent`/`tracestate` (docs/events.md says why
+not more).
 
 >>> event_subject("hms", "hms.testing.v1.VoucherSubmitted")
 'hms.events.hms.testing.v1.VoucherSubmitted'

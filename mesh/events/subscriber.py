@@ -172,7 +172,8 @@ class Subscription(Generic[M]):
         parent = owner.propagator.extract(headers)
         metadata = msg.metadata
         delivery = metadata.num_delivered
-        event_id = headers.get(Headers.ID) or headers.get(Headers.MSG_ID, "")
+        # Ours carry the id as Nats-Msg-Id; a CloudEvents publisher's ce-id is read too.
+        event_id = headers.get(Headers.MSG_ID) or headers.get(Headers.ID, "")
         with owner.tracer.start_as_current_span(
             f"process {msg.subject}",
             context=parent,
@@ -192,7 +193,7 @@ class Subscription(Generic[M]):
                 message = self._decode(msg.data, headers)
             except DecodeError as exc:
                 span.set_status(trace.StatusCode.ERROR, str(exc))
-                await self._dead_letter(msg, headers, "undecodable", str(exc))
+                await self._dead_letter(msg, headers, event_id, "undecodable", str(exc))
                 return
             meta = EventMeta(
                 id=event_id,
@@ -212,7 +213,9 @@ class Subscription(Generic[M]):
                 span.record_exception(exc)
                 span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
                 if delivery >= owner.spec.max_deliver:
-                    await self._dead_letter(msg, headers, "handler-failed", _describe(exc))
+                    await self._dead_letter(
+                        msg, headers, event_id, "handler-failed", _describe(exc)
+                    )
                 else:
                     delay = owner.spec.retry_delay(delivery)
                     log.warning(
@@ -238,7 +241,7 @@ class Subscription(Generic[M]):
             raise DecodeError(f"payload does not decode as {self.full_name}: {exc}") from exc
 
     async def _dead_letter(
-        self, msg: Msg, headers: Mapping[str, str], reason: str, error: str
+        self, msg: Msg, headers: Mapping[str, str], event_id: str, reason: str, error: str
     ) -> None:
         """Publish to the dead letters, then term. Retries until stored: on the last delivery
         JetStream would not redeliver, so giving up here would lose the event."""
@@ -246,6 +249,8 @@ class Subscription(Generic[M]):
         metadata = msg.metadata
         letter = {
             **headers,
+            # The letter's own Nats-Msg-Id below replaces the event's: keep the event's id.
+            Headers.ID: event_id,
             # One dead letter per (deployment, stored event), even if this is retried.
             Headers.MSG_ID: f"{owner.deployment}:{metadata.stream}:{metadata.sequence.stream}",
             Headers.DLQ_REASON: reason,
@@ -274,7 +279,7 @@ class Subscription(Generic[M]):
         log.error(
             "%s: event %s dead-lettered (%s): %s",
             self.consumer,
-            headers.get(Headers.ID, "?"),
+            event_id or "?",
             reason,
             error,
         )
