@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -252,18 +253,19 @@ class Gateway:
         data, content_type = render_response(
             response, response_body=endpoint.mapping.response_body, options=self.config.json
         )
+        _check_content_type(content_type, endpoint)
         status = success_status(initial) or 200
         await responder.whole(status, data, content_type, from_metadata(initial, trailing))
 
     async def _stream(
         self, request: Request, responder: Responder, endpoint: Endpoint, call: CallInfo
     ) -> None:
-        rpc = None
         watcher = asyncio.create_task(_until_disconnect(request.receive))
         try:
-            rpc = await self.channel.invoke(call)
-            watcher.add_done_callback(lambda _: rpc.cancel())
             try:
+                # The channel may refuse before sending (no instance, deadline too short).
+                rpc = await self.channel.invoke(call)
+                watcher.add_done_callback(lambda _: rpc.cancel())
                 first = await rpc.read()
                 initial = await rpc.initial_metadata()
             except grpc.aio.AioRpcError as exc:
@@ -280,6 +282,7 @@ class Gateway:
             if raw:
                 kind = first.content_type if first is not grpc.aio.EOF else None
                 content_type = kind or "application/octet-stream"
+                _check_content_type(content_type, endpoint)
             else:
                 content_type = streaming.SSE if sse else streaming.NDJSON
             headers = from_metadata(initial, None)
@@ -348,6 +351,21 @@ class Gateway:
             document = json_bytes(build_openapi(self.table.endpoints(), options=self.config.json))
             self._openapi = (self.table.version, document)
         await responder.whole(200, document, _JSON)
+
+
+# A header value HTTP/1.1 can carry: visible ASCII and spaces, no CR or LF.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
+def _check_content_type(content_type: str, endpoint: Endpoint) -> None:
+    """A backend's HttpBody content type goes out as a header: refuse one that cannot."""
+    if _HEADER_VALUE.fullmatch(content_type) is None:
+        raise GatewayError(
+            502,
+            grpc.StatusCode.INTERNAL,
+            f"{endpoint.path} answered with a content type that is not a valid HTTP header "
+            f"value: {content_type[:80]!r}",
+        )
 
 
 def _status_json(exc: grpc.aio.AioRpcError, service: str) -> dict[str, Any]:

@@ -105,8 +105,8 @@ class Responder:
         raw = [*self.common, *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)]
         if content_type is not None:
             raw.append((b"content-type", content_type.encode("latin-1")))
-        self.status = status
         await self.send({"type": "http.response.start", "status": status, "headers": raw})
+        self.status = status  # only once sent: a failed start can still be answered
 
     async def body(self, data: bytes, *, more: bool = False) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": more})

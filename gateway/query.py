@@ -222,8 +222,13 @@ def _fill_message(target: Message, text: str) -> None:
         value_field = target.DESCRIPTOR.fields_by_name["value"]
         target.value = _scalar(value_field, text)  # type: ignore[attr-defined]
     elif name == _FIELD_MASK:
-        # grpc-gateway splits the text on commas and keeps the paths as given.
+        # grpc-gateway splits the text on commas and keeps the paths as given; a path the JSON
+        # mapping cannot write back (upper case, "__") is refused here, not at the response.
         target.paths.extend(p for p in text.split(",") if p)  # type: ignore[attr-defined]
+        try:
+            target.ToJsonString()  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise ValueProblem(f"not a valid FieldMask: {exc}") from exc
     elif name in _JSON_STRING_TYPES:
         try:
             json_format.Parse(json.dumps(text), target)
