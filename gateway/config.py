@@ -50,5 +50,7 @@ class GatewayConfig:
 
 
 def _is_public_name(name: str) -> bool:
-    service, _, method = name.partition("/")
-    return "." in service and "/" not in method and all(service.split("."))
+    service, slash, method = name.partition("/")
+    if slash and (not method or "/" in method):
+        return False
+    return "." in service and all(service.split("."))

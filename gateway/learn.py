@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import descriptor_pb2
 
-from gateway.endpoint import endpoints_of, http_rule_of
+from gateway.endpoint import Endpoint, endpoints_of, http_rule_of
 from gateway.reflection import ReflectionError, build_pool, fetch_service
 from gateway.routes import RouteTable
 from mesh.aio import cancel_and_wait
@@ -51,7 +51,7 @@ def load_descriptor_set(path: Path, table: RouteTable) -> list[str]:
         pool = build_pool(files)
     except ReflectionError as exc:
         raise ValueError(f"descriptor set {path}: {exc} (build it with imports included)") from None
-    learnt = []
+    routed: dict[str, list[Endpoint]] = {}
     for proto in files:
         for service_proto in proto.service:
             name = f"{proto.package}.{service_proto.name}" if proto.package else service_proto.name
@@ -59,11 +59,16 @@ def load_descriptor_set(path: Path, table: RouteTable) -> list[str]:
             if not any(http_rule_of(method) for method in service.methods):
                 continue
             try:
-                table.set_service(name, endpoints_of(service))
+                routed[name] = list(endpoints_of(service))
             except ValueError as exc:
                 raise ValueError(f"descriptor set {path}: {exc}") from None
-            learnt.append(name)
-    return learnt
+    # All or nothing: every service's rules were checked before any route is served.
+    for name, endpoints in routed.items():
+        try:
+            table.set_service(name, endpoints)
+        except ValueError as exc:
+            raise ValueError(f"descriptor set {path}: {exc}") from None
+    return list(routed)
 
 
 class RegistryLearner:
@@ -129,6 +134,8 @@ class RegistryLearner:
             try:
                 descriptor = await fetch_service(self.channel, service, timeout=self.fetch_timeout)
                 endpoints = list(endpoints_of(descriptor))
+                if endpoints:
+                    self.table.set_service(service, endpoints)
             except (ReflectionError, ValueError, grpc.aio.AioRpcError) as exc:
                 delay = backoff.next_delay()
                 why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
@@ -139,6 +146,5 @@ class RegistryLearner:
                 continue
             self._learnt.setdefault(service, set()).add(version)
             if endpoints:
-                self.table.set_service(service, endpoints)
                 log.info("learnt %d route(s) of %s (version %s)", len(endpoints), service, version)
             return

@@ -37,6 +37,14 @@ class RouteTable:
     def set_service(self, service: str, endpoints: Iterable[Endpoint]) -> None:
         """Replace every route of `service` with `endpoints`."""
         fresh = tuple(endpoints)
+        # Check every new route first (ValueError names the bad one), so that a refused set
+        # leaves the service's old routes in place rather than half replaced.
+        scratch: Router[Endpoint] = Router()
+        for endpoint in fresh:
+            try:
+                scratch.add(endpoint.mapping.http_method, endpoint.mapping.template, endpoint)
+            except ValueError as exc:
+                raise ValueError(f"{endpoint.path}: {exc}") from None
         self._router.remove_payloads(lambda endpoint: endpoint.service == service)
         taken = {(r.method, str(r.template)) for r in self._router.routes}
         for endpoint in fresh:

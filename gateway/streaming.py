@@ -32,10 +32,17 @@ def wants_sse(accept: str | None) -> bool:
     for item in (accept or "").split(","):
         kind, *params = (part.strip() for part in item.split(";"))
         if kind.lower() == SSE:
-            return not any(
-                p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params
-            )
+            return not any(_is_zero_weight(param) for param in params)
     return False
+
+
+def _is_zero_weight(param: str) -> bool:
+    """``q=0`` in any of RFC 9110's spellings (``Q=0``, ``q=0.``, ``q=0.000``)."""
+    name, _, value = param.partition("=")
+    if name.strip().lower() != "q":
+        return False
+    value = value.strip()
+    return value[:1] == "0" and value[1:2] in ("", ".") and not value[2:].strip("0")
 
 
 def ndjson_frame(message_json: bytes) -> bytes:

@@ -113,14 +113,17 @@ class RequestMapping:
         mappings = [cls._one(rule, method)]
         for extra in rule.additional_bindings:
             if extra.additional_bindings:
-                raise ValueError("additional_bindings cannot nest")
+                raise ValueError(f"{method.full_name}: additional_bindings cannot nest")
             mappings.append(cls._one(extra, method))
         return tuple(mappings)
 
     @classmethod
     def _one(cls, rule: http_pb2.HttpRule, method: MethodDescriptor) -> RequestMapping:
-        http_method, template = _rule_pattern(rule)
-        parsed = parse_template(template)
+        try:
+            http_method, template = _rule_pattern(rule)
+            parsed = parse_template(template)
+        except ValueError as exc:  # TemplateError included
+            raise ValueError(f"{method.full_name}: {exc}") from None
         for variable in parsed.variables:
             try:
                 fields = resolve_field_path(method.input_type, variable.name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from mesh.certs import spiffe_id
-from mesh.registry.keys import Instance, RegistryValueError
+from mesh.registry.keys import Instance
 from mesh.registry.watch import Listener
 
 __all__ = ["StaticDiscovery", "parse_upstreams", "static_discovery"]
@@ -46,7 +46,7 @@ def parse_upstreams(specs: Iterable[str]) -> dict[str, tuple[Instance, ...]]:
                         identity=spiffe_id(deployment) if deployment else "",
                     )
                 )
-            except RegistryValueError as exc:
+            except ValueError as exc:  # RegistryValueError, or spiffe_id's for the deployment
                 raise ValueError(f"upstream {spec!r}: {exc}") from None
     return {service: tuple(instances) for service, instances in upstreams.items()}
 
