@@ -26,8 +26,9 @@ import json
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -67,7 +68,12 @@ def _current_trace() -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return _stamp(datetime.now(UTC))
+
+
+def _stamp(moment: datetime) -> str:
+    # Always with microseconds: the stamps are compared as text when sent rows are pruned.
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class EventPublisher(Protocol):
@@ -179,6 +185,21 @@ class Outbox:
         ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
+    def prune(self, sent_before: datetime, *, limit: int = 10_000) -> int:
+        """Delete up to `limit` rows marked sent before `sent_before`; returns how many.
+
+        Unsent rows are never touched. In batches, so one call never holds the write lock long.
+        """
+        if self._conn.in_transaction:
+            raise sqlite3.OperationalError("the shared connection is in a transaction")
+        with self._conn:
+            cursor = self._conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox"
+                " WHERE sent_at IS NOT NULL AND sent_at < ? ORDER BY seq LIMIT ?)",
+                (_stamp(sent_before), limit),
+            )
+        return cursor.rowcount
+
     def mark_sent(self, seqs: list[int]) -> None:
         """Mark rows sent, in one transaction of their own."""
         if not seqs:
@@ -201,6 +222,9 @@ class OutboxRelay:
 
     The stream's duplicate window must be longer than the longest backoff, or a retry of an event
     whose ack was lost could be stored twice: checked here, against `stream`.
+
+    Sent rows are kept `keep_sent` seconds (for a look at what went out), then deleted by the
+    running relay, at most every `prune_every` seconds, so the table does not grow for ever.
     """
 
     def __init__(
@@ -213,12 +237,19 @@ class OutboxRelay:
         backoff: BackoffPolicy | None = None,
         poll: float = 0.2,
         pool: DescriptorPool | None = None,
+        keep_sent: float = 3600.0,
+        prune_every: float = 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.backoff = backoff or BackoffPolicy(base=0.05, cap=5.0)
         if batch < 1:
             raise ValueError(f"relay batch must be >= 1, got {batch}")
         if poll <= 0:
             raise ValueError(f"relay poll must be > 0 s, got {poll}")
+        if keep_sent < 0 or prune_every <= 0:
+            raise ValueError(
+                f"keep_sent must be >= 0 s and prune_every > 0 s, got {keep_sent}, {prune_every}"
+            )
         if stream.duplicate_window <= self.backoff.cap:
             raise ValueError(
                 f"stream {stream.name} duplicate_window {stream.duplicate_window} s must exceed "
@@ -233,6 +264,25 @@ class OutboxRelay:
         self._published_upto = 0  # highest seq published in this run
         self._unmarked: list[int] = []  # published, not yet marked sent
         self._task: asyncio.Task[None] | None = None
+        self.keep_sent = keep_sent
+        self.prune_every = prune_every
+        self._clock = clock
+        self._last_prune: datetime | None = None
+
+    def prune_sent(self) -> int:
+        """Delete the rows sent more than `keep_sent` seconds ago; returns how many."""
+        if self.outbox.busy:
+            return 0
+        now = self._clock()
+        self._last_prune = now
+        try:
+            return self.outbox.prune(now - timedelta(seconds=self.keep_sent))
+        except sqlite3.OperationalError:
+            return 0  # locked by a writer: next time
+
+    def _prune_due(self) -> bool:
+        last = self._last_prune
+        return last is None or (self._clock() - last).total_seconds() >= self.prune_every
 
     def pending(self) -> int:
         """Events not yet marked sent."""
@@ -303,6 +353,10 @@ class OutboxRelay:
                 await asyncio.sleep(delay)
                 continue
             retry.reset()
+            if self._prune_due():
+                pruned = self.prune_sent()
+                if pruned:
+                    log.debug("outbox relay: pruned %d sent event(s)", pruned)
             if published < self.batch:
                 await asyncio.sleep(self.poll)  # polling the table for new rows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,8 @@ def test_duplicate_window_must_exceed_longest_backoff(
     [
         pytest.param({"batch": 0}, "batch", id="batch"),
         pytest.param({"poll": 0}, "poll", id="poll"),
+        pytest.param({"keep_sent": -1}, "keep_sent", id="keep-sent"),
+        pytest.param({"prune_every": 0}, "prune_every", id="prune-every"),
     ],
 )
 def test_relay_validates(tmp_path: Path, kwargs: dict[str, float], error: str) -> None:
@@ -167,3 +170,61 @@ def test_relay_validates(tmp_path: Path, kwargs: dict[str, float], error: str) -
         OutboxRelay(
             Outbox(tmp_path / "s.sqlite3"), FakePublisher(), stream=events_stream(), **kwargs
         )  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_sent_rows_are_pruned_after_keep_sent_and_unsent_rows_never(tmp_path: Path) -> None:
+    db = tmp_path / "svc.sqlite3"
+    outbox = Outbox(db)
+    fill(db, outbox, 5)
+    clock = Clock()
+    publisher = FakePublisher()
+    publisher.fail_at = {4}  # events 4 and 5 stay unsent
+    relay = OutboxRelay(
+        outbox, publisher, stream=events_stream(), backoff=FAST, keep_sent=60, clock=clock
+    )
+    with pytest.raises(Unavailable):
+        await relay.relay_once()
+    assert relay.pending() == 2
+    # Marked sent at the wall clock's now; the relay's clock says when they are old enough.
+    clock.now = datetime.now(UTC) + timedelta(seconds=59)
+    assert relay.prune_sent() == 0
+    clock.now += timedelta(seconds=2)
+    assert relay.prune_sent() == 3
+    assert [row.voucher_id for row in _all(db)] == ["v3", "v4"]
+    assert relay.pending() == 2
+
+
+def _all(db: Path) -> list[VoucherSubmitted]:
+    conn = sqlite3.connect(str(db))
+    try:
+        rows = conn.execute("SELECT payload FROM outbox ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [VoucherSubmitted.FromString(payload) for (payload,) in rows]
+
+
+async def test_running_relay_prunes_on_its_own(tmp_path: Path) -> None:
+    db = tmp_path / "svc.sqlite3"
+    outbox = Outbox(db)
+    fill(db, outbox, 3)
+    publisher = FakePublisher()
+    relay = OutboxRelay(
+        outbox, publisher, stream=events_stream(), backoff=FAST, poll=0.01, keep_sent=0
+    )
+    relay.start()
+    try:
+        async with asyncio.timeout(5):
+            # keep_sent=0: gone once sent and pruned; a table change fires no event to wait on.
+            while _all(db):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        await relay.stop()
+    assert len(publisher.published) == 3
