@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from types import MappingProxyType
 
 from gateway.endpoint import Endpoint
 from gateway.router import Match, MethodNotAllowed, NotFound, Router
@@ -29,10 +30,16 @@ log = logging.getLogger(__name__)
 class RouteTable:
     """Routes per service, resolved in one pass (see gateway.router for precedence)."""
 
+    #: Resolutions remembered, by (method, raw path); the cache is emptied when full.
+    CACHE_SIZE = 4096
+
     def __init__(self) -> None:
         self._router: Router[Endpoint] = Router()
         self._services: dict[str, tuple[Endpoint, ...]] = {}
         self.version = 0
+        # Most traffic repeats a few paths: resolving one walks every route (and splits and
+        # normalises the path), a hit here is one dict lookup. Emptied on every change.
+        self._cache: dict[tuple[str, str], Match[Endpoint] | NotFound | MethodNotAllowed] = {}
 
     def set_service(self, service: str, endpoints: Iterable[Endpoint]) -> None:
         """Replace every route of `service` with `endpoints`."""
@@ -60,11 +67,13 @@ class RouteTable:
             taken.add(key)
         self._services[service] = fresh
         self.version += 1
+        self._cache.clear()
 
     def drop_service(self, service: str) -> None:
         if self._services.pop(service, None) is not None:
             self._router.remove_payloads(lambda endpoint: endpoint.service == service)
             self.version += 1
+            self._cache.clear()
 
     def services(self) -> dict[str, tuple[Endpoint, ...]]:
         return dict(self._services)
@@ -73,4 +82,14 @@ class RouteTable:
         return [endpoint for found in self._services.values() for endpoint in found]
 
     def resolve(self, method: str, path: str) -> Match[Endpoint] | NotFound | MethodNotAllowed:
-        return self._router.resolve(method, path)
+        """As Router.resolve (``BadPath`` for a malformed path is never cached)."""
+        key = (method, path)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._router.resolve(method, path)
+            if isinstance(found, Match):  # shared by every hit: read-only
+                found = Match(found.route, MappingProxyType(dict(found.bindings)))
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
