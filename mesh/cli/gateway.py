@@ -97,6 +97,10 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         else None,
     )
     static = args.descriptor_set is not None
+    if static and not args.upstream:
+        raise ValueError("static mode (--descriptor-set) needs at least one --upstream")
+    if args.upstream and not static:
+        raise ValueError("--upstream is for static mode: give --descriptor-set too")
     tls = None
     if not args.insecure:
         tls_dir = args.tls_dir or os.environ.get("MESH_TLS_DIR")
