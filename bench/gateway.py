@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchmarkFailed, Figures
-from bench.loadgen import run_loadgen
+from bench.loadgen import Plan, Round, interleaved, run_loadgen
 from mesh import certs
 from mesh.devstack import DevStack, GatewayProcess, ListeningProcess, ServiceProcess
 from mesh.registry.etcd import Etcd
@@ -44,14 +44,6 @@ CALLER = "ops"
 STARTUP_TIMEOUT = 60.0
 LOADGEN_SLACK = 30.0
 TARGET_RATIO = 1.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    concurrencies: tuple[int, ...]
-    rounds: int
-    warmup: float
-    duration: float
 
 
 FULL = Plan(concurrencies=(16, 64), rounds=3, warmup=0.5, duration=3.0)
@@ -133,22 +125,14 @@ async def stack(work_dir: Path) -> AsyncIterator[Targets]:
         await asyncio.to_thread(dev.stop)
 
 
-Round = dict[str, dict[str, Any]]
-
-
 async def measure(targets: Targets, plan: Plan) -> dict[int, list[Round]]:
-    rounds: dict[int, list[Round]] = {}
-    for concurrency in plan.concurrencies:
-        for index in range(plan.rounds):
-            order = MODES if index % 2 == 0 else MODES[::-1]
-            trio: Round = {}
-            for mode in order:
-                command = targets.loadgen_args(mode, concurrency, plan)
-                timeout = plan.warmup + plan.duration + LOADGEN_SLACK
-                label = f"{mode:11} c={concurrency:<3}"
-                trio[mode] = await run_loadgen(NAME, label, command, timeout, cwd=ROOT)
-            rounds.setdefault(concurrency, []).append(trio)
-    return rounds
+    async def run_mode(mode: str, concurrency: int) -> dict[str, Any]:
+        command = targets.loadgen_args(mode, concurrency, plan)
+        timeout = plan.warmup + plan.duration + LOADGEN_SLACK
+        label = f"{mode:11} c={concurrency:<3}"
+        return await run_loadgen(NAME, label, command, timeout, cwd=ROOT)
+
+    return await interleaved(MODES, plan, run_mode)
 
 
 def figures_of(rounds: dict[int, list[Round]]) -> Figures:

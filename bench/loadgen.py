@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from hms.testing.v1 import echo_pb2, echo_pb2_grpc
 from mesh import tls
 from mesh.client import ClientConfig, MeshChannel
 
-__all__ = ["CallFailed", "main", "measure", "run_loadgen"]
+__all__ = ["CallFailed", "Plan", "Round", "interleaved", "main", "measure", "run_loadgen"]
 
 CALL_TIMEOUT = 5.0
 
@@ -105,6 +106,36 @@ async def measure(
         "cpu_per_call_ms": (cpu[1] - cpu[0]) * 1000 / calls if calls else float("nan"),
         "errors": errors,
     }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a side-by-side benchmark loads: at each concurrency, `rounds` runs of every mode."""
+
+    concurrencies: tuple[int, ...]
+    rounds: int
+    warmup: float  # seconds of each run not measured
+    duration: float  # seconds measured
+
+
+Round = dict[str, dict[str, Any]]  # mode -> one loadgen result
+
+
+async def interleaved(
+    modes: Sequence[str],
+    plan: Plan,
+    run_mode: Callable[[str, int], Awaitable[dict[str, Any]]],
+) -> dict[int, list[Round]]:
+    """concurrency -> one Round per pass over `modes`, run interleaved: the order reverses every
+    other round, so no mode always runs first after a pause or last, and drift on a noisy
+    machine falls on all of them."""
+    rounds: dict[int, list[Round]] = {}
+    for concurrency in plan.concurrencies:
+        for index in range(plan.rounds):
+            order = modes if index % 2 == 0 else modes[::-1]
+            trio = {mode: await run_mode(mode, concurrency) for mode in order}
+            rounds.setdefault(concurrency, []).append(trio)
+    return rounds
 
 
 async def run_loadgen(

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchmarkFailed, Figures
-from bench.loadgen import run_loadgen
+from bench.loadgen import Plan, Round, interleaved, run_loadgen
 from mesh import certs
 from mesh.devstack import DevStack, ServiceProcess
 from mesh.registry import keys
@@ -58,14 +58,6 @@ LOADGEN_SLACK = 30.0
 #: The issue's bar, at the highest concurrency: mesh1 / bare.
 TARGET_THROUGHPUT_RATIO = 0.85
 TARGET_P99_RATIO = 1.2
-
-
-@dataclass(frozen=True)
-class Plan:
-    concurrencies: tuple[int, ...]
-    rounds: int  # how many times the trio runs at each concurrency
-    warmup: float
-    duration: float
 
 
 FULL = Plan(concurrencies=(1, 16, 64), rounds=3, warmup=0.5, duration=3.0)
@@ -185,19 +177,13 @@ async def loadgen(where: Stack, mode: str, concurrency: int, plan: Plan) -> dict
     return await run_loadgen(NAME, f"{mode:5} c={concurrency:<3}", command, timeout, cwd=ROOT)
 
 
-Round = dict[str, dict[str, Any]]  # mode -> loadgen result
-
-
 async def measure(where: Stack, plan: Plan) -> dict[int, list[Round]]:
     """concurrency -> one Round per trio, run interleaved."""
-    rounds: dict[int, list[Round]] = {}
-    for concurrency in plan.concurrencies:
-        for index in range(plan.rounds):
-            # Alternate the order, so no mode always runs first after a pause or last.
-            order = MODES if index % 2 == 0 else MODES[::-1]
-            trio = {mode: await loadgen(where, mode, concurrency, plan) for mode in order}
-            rounds.setdefault(concurrency, []).append(trio)
-    return rounds
+
+    async def run_mode(mode: str, concurrency: int) -> dict[str, Any]:
+        return await loadgen(where, mode, concurrency, plan)
+
+    return await interleaved(MODES, plan, run_mode)
 
 
 def figures_of(rounds: dict[int, list[Round]]) -> Figures:
