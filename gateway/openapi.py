@@ -46,12 +46,19 @@ gives the same document.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 
 from gateway.endpoint import Endpoint
+from gateway.openapi_schemas import (
+    STATUS_SCHEMA,
+    Schemas,
+    is_map,
+    json_name,
+    text_schema,
+    well_known_schema,
+)
 from gateway.query import is_text_settable, resolve_field_path
 from gateway.template.parse import DeepWildcard, Literal, Template, Variable, parse_template
 from gateway.transcode import DEFAULT_OPTIONS, HTTP_BODY, JsonOptions
@@ -59,8 +66,6 @@ from gateway.transcode import DEFAULT_OPTIONS, HTTP_BODY, JsonOptions
 __all__ = ["OPENAPI_VERSION", "STATUS_SCHEMA", "build_openapi", "openapi_path"]
 
 OPENAPI_VERSION = "3.0.3"
-STATUS_SCHEMA = "google.rpc.Status"
-_REF_PREFIX = "#/components/schemas/"
 _JSON = "application/json"
 _NDJSON = "application/x-ndjson"
 _SSE = "text/event-stream"
@@ -69,187 +74,6 @@ _ANY_TYPE = "*/*"
 # In OpenAPI's order, which each path item follows.
 _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
-
-_T = FieldDescriptor
-_UINT32_MAX = 2**32 - 1
-
-
-def _scalar_schema(kind: int) -> dict[str, Any]:
-    """The proto3 JSON schema of a non-message, non-enum field type."""
-    if kind in (_T.TYPE_INT32, _T.TYPE_SINT32, _T.TYPE_SFIXED32):
-        return {"type": "integer", "format": "int32"}
-    if kind in (_T.TYPE_UINT32, _T.TYPE_FIXED32):
-        return {"type": "integer", "format": "int64", "minimum": 0, "maximum": _UINT32_MAX}
-    if kind in (_T.TYPE_INT64, _T.TYPE_SINT64, _T.TYPE_SFIXED64):
-        return {"type": "string", "format": "int64"}
-    if kind in (_T.TYPE_UINT64, _T.TYPE_FIXED64):
-        return {"type": "string", "format": "uint64"}
-    if kind == _T.TYPE_DOUBLE:
-        return {"type": "number", "format": "double"}
-    if kind == _T.TYPE_FLOAT:
-        return {"type": "number", "format": "float"}
-    if kind == _T.TYPE_BOOL:
-        return {"type": "boolean"}
-    if kind == _T.TYPE_BYTES:
-        return {"type": "string", "format": "byte"}
-    return {"type": "string"}
-
-
-_WRAPPED: dict[str, int] = {
-    "google.protobuf.DoubleValue": _T.TYPE_DOUBLE,
-    "google.protobuf.FloatValue": _T.TYPE_FLOAT,
-    "google.protobuf.Int64Value": _T.TYPE_INT64,
-    "google.protobuf.UInt64Value": _T.TYPE_UINT64,
-    "google.protobuf.Int32Value": _T.TYPE_INT32,
-    "google.protobuf.UInt32Value": _T.TYPE_UINT32,
-    "google.protobuf.BoolValue": _T.TYPE_BOOL,
-    "google.protobuf.StringValue": _T.TYPE_STRING,
-    "google.protobuf.BytesValue": _T.TYPE_BYTES,
-}
-
-_DURATION_PATTERN = r"^-?[0-9]+(\.[0-9]{1,9})?s$"
-
-
-def _well_known_schema(name: str) -> dict[str, Any] | None:
-    """The inline schema of a well-known type's JSON form, or None for any other message."""
-    if name in _WRAPPED:
-        return {**_scalar_schema(_WRAPPED[name]), "nullable": True}
-    fixed: dict[str, dict[str, Any]] = {
-        "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-        "google.protobuf.Duration": {
-            "type": "string",
-            "pattern": _DURATION_PATTERN,
-            "description": 'Seconds with up to nine fractional digits and an "s", e.g. "1.5s".',
-        },
-        "google.protobuf.FieldMask": {
-            "type": "string",
-            "description": 'Field paths separated by commas, e.g. "title,author.name".',
-        },
-        "google.protobuf.Struct": {"type": "object", "additionalProperties": {}},
-        "google.protobuf.Value": {"description": "Any JSON value."},
-        "google.protobuf.ListValue": {"type": "array", "items": {}},
-        "google.protobuf.Any": {
-            "type": "object",
-            "properties": {"@type": {"type": "string"}},
-            "additionalProperties": {},
-            "description": 'A message of any type, named by its "@type" URL.',
-        },
-        "google.protobuf.Empty": {"type": "object"},
-    }
-    return fixed.get(name)
-
-
-def _status_schema() -> dict[str, Any]:
-    """google.rpc.Status as the gateway writes it (``gateway.errors.status_body``)."""
-    return {
-        "type": "object",
-        "properties": {
-            "code": {"type": "integer", "format": "int32", "description": "A gRPC code."},
-            "message": {"type": "string"},
-            "details": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"@type": {"type": "string"}},
-                    "additionalProperties": {},
-                },
-            },
-        },
-    }
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": _REF_PREFIX + name}
-
-
-def _is_map(fd: FieldDescriptor) -> bool:
-    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
-
-
-def _enum_schema(fd: FieldDescriptor, options: JsonOptions) -> dict[str, Any]:
-    values = fd.enum_type.values
-    if options.enums_as_ints:
-        numbers = list(dict.fromkeys(v.number for v in values))
-        return {"type": "integer", "format": "int32", "enum": numbers}
-    return {"type": "string", "enum": [v.name for v in values]}
-
-
-def _json_name(fd: FieldDescriptor, options: JsonOptions) -> str:
-    return fd.name if options.use_proto_names else fd.json_name
-
-
-@dataclass(slots=True)
-class _Schemas:
-    """The components one document has reached so far; one instance per :func:`build_openapi`."""
-
-    options: JsonOptions
-    found: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def message(self, descriptor: Descriptor) -> dict[str, Any]:
-        """An inline schema for a WKT, else a ``$ref``; the component is added on first use."""
-        name = descriptor.full_name
-        known = _well_known_schema(name)
-        if known is not None:
-            return known
-        if name == STATUS_SCHEMA:
-            return self.status()
-        if name not in self.found:
-            self.found[name] = {}  # placed first, so that a recursive message finds itself
-            self.found[name] = self._object(descriptor)
-        return _ref(name)
-
-    def status(self) -> dict[str, Any]:
-        """A ``$ref`` to the gateway's error body, adding it on first use."""
-        self.found.setdefault(STATUS_SCHEMA, _status_schema())
-        return _ref(STATUS_SCHEMA)
-
-    def _object(self, descriptor: Descriptor) -> dict[str, Any]:
-        properties = {_json_name(fd, self.options): self.field(fd) for fd in descriptor.fields}
-        schema: dict[str, Any] = {"type": "object", "properties": properties}
-        real_oneofs = [
-            o for o in descriptor.oneofs if not (len(o.fields) == 1 and _is_synthetic(o.fields[0]))
-        ]
-        if real_oneofs:
-            schema["description"] = " ".join(
-                f"At most one of {', '.join(_json_name(f, self.options) for f in o.fields)}"
-                f" (oneof {o.name})."
-                for o in real_oneofs
-            )
-        return schema
-
-    def field(self, fd: FieldDescriptor) -> dict[str, Any]:
-        """The JSON schema of one field's value, repeated and map fields included."""
-        if _is_map(fd):
-            value = fd.message_type.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self.single(value)}
-        if fd.is_repeated:
-            return {"type": "array", "items": self.single(fd)}
-        return self.single(fd)
-
-    def single(self, fd: FieldDescriptor) -> dict[str, Any]:
-        """The schema of one value of ``fd`` (an element, for a repeated field)."""
-        if fd.message_type is not None:
-            return self.message(fd.message_type)
-        if fd.enum_type is not None:
-            if fd.enum_type.full_name == "google.protobuf.NullValue":
-                return {"description": "JSON null."}
-            return _enum_schema(fd, self.options)
-        return _scalar_schema(fd.type)
-
-
-def _is_synthetic(fd: FieldDescriptor) -> bool:
-    """True for the one-field oneof proto3 ``optional`` makes (``_name``): not a real choice."""
-    return fd.containing_oneof is not None and fd.containing_oneof.name == "_" + fd.name
-
-
-def _text_schema(fd: FieldDescriptor) -> dict[str, Any]:
-    """The schema of one text value setting ``fd`` from a path or the query."""
-    if fd.message_type is not None:
-        known = _well_known_schema(fd.message_type.full_name) or {"type": "string"}
-        return {k: v for k, v in known.items() if k != "nullable"}
-    if fd.enum_type is not None:
-        return {"type": "string", "enum": [v.name for v in fd.enum_type.values]}
-    return _scalar_schema(fd.type)
 
 
 def openapi_path(template: Template) -> str:
@@ -287,7 +111,7 @@ def _path_parameters(template: Template, input_type: Descriptor) -> list[dict[st
                 "name": segment.name,
                 "in": "path",
                 "required": True,
-                "schema": _text_schema(leaf),
+                "schema": text_schema(leaf),
             }
             pattern = "/".join(map(str, segment.segments))
             if pattern != "*":
@@ -337,11 +161,11 @@ def _query_parameters(
     seen = seen | {descriptor.full_name}
     for fd in descriptor.fields:
         proto_path = proto_prefix + fd.name
-        if proto_path in bound or _is_map(fd):
+        if proto_path in bound or is_map(fd):
             continue
-        name = name_prefix + _json_name(fd, options)
+        name = name_prefix + json_name(fd, options)
         if is_text_settable(fd):
-            schema = _text_schema(fd)
+            schema = text_schema(fd)
             param: dict[str, Any] = {"name": name, "in": "query", "required": False}
             if fd.is_repeated:
                 param.update(schema={"type": "array", "items": schema}, style="form", explode=True)
@@ -350,7 +174,7 @@ def _query_parameters(
             params.append(param)
         elif not fd.is_repeated and fd.message_type is not None:
             nested = fd.message_type
-            if nested.full_name in seen or _well_known_schema(nested.full_name) is not None:
+            if nested.full_name in seen or well_known_schema(nested.full_name) is not None:
                 continue
             params.extend(
                 _query_parameters(
@@ -376,7 +200,7 @@ def _binary_content() -> dict[str, Any]:
     return {_ANY_TYPE: {"schema": dict(_BINARY)}}
 
 
-def _request_body(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any] | None:
+def _request_body(endpoint: Endpoint, schemas: Schemas) -> dict[str, Any] | None:
     body = endpoint.mapping.body
     input_type = endpoint.mapping.input_type
     if not body:
@@ -391,7 +215,7 @@ def _request_body(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any] | Non
     return {"content": {_JSON: {"schema": schemas.field(fd)}}}
 
 
-def _success_response(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
+def _success_response(endpoint: Endpoint, schemas: Schemas) -> dict[str, Any]:
     output = endpoint.mapping.output_type
     response_body = endpoint.mapping.response_body
     schema: dict[str, Any] | None
@@ -432,7 +256,7 @@ def _operation_ids(endpoints: list[Endpoint]) -> list[str]:
     return ids
 
 
-def _operation(endpoint: Endpoint, operation_id: str, schemas: _Schemas) -> dict[str, Any]:
+def _operation(endpoint: Endpoint, operation_id: str, schemas: Schemas) -> dict[str, Any]:
     mapping = endpoint.mapping
     template = parse_template(mapping.template)
     parameters = _path_parameters(template, mapping.input_type)
@@ -485,7 +309,7 @@ def build_openapi(
         for e in endpoints
         if not e.kind.request_streaming and e.mapping.http_method.lower() in _HTTP_METHODS
     ]
-    schemas = _Schemas(options)
+    schemas = Schemas(options)
     paths: dict[str, dict[str, Any]] = {}
     for endpoint, operation_id in zip(served, _operation_ids(served), strict=True):
         path = openapi_path(parse_template(endpoint.mapping.template))
