@@ -7,7 +7,8 @@ One request passes these steps, in this order (each may answer on its own):
 3. CORS: a preflight is answered here; other answers carry the CORS headers;
 4. rate limit per client address: 429 with ``Retry-After``;
 5. route: 404, or 405 with ``Allow``; client and bidi streaming methods answer 501;
-6. the gate: a bearer JWT unless the route is public; 401 with ``WWW-Authenticate``;
+6. the gate: a bearer JWT unless the route is public; 401 with ``WWW-Authenticate``
+   (from here on, with tracing on, inside the request's span: gateway/tracing.py);
 7. body (413 over the limit) and transcoding into the request message (400 naming the field);
 8. the call, through the mesh channel (discovery, mTLS, deadline, retries, breakers): the
    deadline from ``Grpc-Timeout`` or the configured default; metadata from the headers, plus
@@ -47,6 +48,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.router import Match, MethodNotAllowed
 from gateway.routes import RouteTable
 from gateway.template.match import BadPath
+from gateway.tracing import NO_TRACING, Tracing
 from gateway.transcode import HTTP_BODY, render_response
 from mesh.client.call import CallInfo, CallKind
 from mesh.client.channel import MeshChannel
@@ -105,6 +107,7 @@ class Gateway:
         ready: Callable[[], bool] = lambda: True,
         verifier: JwtVerifier | None = None,
         limiter: RateLimiter | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.config = config
         self.table = table
@@ -113,6 +116,7 @@ class Gateway:
         self.ready = ready
         self.verifier = verifier or (JwtVerifier(config.jwt) if config.jwt else None)
         self.limiter = limiter or (RateLimiter(config.rate_limit) if config.rate_limit else None)
+        self.tracing = tracing
         self._openapi: tuple[int, bytes] = (-1, b"")
         self._ops = {
             "/healthz": self._healthz,
@@ -157,7 +161,7 @@ class Gateway:
                 if wait is not None:
                     raise GatewayError.rate_limited(wait)
             endpoint, bindings = self._route(request)
-            await self._serve(request, responder, endpoint, bindings)
+            await self._traced(request, responder, endpoint, bindings)
         except GatewayError as error:
             await responder.error(error)
         except ClientGone:
@@ -173,6 +177,24 @@ class Gateway:
                 ("", "") if endpoint is None else (endpoint.service, endpoint.method.name)
             )
             self.metrics.observe(service, method, responder.status, time.perf_counter() - started)
+
+    async def _traced(
+        self, request: Request, responder: Responder, endpoint: Endpoint, bindings: Any
+    ) -> None:
+        """`_serve` inside the request's span (a no-op context with tracing off)."""
+        with self.tracing.request_span(
+            request.method, endpoint.mapping.template, request.path, request.headers
+        ) as span:
+            status = 0
+            try:
+                await self._serve(request, responder, endpoint, bindings)
+                status = responder.status
+            except GatewayError as error:
+                status = error.http_status
+                raise
+            finally:
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
 
     def _route(self, request: Request) -> tuple[Endpoint, Any]:
         try:

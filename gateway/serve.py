@@ -22,10 +22,11 @@ from gateway.app import Gateway, GatewayMetrics
 from gateway.config import GatewayConfig
 from gateway.learn import RegistryLearner, load_descriptor_set
 from gateway.routes import RouteTable
+from gateway.tracing import NO_TRACING, RequestTracer, Tracing
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig
 from mesh.registry.watch import Discovery
-from mesh.telemetry import ClientMetrics
+from mesh.telemetry import ClientMetrics, setup_tracing
 
 __all__ = ["GatewayServer", "ListenConfig", "listening_socket"]
 
@@ -54,6 +55,8 @@ class ListenConfig:
     grace: float = 10.0
     #: Static mode: routes from this descriptor set instead of the registry.
     descriptor_set: Path | None = None
+    #: OpenTelemetry exporter: off, console or otlp (mesh.telemetry.setup_tracing).
+    tracing: str = "off"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -80,6 +83,11 @@ class GatewayServer:
         # telemetry layer would count the same calls again, so it is left out of the chain.
         # The channel's endpoint and ejection figures are still collected.
         client = self.client
+        tracing: Tracing = NO_TRACING
+        if setup_tracing(self.listen.tracing, "gateway"):
+            # The channel's gRPC client interceptor sends each request span's context on.
+            client = dataclasses.replace(client, tracing=True)
+            tracing = RequestTracer()
         if "telemetry" in client.layers:
             layers = tuple(layer for layer in client.layers if layer != "telemetry")
             client = dataclasses.replace(client, layers=layers)
@@ -99,7 +107,12 @@ class GatewayServer:
                 await learner.start(timeout=5.0)
                 ready = lambda: learner.synced  # noqa: E731
             app = Gateway(
-                self.config, self.table, channel, metrics=GatewayMetrics(self.registry), ready=ready
+                self.config,
+                self.table,
+                channel,
+                metrics=GatewayMetrics(self.registry),
+                ready=ready,
+                tracing=tracing,
             )
             server = self._server = uvicorn.Server(
                 uvicorn.Config(

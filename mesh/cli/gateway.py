@@ -21,6 +21,7 @@ from mesh.cli.env import add_stack_arguments, etcd_endpoints, namespace
 from mesh.client.config import ClientConfig
 from mesh.registry.static import parse_upstreams
 from mesh.stack import read_stack_file
+from mesh.telemetry import EXPORTERS
 from mesh.tls import TlsFiles
 
 __all__ = ["gateway_configs", "register"]
@@ -62,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mapping.add_argument("--omit-unpopulated", action="store_true")
     mapping.add_argument("--enums-as-ints", action="store_true")
     mapping.add_argument("--strict", action="store_true", help="400 on unknown fields")
+    parser.add_argument(
+        "--tracing",
+        choices=EXPORTERS,
+        default=os.environ.get("MESH_TRACING", "off"),
+        help="OpenTelemetry: a span per request, continuing the caller's trace (env MESH_TRACING)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -113,7 +120,9 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         tls=tls,
         upstreams=parse_upstreams(args.upstream),
     )
-    listen = ListenConfig(host=args.host, port=args.port, descriptor_set=args.descriptor_set)
+    listen = ListenConfig(
+        host=args.host, port=args.port, descriptor_set=args.descriptor_set, tracing=args.tracing
+    )
     return config, client, listen
 
 
