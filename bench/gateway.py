@@ -46,7 +46,7 @@ LOADGEN_SLACK = 30.0
 TARGET_RATIO = 1.0
 
 
-FULL = Plan(concurrencies=(16, 64), rounds=3, warmup=0.5, duration=3.0)
+FULL = Plan(concurrencies=(16, 64), rounds=5, warmup=0.5, duration=3.0)
 QUICK = Plan(concurrencies=(16, 64), rounds=1, warmup=0.3, duration=1.0)
 
 
