@@ -211,19 +211,23 @@ class Gateway:
         self, request: Request, responder: Responder, endpoint: Endpoint, bindings: Any
     ) -> None:
         if endpoint.kind.request_streaming:
+            shape = "bidi" if endpoint.kind.response_streaming else "client"
             raise GatewayError(
                 501,
                 grpc.StatusCode.UNIMPLEMENTED,
-                f"{endpoint.path} is a client-streaming method; the REST gateway serves only "
+                f"{endpoint.path} is a {shape}-streaming method; the REST gateway serves only "
                 "unary and server-streaming methods",
             )
-        metadata = to_metadata(
-            request.headers, client_ip=request.client, host=request.host, reserved=IDENTITY_KEYS
-        )
+        identity = None
         if self.verifier is not None and not self.config.is_public(
             endpoint.service, endpoint.method.name
         ):
+            # Before anything else is read: a caller without a valid token learns nothing more.
             identity = self.verifier.verify(request.header("authorization"))
+        metadata = to_metadata(
+            request.headers, client_ip=request.client, host=request.host, reserved=IDENTITY_KEYS
+        )
+        if identity is not None:
             metadata.extend(identity_metadata(identity))
         body = await read_body(request, self.config.body_limit)
         try:
