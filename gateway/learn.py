@@ -21,16 +21,27 @@ import grpc
 from google.protobuf import descriptor_pb2
 
 from gateway.endpoint import Endpoint, endpoints_of, http_rule_of
-from gateway.reflection import ReflectionError, build_pool, fetch_service
+from gateway.reflection import (
+    Opener,
+    ReflectionError,
+    build_pool,
+    fetch_service,
+    via_channel,
+    via_endpoint,
+)
 from gateway.routes import RouteTable
 from mesh.aio import cancel_and_wait
 from mesh.client.channel import MeshChannel
+from mesh.client.endpoint import Endpoint as InstanceEndpoint
 from mesh.policy.backoff import Backoff, BackoffPolicy
 from mesh.registry.watch import Change, ChangeKind, Discovery
 
-__all__ = ["RegistryLearner", "load_descriptor_set"]
+__all__ = ["RegistryLearner", "instance_of_version", "load_descriptor_set"]
 
 log = logging.getLogger(__name__)
+
+# Failed attempts to learn a service between two warnings (at the 5 s cap: about a minute).
+_WARN_EVERY = 12
 
 
 def load_descriptor_set(path: Path, table: RouteTable) -> list[str]:
@@ -69,6 +80,12 @@ def load_descriptor_set(path: Path, table: RouteTable) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"descriptor set {path}: {exc}") from None
     return list(routed)
+
+
+def instance_of_version(endpoints: list[InstanceEndpoint], version: str) -> InstanceEndpoint | None:
+    """A serving endpoint whose instance registered `version` (the first, by instance id)."""
+    matching = [e for e in endpoints if e.instance.version == version and e.serving]
+    return min(matching, key=lambda e: e.key) if matching else None
 
 
 class RegistryLearner:
@@ -128,19 +145,35 @@ class RegistryLearner:
         self._tasks[service] = task
         task.add_done_callback(lambda _: self._tasks.pop(service, None))
 
+    async def _opener(self, service: str, version: str) -> Opener:
+        """Ask an instance of the version being learnt: during a rolling upgrade, any instance
+        could still be an old one, and its descriptors would be taken for the new version's."""
+        pool = await self.channel.pool(service)
+        endpoint = instance_of_version(list(pool.endpoints.values()), version)
+        if endpoint is not None:
+            return via_endpoint(endpoint, self.fetch_timeout)
+        return via_channel(self.channel, service, self.fetch_timeout)
+
     async def _learn(self, service: str, version: str) -> None:
         backoff = Backoff(self._backoff)
         while self.discovery.instances(service):
             try:
-                descriptor = await fetch_service(self.channel, service, timeout=self.fetch_timeout)
+                descriptor = await fetch_service(await self._opener(service, version), service)
                 endpoints = list(endpoints_of(descriptor))
                 if endpoints:
                     self.table.set_service(service, endpoints)
             except (ReflectionError, ValueError, grpc.aio.AioRpcError) as exc:
                 delay = backoff.next_delay()
                 why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                log.warning(
-                    "cannot learn the routes of %s (%s); again in %.1f s", service, why, delay
+                # A server that never serves reflection would otherwise warn every few seconds.
+                level = logging.WARNING if backoff.attempt % _WARN_EVERY == 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "cannot learn the routes of %s (attempt %d: %s); again in %.1f s",
+                    service,
+                    backoff.attempt,
+                    why,
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 continue

@@ -14,7 +14,8 @@ v1 when the server answers UNIMPLEMENTED.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -23,9 +24,17 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from mesh.client.call import CallInfo, CallKind
 from mesh.client.channel import MeshChannel
+from mesh.client.endpoint import Endpoint
 from mesh.policy.retry import Idempotency
 
-__all__ = ["ReflectionError", "build_pool", "fetch_service"]
+__all__ = [
+    "Opener",
+    "ReflectionError",
+    "build_pool",
+    "fetch_service",
+    "via_channel",
+    "via_endpoint",
+]
 
 _METHODS = (
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
@@ -39,10 +48,51 @@ class ReflectionError(Exception):
     """The service's descriptors could not be learnt; the message says which and why."""
 
 
-async def fetch_service(
-    channel: MeshChannel, service: str, *, timeout: float = 5.0
-) -> ServiceDescriptor:
-    """The descriptor of `service`, asked of one of its instances.
+# Opens a ServerReflectionInfo stream: (method path, outgoing requests) -> the call.
+Opener = Callable[[str, AsyncIterator[reflection_pb2.ServerReflectionRequest]], Awaitable[Any]]
+
+
+def via_channel(channel: MeshChannel, service: str, timeout: float) -> Opener:
+    """Reflection through the mesh channel: any ready instance of `service` answers."""
+
+    async def open_stream(
+        method: str, requests: AsyncIterator[reflection_pb2.ServerReflectionRequest]
+    ) -> Any:
+        call = CallInfo(
+            kind=CallKind.STREAM_STREAM,
+            method=method,
+            service=service,  # routed to an instance of the service being learnt
+            request=requests,
+            metadata=[],
+            serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            idempotency=Idempotency.NO_SIDE_EFFECTS,
+            timeout=timeout,
+        )
+        return await channel.invoke(call)
+
+    return open_stream
+
+
+def via_endpoint(endpoint: Endpoint, timeout: float) -> Opener:
+    """Reflection asked of one instance (the gateway learns a new version from one of its own)."""
+
+    async def open_stream(
+        method: str, requests: AsyncIterator[reflection_pb2.ServerReflectionRequest]
+    ) -> Any:
+        multicallable = endpoint.callable(
+            "stream_stream",
+            method,
+            reflection_pb2.ServerReflectionRequest.SerializeToString,
+            reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        return multicallable(requests, timeout=timeout)
+
+    return open_stream
+
+
+async def fetch_service(open_stream: Opener, service: str) -> ServiceDescriptor:
+    """The descriptor of `service`, asked over streams from `open_stream`.
 
     Raises ``ReflectionError`` (reflection not served, the service unknown to its own server,
     a broken file set) or ``grpc.aio.AioRpcError`` (no instance reachable).
@@ -50,7 +100,7 @@ async def fetch_service(
     last: grpc.aio.AioRpcError | None = None
     for method in _METHODS:
         try:
-            files = await _fetch_files(channel, method, service, timeout)
+            files = await _fetch_files(open_stream, method, service)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -65,7 +115,7 @@ async def fetch_service(
 
 
 async def _fetch_files(
-    channel: MeshChannel, method: str, service: str, timeout: float
+    open_stream: Opener, method: str, service: str
 ) -> list[descriptor_pb2.FileDescriptorProto]:
     requests: asyncio.Queue[reflection_pb2.ServerReflectionRequest | None] = asyncio.Queue()
 
@@ -73,18 +123,7 @@ async def _fetch_files(
         while (request := await requests.get()) is not None:
             yield request
 
-    call = CallInfo(
-        kind=CallKind.STREAM_STREAM,
-        method=method,
-        service=service,  # routed to an instance of the service being learnt
-        request=outgoing(),
-        metadata=[],
-        serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        idempotency=Idempotency.NO_SIDE_EFFECTS,
-        timeout=timeout,
-    )
-    rpc = await channel.invoke(call)
+    rpc = await open_stream(method, outgoing())
     files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
     try:
         requests.put_nowait(reflection_pb2.ServerReflectionRequest(file_containing_symbol=service))
