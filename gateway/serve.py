@@ -25,6 +25,7 @@ from gateway.routes import RouteTable
 from gateway.tracing import NO_TRACING, RequestTracer, Tracing
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig
+from mesh.gc_tuning import settle_heap
 from mesh.registry.watch import Discovery
 from mesh.telemetry import ClientMetrics, setup_tracing
 
@@ -129,6 +130,7 @@ class GatewayServer:
                     proxy_headers=False,
                 )
             )
+            settle_heap()  # start-up is done: see mesh/gc_tuning.py
             on_listening(f"gateway listening on {self.url}")
             await server.serve(sockets=[sock])
         finally:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from mesh.authz import AuthzInterceptor, PolicySource
 from mesh.client import ClientConfig, MeshChannel
+from mesh.gc_tuning import settle_heap
 from mesh.server import HostConfig, ServiceHost
 from mesh.telemetry import (
     ClientMetrics,
@@ -161,6 +162,7 @@ async def _serve(runtime: Runtime, servicers: Sequence[object]) -> None:
     for servicer in servicers:
         host.add_servicer(servicer)
     await host.start()
+    settle_heap()  # start-up is done: see mesh/gc_tuning.py
     try:
         await host.wait_for_signal()
     finally:
