@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +41,13 @@ from gateway.auth import IDENTITY_KEYS, JwtVerifier, identity_metadata
 from gateway.config import GatewayConfig
 from gateway.endpoint import Endpoint
 from gateway.errors import GatewayError, http_status, status_body
-from gateway.headers import from_metadata, parse_grpc_timeout, success_status, to_metadata
+from gateway.headers import (
+    from_metadata,
+    is_printable_ascii,
+    parse_grpc_timeout,
+    success_status,
+    to_metadata,
+)
 from gateway.openapi import build_openapi
 from gateway.ratelimit import RateLimiter
 from gateway.router import Match, MethodNotAllowed
@@ -379,13 +384,9 @@ class Gateway:
         await responder.whole(200, document, _JSON)
 
 
-# A header value HTTP/1.1 can carry: visible ASCII and spaces, no CR or LF.
-_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
-
-
 def _check_content_type(content_type: str, endpoint: Endpoint) -> None:
     """A backend's HttpBody content type goes out as a header: refuse one that cannot."""
-    if _HEADER_VALUE.fullmatch(content_type) is None:
+    if not is_printable_ascii(content_type):
         raise GatewayError(
             502,
             grpc.StatusCode.INTERNAL,

@@ -36,6 +36,7 @@ __all__ = [
     "TRAILER_HEADER_PREFIX",
     "MetadataValue",
     "from_metadata",
+    "is_printable_ascii",
     "parse_grpc_timeout",
     "success_status",
     "to_metadata",
@@ -192,7 +193,7 @@ def from_metadata(
             if isinstance(value, bytes) or lower.endswith(_BINARY_SUFFIX):
                 raw = value if isinstance(value, bytes) else value.encode("utf-8")
                 headers.append((prefix + lower, base64.b64encode(raw).decode("ascii")))
-            elif _ASCII_VALUE.fullmatch(value) is not None:
+            elif is_printable_ascii(value):
                 headers.append((prefix + lower, value))
     return headers
 
@@ -219,6 +220,12 @@ def success_status(initial_metadata: Iterable[tuple[str, MetadataValue]] | None)
     return None
 
 
+def is_printable_ascii(value: str) -> bool:
+    """Whether `value` can be a gRPC text metadata value or an HTTP header value as the gateway
+    writes them: printable ASCII and spaces, nothing that could split a header."""
+    return _ASCII_VALUE.fullmatch(value) is not None
+
+
 def _client_may_send(key: str, reserved: Collection[str]) -> bool:
     return (
         _KEY.fullmatch(key) is not None
@@ -229,7 +236,7 @@ def _client_may_send(key: str, reserved: Collection[str]) -> bool:
 
 
 def _ascii_value(header: str, value: str) -> str:
-    if _ASCII_VALUE.fullmatch(value) is None:
+    if not is_printable_ascii(value):
         raise GatewayError.bad_header(header, value, "gRPC metadata values must be printable ASCII")
     return value
 

@@ -1,9 +1,9 @@
 """Garbage-collector settings for long-running mesh processes (services and the gateway).
 
 A server's heap after start-up is large and lives for ever (generated code, descriptor pools,
-grpc and OpenTelemetry modules: ~50,000 tracked objects), and every full collection walks all
-of it again. Under load the gateway spent ~4 % of its time in the collector, 20 us per request
-(measured with `gc.callbacks`, docs/benchmarks.md). So, once started:
+grpc and OpenTelemetry modules), and every full collection walks all of it again. Under load
+the gateway spent 40-49 ms of every second in the collector, the hand-written handler of the
+benchmark half that (`python -m bench.gateway_costs`, docs/benchmarks.md). So, once started:
 
 - `gc.freeze()` moves everything alive into a permanent generation the collector skips; only
   what is allocated afterwards is ever scanned (the technique CPython added for servers);

@@ -39,7 +39,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from mesh.errors import Unavailable
-from mesh.events.subjects import StreamSpec
+from mesh.events.subjects import StreamSpec, format_time
 from mesh.policy.backoff import Backoff, BackoffPolicy
 
 __all__ = ["EventPublisher", "Outbox", "OutboxRelay", "OutboxRow"]
@@ -68,12 +68,8 @@ def _current_trace() -> str:
 
 
 def _now() -> str:
-    return _stamp(datetime.now(UTC))
-
-
-def _stamp(moment: datetime) -> str:
     # Always with microseconds: the stamps are compared as text when sent rows are pruned.
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return format_time(datetime.now(UTC))
 
 
 class EventPublisher(Protocol):
@@ -196,7 +192,7 @@ class Outbox:
             cursor = self._conn.execute(
                 "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox"
                 " WHERE sent_at IS NOT NULL AND sent_at < ? ORDER BY seq LIMIT ?)",
-                (_stamp(sent_before), limit),
+                (format_time(sent_before), limit),
             )
         return cursor.rowcount
 

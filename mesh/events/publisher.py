@@ -31,7 +31,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 
 from mesh.errors import Unavailable
-from mesh.events.subjects import DEFAULT_PREFIX, Headers, StreamSpec, event_subject
+from mesh.events.subjects import (
+    DEFAULT_PREFIX,
+    Headers,
+    StreamSpec,
+    event_subject,
+    format_time,
+)
 
 __all__ = ["Publisher", "ensure_stream", "header_value", "stream_config"]
 
@@ -61,10 +67,6 @@ class _IdSource:
 
     def __call__(self) -> str:
         return f"{self._base}-{next(self._count)}"
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Publisher:
@@ -109,13 +111,13 @@ class Publisher:
         de-duplicates on), type, source and time. Each header costs every publish a few
         microseconds in nats-py and on the server; the CloudEvents ``ce-specversion``,
         ``ce-id`` (a copy of the id) and ``content-type`` (always Protobuf) told a consumer
-        nothing and cost ~10 % of the publish rate (docs/benchmarks.md).
+        nothing (what headers cost: docs/benchmarks.md, events_vs_raw).
         """
         return {
             Headers.MSG_ID: event_id,
             Headers.TYPE: full_name,
             Headers.SOURCE: self.source,
-            Headers.TIME: _rfc3339(self._clock()),
+            Headers.TIME: format_time(self._clock()),
         }
 
     async def publish(self, message: Message, *, event_id: str | None = None) -> PubAck:

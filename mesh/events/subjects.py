@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "dead_letter_subject",
     "event_subject",
     "events_stream",
+    "format_time",
     "stream_name",
     "validate_subject",
 ]
@@ -75,6 +77,16 @@ class Headers:
 
     SPEC_VERSION_VALUE = "1.0"
     CONTENT_TYPE_VALUE = "application/protobuf"
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC, always with microseconds (so stamps also compare correctly as text):
+    the `ce-time` header and the outbox's stamps.
+
+    >>> format_time(datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
+    '2025-01-02T03:04:05.000000Z'
+    """
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def validate_subject(subject: str, *, wildcards: bool = False) -> str:

@@ -63,6 +63,37 @@ async def discovery(etcd: EtcdProcess) -> AsyncIterator[Discovery]:
 ServiceFactory = Callable[..., ServiceProcess]
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without MESH_*: a child takes only the flags it is given."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+
+
+def service_process(
+    package: str,
+    deployment: str,
+    *,
+    etcd: str,
+    tls_dir: Path,
+    base: Path,
+    ttl: int = 2,
+    grace: float = 5,
+    extra: tuple[str, ...] = (),
+) -> ServiceProcess:
+    """`python -m services.<package>.main` with its certificate, data dir and log under `base`
+    (not started)."""
+    args = [
+        f"--etcd={etcd}",
+        f"--tls-dir={tls_dir}",
+        f"--cert-name={package}",
+        f"--deployment={deployment}",
+        f"--ttl={ttl}",
+        f"--grace={grace}",
+        f"--data-dir={base / 'data' / deployment}",
+        *extra,
+    ]
+    return ServiceProcess(package, args, env=clean_env(), log_path=base / f"{deployment}.log")
+
+
 @pytest.fixture
 def start_service(etcd: EtcdProcess, tls_dir: Path, tmp_path: Path) -> Iterator[ServiceFactory]:
     """start_service("echo", ttl=2, deployment="echo-a") -> a running ServiceProcess."""
@@ -72,18 +103,9 @@ def start_service(etcd: EtcdProcess, tls_dir: Path, tmp_path: Path) -> Iterator[
         package: str, *, ttl: int = 2, deployment: str | None = None, extra: tuple[str, ...] = ()
     ) -> ServiceProcess:
         name = deployment or package
-        args = [
-            f"--etcd={etcd.endpoint}",
-            f"--tls-dir={tls_dir}",
-            f"--cert-name={package}",
-            f"--deployment={name}",
-            f"--ttl={ttl}",
-            "--grace=5",
-            f"--data-dir={tmp_path / 'data' / name}",
-            *extra,
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-        proc = ServiceProcess(package, args, env=env, log_path=tmp_path / f"{name}.log").start()
+        proc = service_process(
+            package, name, etcd=etcd.endpoint, tls_dir=tls_dir, base=tmp_path, ttl=ttl, extra=extra
+        ).start()
         started.append(proc)
         return proc
 

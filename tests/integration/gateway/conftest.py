@@ -4,8 +4,6 @@ Tests that need another gateway configuration start one with `start_gateway`."""
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,9 @@ import pytest
 
 from mesh import certs
 from mesh.devstack import EtcdProcess, GatewayProcess, ServiceProcess
+from mesh.testing import wait_until
+
+from ..conftest import clean_env, service_process
 
 GATEWAY_IDENTITIES = ["mirror", "echo", "gateway", "ops"]
 
@@ -26,24 +27,19 @@ class GatewayStack:
     base: Path
     mirror: ServiceProcess
 
-    def env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-
     def start_service(
         self, package: str, deployment: str, *, ttl: int = 2, extra: tuple[str, ...] = ()
     ) -> ServiceProcess:
-        args = [
-            f"--etcd={self.etcd.endpoint}",
-            f"--tls-dir={self.tls_dir}",
-            f"--cert-name={package}",
-            f"--deployment={deployment}",
-            f"--ttl={ttl}",
-            "--grace=2",
-            f"--data-dir={self.base / 'data' / deployment}",
-            *extra,
-        ]
-        log = self.base / "logs" / f"{deployment}.log"
-        return ServiceProcess(package, args, env=self.env(), log_path=log).start()
+        return service_process(
+            package,
+            deployment,
+            etcd=self.etcd.endpoint,
+            tls_dir=self.tls_dir,
+            base=self.base,
+            ttl=ttl,
+            grace=2,
+            extra=extra,
+        ).start()
 
     def start_gateway(self, *extra: str, name: str = "gateway") -> GatewayProcess:
         args = [
@@ -53,7 +49,7 @@ class GatewayStack:
             *extra,
         ]
         log = self.base / "logs" / f"{name}.log"
-        process = GatewayProcess(args, env=self.env(), log_path=log).start()
+        process = GatewayProcess(args, env=clean_env(), log_path=log).start()
         process.wait_url()
         return process
 
@@ -61,14 +57,12 @@ class GatewayStack:
 def wait_ready(url: str, services: set[str], timeout: float = 20.0) -> None:
     """Until the gateway at `url` has learnt `services` (polls /readyz, a condition)."""
     with httpx.Client(base_url=url, timeout=2) as client:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def learnt() -> bool:
             response = client.get("/readyz")
-            if response.status_code == 200 and services <= set(response.json()["services"]):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gateway at {url} not ready for {services}: {response.text}")
-            time.sleep(0.02)  # a pause between polls of the condition
+            return response.status_code == 200 and services <= set(response.json()["services"])
+
+        wait_until(learnt, timeout)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from mesh.errors import Unavailable
 from mesh.events.outbox import Outbox, OutboxRelay
 from mesh.events.subjects import events_stream
 from mesh.policy.backoff import BackoffPolicy
+from mesh.testing import eventually
 
 FAST = BackoffPolicy(base=0.001, cap=0.01)
 
@@ -89,16 +90,11 @@ async def test_running_relay_retries_until_everything_is_sent(tmp_path: Path) ->
     relay = OutboxRelay(outbox, publisher, stream=events_stream(), batch=4, backoff=FAST, poll=0.01)
     relay.start()
     try:
-        async with asyncio.timeout(5):
-            while relay.pending():
-                publisher.changed.clear()
-                await publisher.changed.wait()
-                await asyncio.sleep(0)  # let the relay mark what it published
-            # New rows are picked up by polling.
-            more = fill(db, outbox, 2)
-            while len(publisher.published) < 22:
-                publisher.changed.clear()
-                await publisher.changed.wait()
+        # Marks land in the table, which no event announces.
+        await eventually(lambda: relay.pending() == 0, timeout=5)
+        # New rows are picked up by polling.
+        more = fill(db, outbox, 2)
+        await eventually(lambda: len(publisher.published) == 22, timeout=5)
     finally:
         await relay.stop()
     assert [event_id for event_id, _ in publisher.published] == ids + more
@@ -221,10 +217,8 @@ async def test_running_relay_prunes_on_its_own(tmp_path: Path) -> None:
     )
     relay.start()
     try:
-        async with asyncio.timeout(5):
-            # keep_sent=0: gone once sent and pruned; a table change fires no event to wait on.
-            while _all(db):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # keep_sent=0: gone once sent and pruned by the relay's next round.
+        await eventually(lambda: not _all(db), timeout=5)
     finally:
         await relay.stop()
     assert len(publisher.published) == 3

@@ -307,8 +307,9 @@ async def test_changes_iterates_every_change_in_order(
                 break
         return got
 
+    # Created first, the reader runs (and subscribes) before the discovery task wakes for the
+    # first change: the loop's ready queue is first in, first out.
     reader = asyncio.create_task(first(3))
-    await asyncio.sleep(0)  # one turn of the loop: the reader subscribes
     await put(etcd, A)
     await put(etcd, A2)
     await etcd.delete(A.key(NS))

@@ -1,0 +1,179 @@
+"""Where the gateway's time goes, next to the hand-written handler: a profiling aid, not part of
+`make bench` (run it by hand: `python -m bench.gateway_costs`, about 2 minutes).
+
+One process serves, in turn, three ASGI apps on the same uvicorn setup, each loaded by a
+`bench.loadgen --mode http` process at 64 in flight, against one echo server (etcd, mTLS):
+
+- `handwritten`: bench.rest_handler's app on a plain grpc.aio stub;
+- `gateway`: the gateway's app (the route learnt from descriptors) on a MeshChannel;
+- `gateway-bare`: the same app on a channel that calls one grpc.aio multicallable directly,
+  so `gateway - gateway-bare` is what the mesh channel's chain costs.
+
+For each it reports this process's CPU per call over a 3 s window inside the run (from
+`os.times()`, grpc's threads included) and the garbage collector's time in that window (from
+`gc.callbacks`). The rounds run with Python's default collector, then again after
+`mesh.gc_tuning.settle_heap()`, the setting the gateway runs with. Last, the CPU of a grpc.aio
+call with no metadata against the three entries the gateway forwards (`x-request-id`,
+`x-forwarded-for`, `x-forwarded-host`), sequentially per caller, 32 callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from bench.gateway import CALLER, ROOT, stack
+from bench.rest_handler import make_app
+from gateway.app import Gateway
+from gateway.config import GatewayConfig
+from gateway.endpoint import endpoints_of
+from gateway.routes import RouteTable
+from gateway.serve import listening_socket
+from hms.testing.v1 import echo_pb2, echo_pb2_grpc
+from mesh.client.call import CallInfo
+from mesh.client.channel import MeshChannel
+from mesh.client.config import ClientConfig
+from mesh.gc_tuning import settle_heap
+from mesh.tls import TlsFiles, instance_channel
+
+ECHO = "/hms.testing.v1.EchoService/Echo"
+ROUNDS = 3
+WINDOW = 3.0
+FORWARDED = (
+    ("x-request-id", "0123456789abcdef0123456789abcdef"),
+    ("x-forwarded-for", "127.0.0.1"),
+    ("x-forwarded-host", "127.0.0.1:8080"),
+)
+
+
+class BareChannel:
+    """`invoke` as the gateway calls it, on one grpc.aio multicallable: no mesh chain."""
+
+    def __init__(self, multicallable: Any) -> None:
+        self._multicallable = multicallable
+
+    async def invoke(self, call: CallInfo) -> Any:
+        rpc = call.rpc = self._multicallable(
+            call.request, timeout=call.timeout, metadata=call.metadata
+        )
+        return await rpc
+
+
+async def measure(app: Any) -> dict[str, float]:
+    """Serve `app`, load it from another process, read CPU and GC over a window inside."""
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(
+        uvicorn.Config(app, http="httptools", loop="none", lifespan="off", access_log=False,
+                       log_level="warning", proxy_headers=False)
+    )  # fmt: skip
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    load = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.loadgen", "--mode=http", f"--url={url}",
+        "--concurrency=64", "--warmup=1.5", f"--duration={WINDOW + 1.5}",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    collected = [0.0]
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            collected[0] += time.perf_counter() - started[0]
+
+    await asyncio.sleep(2.5)  # loadgen's imports and warm-up: the window starts inside the run
+    gc.callbacks.append(on_gc)
+    before, wall = os.times(), time.perf_counter()
+    await asyncio.sleep(WINDOW)
+    after, wall = os.times(), time.perf_counter() - wall
+    gc.callbacks.remove(on_gc)
+    result = json.loads((await load.communicate())[0].decode().strip().splitlines()[-1])
+    server.should_exit = True
+    await serving
+    cpu = (after.user + after.system) - (before.user + before.system)
+    calls = result["calls_per_s"] * wall
+    return {
+        "calls_per_s": result["calls_per_s"],
+        "cpu_us_per_call": cpu / calls * 1e6,
+        "gc_ms_per_s": collected[0] / wall * 1000,
+    }
+
+
+async def metadata_cost(multicallable: Any) -> dict[str, float]:
+    request = echo_pb2.EchoRequest(message="x")
+
+    async def cpu_per_call(metadata: Any, calls: int = 3200) -> float:
+        async def caller() -> None:
+            for _ in range(calls // 32):
+                await multicallable(request, timeout=30, metadata=metadata)
+
+        before = time.process_time()
+        await asyncio.gather(*(caller() for _ in range(32)))
+        return (time.process_time() - before) / calls * 1e6
+
+    await cpu_per_call(None, 640)  # warm-up
+    none, three = [], []
+    for _ in range(5):
+        none.append(await cpu_per_call(None))
+        three.append(await cpu_per_call(FORWARDED))
+    return {"none": statistics.median(none), "three": statistics.median(three)}
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-costs-") as tmp:
+        async with stack(Path(tmp)) as targets:
+            files = TlsFiles(targets.tls_dir, CALLER)
+            channel = await MeshChannel.connect(
+                ClientConfig(etcd=(targets.etcd,), tls=files, layers=("deadline", "retry", "pick"))
+            )
+            instance = next(
+                iter((await channel.pool(ECHO.split("/")[1])).endpoints.values())
+            ).instance
+            grpc_channel = instance_channel(instance.address, instance.identity, files)
+            multicallable = grpc_channel.unary_unary(
+                ECHO,
+                request_serializer=echo_pb2.EchoRequest.SerializeToString,
+                response_deserializer=echo_pb2.EchoResponse.FromString,
+                _registered_method=True,
+            )
+            table = RouteTable()
+            service = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
+            table.set_service(service.full_name, endpoints_of(service))
+            apps = {
+                "handwritten": make_app(echo_pb2_grpc.EchoServiceStub(grpc_channel)),
+                "gateway": Gateway(GatewayConfig(), table, channel),
+                "gateway-bare": Gateway(GatewayConfig(), table, BareChannel(multicallable)),  # type: ignore[arg-type]
+            }
+            for phase in ("default gc", "settled heap"):
+                if phase == "settled heap":
+                    settle_heap()
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in apps}
+                for _ in range(ROUNDS):
+                    for name, app in apps.items():
+                        runs[name].append(await measure(app))
+                print(f"{phase}: medians of {ROUNDS} rounds, {WINDOW:.0f} s windows at c64")
+                for name, results in runs.items():
+                    figures = {k: statistics.median(r[k] for r in results) for k in results[0]}
+                    print(f"  {name:13} {figures['calls_per_s']:6.0f} calls/s  "
+                          f"{figures['cpu_us_per_call']:5.0f} us CPU/call  "
+                          f"gc {figures['gc_ms_per_s']:5.1f} ms/s")  # fmt: skip
+            cost = await metadata_cost(multicallable)
+            print(f"grpc.aio call CPU, 32 callers: no metadata {cost['none']:.0f} us, "
+                  f"the gateway's three entries {cost['three']:.0f} us")  # fmt: skip
+            await grpc_channel.close()
+            await channel.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
