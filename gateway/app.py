@@ -17,7 +17,9 @@ One request passes these steps, in this order (each may answer on its own):
    and ``Grpc-Trailer-*`` headers; a server stream as NDJSON or SSE. A gRPC error becomes
    grpc-gateway's HTTP status and a ``google.rpc.Status`` body with the backend's details.
 
-An exception nobody expected answers 500 without internals and is logged with the request id.
+An exception nobody expected (grpc.aio's CancelledError from a closed channel included) never
+reaches uvicorn: it answers 500 as a google.rpc.Status naming the request id, is logged once
+with its traceback and counted (``gateway_unexpected_errors_total``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from gateway.routes import RouteTable
 from gateway.template.match import BadPath
 from gateway.tracing import NO_TRACING, Tracing
 from gateway.transcode import HTTP_BODY, render_response
+from mesh.aio import cancel_and_wait, cancelled_by_caller
 from mesh.client.call import CallInfo, CallKind
 from mesh.client.channel import MeshChannel
 
@@ -81,6 +84,11 @@ class GatewayMetrics:
             "gateway_request_seconds",
             "Time from request to the end of the answer",
             ["service", "method"],
+            registry=registry,
+        )
+        self.unexpected = Counter(
+            "gateway_unexpected_errors",
+            "Requests that failed with an exception the gateway did not expect (logged)",
             registry=registry,
         )
         # labels() hashes and locks on every call; a route's children are looked up once.
@@ -171,17 +179,31 @@ class Gateway:
             await responder.error(error)
         except ClientGone:
             responder.status = 499
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise  # the server is cancelling this request (shutdown): not ours to answer
+            await self._unexpected(request, responder)  # e.g. grpc.aio's, from a closed channel
         except Exception:
-            log.exception("request %s failed unexpectedly", request.request_id)
-            if responder.status == 0:
-                await responder.error(
-                    GatewayError(500, grpc.StatusCode.INTERNAL, "internal error in the gateway")
-                )
+            await self._unexpected(request, responder)
         finally:
             service, method = (
                 ("", "") if endpoint is None else (endpoint.service, endpoint.method.name)
             )
             self.metrics.observe(service, method, responder.status, time.perf_counter() - started)
+
+    async def _unexpected(self, request: Request, responder: Responder) -> None:
+        """Nothing reaches uvicorn: logged once with its traceback, counted, answered as a
+        google.rpc.Status naming the request id (or, once an answer started, ended)."""
+        log.exception("request %s failed unexpectedly", request.request_id)
+        self.metrics.unexpected.inc()
+        try:
+            if responder.status == 0:
+                await responder.error(GatewayError.internal(request.request_id))
+                responder.status = 500
+            else:
+                await responder.body(b"")
+        except Exception as exc:  # the client is gone too: nothing more to tell anyone
+            log.debug("request %s: could not answer: %s", request.request_id, exc)
 
     async def _traced(
         self, request: Request, responder: Responder, endpoint: Endpoint, bindings: Any
@@ -334,10 +356,13 @@ class Gateway:
                     status = _status_json(exc, endpoint.service)
                     await responder.body(error_frame(json_bytes(status)), more=True)
             await responder.body(b"")
+        except asyncio.CancelledError:
+            if not watcher.done() or cancelled_by_caller():
+                raise
+            # The client left and the watcher cancelled the call: nobody to answer.
+            responder.status = responder.status or 499
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
 
     async def _rpc_error(
         self, responder: Responder, exc: grpc.aio.AioRpcError, service: str

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 __all__ = ["GatewayError", "http_status", "status_body"]
 
@@ -153,19 +154,21 @@ class GatewayError(Exception):
         code: grpc.StatusCode,
         message: str,
         headers: Iterable[tuple[str, str]] = (),
+        details: Iterable[Message] = (),
     ) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.code = code
         self.message = message
         self.headers: tuple[tuple[str, str], ...] = tuple(headers)
+        self.details: tuple[Message, ...] = tuple(details)
 
     def __repr__(self) -> str:
         return f"GatewayError({self.http_status}, {self.code.name}, {self.message!r})"
 
     def body(self) -> dict[str, Any]:
         """The google.rpc.Status JSON body of this error."""
-        return status_body(self.code, self.message)
+        return status_body(self.code, self.message, self.details)
 
     # -- 400: the request is wrong ----------------------------------------------------------
 
@@ -246,6 +249,19 @@ class GatewayError(Exception):
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"rate limit exceeded; retry after {seconds} s",
             headers=[("retry-after", str(seconds))],
+        )
+
+    # -- the gateway itself -------------------------------------------------------------------
+
+    @classmethod
+    def internal(cls, request_id: str) -> GatewayError:
+        """A failure nobody expected: 500 without internals, and the request id (also as a
+        google.rpc.RequestInfo detail) to find the logged traceback by."""
+        return cls(
+            500,
+            grpc.StatusCode.INTERNAL,
+            f"internal error in the gateway (request id {request_id})",
+            details=[error_details_pb2.RequestInfo(request_id=request_id)],
         )
 
     # -- backends ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["cancel_and_wait", "first_failure"]
+__all__ = ["cancel_and_wait", "cancelled_by_caller", "first_failure"]
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
@@ -37,3 +37,16 @@ async def first_failure(*coros: Coroutine[Any, Any, Any]) -> None:
     for failure in failures:
         if failure is not None:
             raise failure
+
+
+def cancelled_by_caller() -> bool:
+    """Is the current task being cancelled (someone called `task.cancel()` on it)?
+
+    Call it while handling an `asyncio.CancelledError`. grpc.aio raises CancelledError from
+    `await call` when the call's *channel* was closed under it, though nobody cancelled the
+    awaiting task: then this says False, and the error is the callee's failure to report,
+    not a cancellation to pass on. `asyncio.timeout()` cancels the task too, so a timeout's
+    CancelledError counts as the caller's.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -58,7 +59,18 @@ def parse_args(
     parser.add_argument("--cert-name", help="certificate name in the TLS dir (default: deployment)")
     parser.add_argument("--insecure", action="store_true", help="plaintext: no TLS at all")
     parser.add_argument("--ttl", type=int, default=10, help="registration lease TTL in seconds")
-    parser.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM, s")
+    parser.add_argument(
+        "--drain-delay",
+        type=float,
+        default=1.0,
+        help="on SIGTERM, after deregistering, serve new calls on for this long, s (default 1)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="then, at most this long for in-flight calls to finish, s (default 10)",
+    )
     parser.add_argument("--zone", default="")
     parser.add_argument("--weight", type=int, default=100)
     parser.add_argument(
@@ -105,6 +117,7 @@ def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None
         etcd=tuple(e for e in args.etcd.split(",") if e),
         namespace=args.namespace,
         lease_ttl=args.ttl,
+        drain_delay=args.drain_delay,
         grace=args.grace,
         zone=args.zone,
         weight=args.weight,
@@ -153,7 +166,7 @@ class Runtime:
             await self._channel.close()
 
 
-async def _serve(runtime: Runtime, servicers: Sequence[object]) -> None:
+async def _serve(runtime: Runtime, servicers: Sequence[object]) -> int:
     # The metrics address rides in the registry entry, so operators find every endpoint.
     metadata = {"metrics": f"{runtime.args.host}:{runtime.metrics_port}"}
     host = ServiceHost(
@@ -164,10 +177,10 @@ async def _serve(runtime: Runtime, servicers: Sequence[object]) -> None:
     await host.start()
     settle_heap()  # start-up is done: see mesh/gc_tuning.py
     try:
-        await host.wait_for_signal()
+        status = await host.serve_until_signalled()
     finally:
-        await host.stop()
         await runtime.close()
+    return status
 
 
 def run_service(
@@ -183,4 +196,4 @@ def run_service(
         format=f"%(asctime)s %(levelname)s {args.deployment} %(name)s: %(message)s",
     )
     runtime = Runtime(args)
-    asyncio.run(_serve(runtime, make_servicers(runtime)))
+    sys.exit(asyncio.run(_serve(runtime, make_servicers(runtime))))

@@ -2,14 +2,20 @@
 
 It serves the servicers on a grpc.aio server (mTLS unless asked for plaintext), adds
 grpc.health.v1.Health (overall and per service) and server reflection, registers every gRPC
-service in etcd once health says SERVING, and stops gracefully: NOT_SERVING, revoke the lease
-(the keys vanish at once), finish in-flight calls within the grace period, stop.
+service in etcd once health says SERVING, and drains on stop, in this order:
+
+1. health NOT_SERVING: every caller's Health.Watch hears it at once and sends no new call;
+2. the lease revoked: the keys vanish, and every caller's registry watch drops the instance;
+3. the drain delay (`drain_delay`, 1 s): new calls are still served normally, because a caller
+   that picked this instance just before it heard of 1 or 2 may still send one;
+4. stop accepting; the calls in flight get `grace` seconds to finish, then are cancelled.
+
+A second signal during the drain stops at once (in-flight calls cancelled).
 
 >>> host = ServiceHost(HostConfig(deployment="notify", etcd=("127.0.0.1:2379",), tls=files))
 >>> host.add_servicer(NotifyService(store))
 >>> await host.start()
->>> await host.wait_for_signal()   # SIGTERM / SIGINT
->>> await host.stop()
+>>> exit_status = await host.serve_until_signalled()   # SIGTERM / SIGINT, then the drain
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from mesh import tls
+from mesh.aio import cancel_and_wait
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.registration import Registration
+from mesh.server_health import DrainingHealth
 from mesh.server_deadline import DeadlineInterceptor
 from mesh.server_errors import ErrorInterceptor
 
@@ -55,6 +62,9 @@ class HostConfig:
     etcd: tuple[str, ...] = ()
     namespace: str = "hms"
     lease_ttl: int = 10
+    #: After deregistering, how long new calls are still served (callers learn of the
+    #: removal within milliseconds: docs/reliability.md has the figures).
+    drain_delay: float = 1.0
     grace: float = 10.0
     zone: str = ""
     weight: int = 100
@@ -69,6 +79,8 @@ class HostConfig:
             raise ValueError(f"lease_ttl must be >= 2 s, got {self.lease_ttl}")
         if self.grace < 0:
             raise ValueError(f"grace must be >= 0 s, got {self.grace}")
+        if self.drain_delay < 0:
+            raise ValueError(f"drain_delay must be >= 0 s, got {self.drain_delay}")
 
 
 def service_descriptor(servicer: object) -> tuple[ServiceDescriptor, Any]:
@@ -93,7 +105,7 @@ class ServiceHost:
     ) -> None:
         self.config = config
         self.instance_id = keys.new_instance_id(config.deployment)
-        self.health = HealthServicer()
+        self.health = DrainingHealth()
         self._servicers: list[tuple[ServiceDescriptor, Any, object]] = []
         # Outermost first: errors are translated for everything below, including authz.
         self._interceptors = [ErrorInterceptor(), DeadlineInterceptor(), *(interceptors or [])]
@@ -102,7 +114,9 @@ class ServiceHost:
         self.registration: Registration | None = None
         self.port = 0
         self.identity = ""
-        self._stop = asyncio.Event()
+        self._signals = 0
+        self._signalled = asyncio.Event()
+        self._again = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -174,19 +188,58 @@ class ServiceHost:
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: %s, draining", self.config.deployment, sig.name)
+            self._signalled.set()
+        else:
+            self._again.set()
 
     async def wait_for_signal(self) -> None:
         self.install_signal_handlers()
-        await self._stop.wait()
+        await self._signalled.wait()
+
+    async def serve_until_signalled(self) -> int:
+        """Serve until SIGTERM or SIGINT, then drain (`stop`); a second signal during the
+        drain stops at once. The process's exit status: 0 drained, 1 cut short."""
+        await self.wait_for_signal()
+        draining = asyncio.ensure_future(self.stop())
+        again = asyncio.ensure_future(self._again.wait())
+        await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
+        if draining.done():
+            await cancel_and_wait(again)
+            draining.result()
+            return 0
+        log.warning("%s: second signal, stopping at once", self.config.deployment)
+        await cancel_and_wait(draining)
+        await self.stop_now()
+        return 1
 
     async def stop(self) -> None:
-        """Drain: NOT_SERVING, deregister at once, finish in-flight calls, stop."""
+        """Drain (see the module's docstring): NOT_SERVING, deregister, serve on for the
+        drain delay, stop accepting, finish in-flight calls within the grace period."""
         await self.health.enter_graceful_shutdown()
         if self.registration is not None:
             await self.registration.stop()
         if self._etcd is not None:
             await self._etcd.close()
+            self._etcd = None
         if self._server is not None:
+            await asyncio.sleep(self.config.drain_delay)  # serving on, on purpose
+            self.health.end_watches()
             await self._server.stop(self.config.grace)
         log.info("%s stopped", self.config.deployment)
+
+    async def stop_now(self) -> None:
+        """Stop at once: in-flight calls cancelled; the lease expires on its own if the
+        drain had not revoked it yet."""
+        self.health.end_watches()
+        if self._server is not None:
+            await self._server.stop(None)
+        if self._etcd is not None:
+            await self._etcd.close()
+            self._etcd = None
+        log.info("%s stopped at once", self.config.deployment)

@@ -3,16 +3,25 @@ the chain raises (as `grpc.aio.AioRpcError`, so callers catch one type whatever 
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from mesh.aio import cancelled_by_caller
 from mesh.policy.retry import Idempotency
 
-__all__ = ["CallInfo", "CallKind", "rpc_error", "service_of"]
+__all__ = [
+    "CallInfo",
+    "CallKind",
+    "GuardedStream",
+    "channel_closed_error",
+    "rpc_error",
+    "service_of",
+]
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -66,6 +75,8 @@ class CallInfo:
     #: The grpc.aio call of the last attempt: a caller that needs the response's metadata
     #: (the REST gateway) reads it there.
     rpc: Any = None
+    #: True once the pick layer has waited for an instance to appear: it waits once a call.
+    waited_for_instance: bool = False
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -73,3 +84,54 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details, debug_error_string=None
     )
+
+
+def channel_closed_error(method: str, address: str) -> grpc.aio.AioRpcError:
+    """What a call gets instead of grpc.aio's bare CancelledError when its channel closed
+    under it: UNAVAILABLE (no answer came), which the retry layer retries where safe."""
+    return rpc_error(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{method}: the channel to {address} closed with the call in flight; no answer came",
+    )
+
+
+class GuardedStream:
+    """A grpc.aio streaming call whose reads turn a CancelledError nobody asked for (its
+    channel closed) into an UNAVAILABLE `AioRpcError`; everything else is the call's own."""
+
+    def __init__(self, rpc: Any, method: str, address: str) -> None:
+        self._rpc = rpc
+        self._method = method
+        self._address = address
+        self._cancelled = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rpc, name)
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return bool(self._rpc.cancel())
+
+    async def read(self) -> Any:
+        try:
+            return await self._rpc.read()
+        except asyncio.CancelledError:
+            self._reraise()
+            raise
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        try:
+            async for message in self._rpc:
+                yield message
+        except asyncio.CancelledError:
+            self._reraise()
+            raise
+
+    def _reraise(self) -> None:
+        """Raise UNAVAILABLE unless the cancellation was asked for (by the caller's task or
+        by its own `cancel()`); then return, and the CancelledError goes on."""
+        if not (self._cancelled or cancelled_by_caller()):
+            raise channel_closed_error(self._method, self._address) from None

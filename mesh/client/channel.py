@@ -150,6 +150,7 @@ class MeshChannel:
             clock=self._clock,
             rand=self._rand.random,
             watch_health=self.config.watch_health,
+            drain_grace=self.config.drain_grace,
         )
         discovery: Discovery | StaticDiscovery
         if service in self.config.upstreams or self.etcd is None:

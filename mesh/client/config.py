@@ -37,6 +37,9 @@ class ClientConfig:
     #: How long a call waits for a first instance of a service to appear before UNAVAILABLE.
     no_instance_wait: float = 1.0
     watch_health: bool = True
+    #: How long the calls in flight on an instance that left (or a channel replaced by a
+    #: certificate rotation) get to finish before its channel closes under them (seconds).
+    drain_grace: float = 10.0
     #: How often to look for rotated certificates (seconds; 0 turns it off).
     rotation_check: float = 1.0
     layers: tuple[str, ...] = LAYERS
@@ -59,8 +62,8 @@ class ClientConfig:
         for name in ("budget_window", "no_instance_wait"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.budget_min_per_second < 0 or self.rotation_check < 0:
-            raise ValueError("budget_min_per_second and rotation_check must be >= 0")
+        if self.budget_min_per_second < 0 or self.rotation_check < 0 or self.drain_grace < 0:
+            raise ValueError("budget_min_per_second, rotation_check and drain_grace must be >= 0")
 
     def retry_for(self, method: str) -> RetryPolicy:
         if method in self.retry_per_method:

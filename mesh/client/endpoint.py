@@ -1,5 +1,10 @@
 """One instance of one service, as a caller sees it: a lazily opened channel, its latency
-estimate, its in-flight count and its health as the instance's own Health.Watch reports it."""
+estimate, its in-flight count and its health as the instance's own Health.Watch reports it.
+
+A channel that goes away (the instance left the registry, or certificates rotated) is closed
+with a grace: grpc.aio's `close()` without one cancels every call on it, and the callers'
+`await` then raises `CancelledError` instead of an answer. With a grace the calls in flight
+finish first (a draining server keeps answering them), and only what outlives it is cut."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.aio import cancel_and_wait
+from mesh.client.call import rpc_error
 from mesh.policy.backoff import Backoff, BackoffPolicy
 from mesh.policy.ewma import PeakEwma
 from mesh.registry.keys import Instance
@@ -22,8 +28,8 @@ log = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[Instance], grpc.aio.Channel]
 
-# How long a replaced channel keeps serving the calls already on it (certificate rotation).
-_SWAP_GRACE = 5.0
+#: How long a channel that goes away keeps the calls already on it, by default (seconds).
+DRAIN_GRACE = 10.0
 
 
 class Endpoint:
@@ -34,6 +40,7 @@ class Endpoint:
         clock: Callable[[], float],
         *,
         watch_health: bool = True,
+        drain_grace: float = DRAIN_GRACE,
     ) -> None:
         self.instance = instance
         self.key = instance.instance_id
@@ -45,6 +52,8 @@ class Endpoint:
         self.observed = False
         self._make_channel = make_channel
         self._watch_health = watch_health
+        self._drain_grace = drain_grace
+        self._closed = False
         self._channel: grpc.aio.Channel | None = None
         self._callables: dict[tuple[Any, ...], Any] = {}
         self._health_task: asyncio.Task[None] | None = None
@@ -82,6 +91,12 @@ class Endpoint:
         return found
 
     def channel(self) -> grpc.aio.Channel:
+        if self._closed:
+            # Nothing picks a closed endpoint; a late caller must not reopen (and leak) one.
+            raise rpc_error(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.instance.service} instance {self.key} has left: call not sent",
+            )
         if self._channel is None:
             self._channel = self._make_channel(self.instance)
             if self._watch_health and self._health_task is None:
@@ -98,19 +113,22 @@ class Endpoint:
             return
         self._channel = self._make_channel(self.instance)
         self._callables = {}
-        task = asyncio.create_task(old.close(grace=_SWAP_GRACE))
+        task = asyncio.create_task(old.close(grace=self._drain_grace))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def close(self) -> None:
+    async def close(self, *, drain: bool = True) -> None:
+        """Take no new calls; those in flight get the drain grace to finish (`drain=False`
+        cancels them: the owner of the whole channel is going away)."""
+        self._closed = True
         await cancel_and_wait(self._health_task)
         self._health_task = None
-        if self._channel is not None:
-            await self._channel.close(grace=None)
-            self._channel = None
+        channel, self._channel = self._channel, None
         self._callables = {}
-        for task in list(self._closing):
-            await task
+        if channel is not None:
+            await channel.close(grace=self._drain_grace if drain else None)
+        if self._closing:
+            await asyncio.wait(list(self._closing))  # rotated channels: bounded by the grace
 
     async def _watch(self) -> None:
         """Follow the instance's health for its service; NOT_SERVING means draining."""

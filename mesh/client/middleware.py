@@ -26,7 +26,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from mesh.client.call import CallInfo, rpc_error
+from mesh.aio import cancelled_by_caller
+from mesh.client.call import CallInfo, GuardedStream, channel_closed_error, rpc_error
 from mesh.deadline import DeadlineConfig, inbound_deadline, outbound_deadline
 from mesh.policy.budget import RetryBudget
 from mesh.policy.retry import (
@@ -112,13 +113,20 @@ async def transport(call: CallInfo) -> Any:
     )
     if call.kind.response_streaming:
         call.sent = True
-        return rpc
+        return GuardedStream(rpc, call.method, endpoint.instance.address)
     try:
         response = await rpc
     except grpc.aio.AioRpcError as exc:
         call.sent = not never_sent(exc)
         call.trailers = tuple(exc.trailing_metadata() or ())
         raise
+    except asyncio.CancelledError:
+        if cancelled_by_caller():
+            raise
+        # The channel closed under the call (the instance left and its grace ran out, or
+        # the owner closed it): no answer came, and the server may have acted on it.
+        call.sent = True
+        raise channel_closed_error(call.method, endpoint.instance.address) from None
     call.sent = True
     return response
 
@@ -330,12 +338,11 @@ class PickLayer:
     async def __call__(self, call: CallInfo, next: Handler) -> Any:
         pool = await self.pool_for(call.service)
         endpoint = pool.pick(call.tried)
-        if endpoint is None and not pool.endpoints:
-            # None registered yet: wait a little (bounded) for one to appear.
-            left = remaining(call, self.clock())
-            wait = self.no_instance_wait if left is None else min(self.no_instance_wait, left)
-            if wait > 0 and await pool.wait_changed(wait):
-                endpoint = pool.pick(call.tried)
+        if endpoint is None and not call.waited_for_instance and not pool.any_serving():
+            # None registered, or every one draining before its replacement registers: wait
+            # a little (bounded) for the membership to change, once per call, not per retry.
+            call.waited_for_instance = True
+            endpoint = await self._wait_for_instance(pool, call)
         if endpoint is None:
             call.sent = False
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, pool.why_unavailable())
@@ -357,6 +364,17 @@ class PickLayer:
         endpoint.observed = True
         pool.detector.on_success(endpoint.key, now)
         return response
+
+    async def _wait_for_instance(self, pool: Any, call: CallInfo) -> Any:
+        left = remaining(call, self.clock())
+        wait = self.no_instance_wait if left is None else min(self.no_instance_wait, left)
+        until = self.clock() + wait
+        while wait > 0 and await pool.wait_changed(wait):
+            endpoint = pool.pick(call.tried)
+            if endpoint is not None:
+                return endpoint
+            wait = until - self.clock()  # a change that brought no usable instance
+        return None
 
     def _failed(
         self, pool: Any, endpoint: Any, error: grpc.aio.AioRpcError, started: float

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from mesh.client.balance import pick_p2c
-from mesh.client.endpoint import ChannelFactory, Endpoint
+from mesh.client.endpoint import DRAIN_GRACE, ChannelFactory, Endpoint
 from mesh.policy.outlier import OutlierConfig, OutlierDetector
 from mesh.registry.watch import Change, ChangeKind
 
@@ -27,6 +27,7 @@ class ServicePool:
         clock: Callable[[], float],
         rand: Callable[[], float],
         watch_health: bool = True,
+        drain_grace: float = DRAIN_GRACE,
     ) -> None:
         self.service = service
         self.endpoints: dict[str, Endpoint] = {}
@@ -35,6 +36,7 @@ class ServicePool:
         self._clock = clock
         self._rand = rand
         self._watch_health = watch_health
+        self._drain_grace = drain_grace
         self._changed = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -50,23 +52,30 @@ class ServicePool:
             self._close_later(old)
         if change.kind is not ChangeKind.REMOVED and key not in self.endpoints:
             endpoint = Endpoint(
-                instance, self._make_channel, self._clock, watch_health=self._watch_health
+                instance,
+                self._make_channel,
+                self._clock,
+                watch_health=self._watch_health,
+                drain_grace=self._drain_grace,
             )
             self.endpoints[key] = endpoint
             self.detector.add(key)
         self._changed.set()
 
     def _close_later(self, endpoint: Endpoint) -> None:
-        task = asyncio.create_task(endpoint.close())
+        # A departing instance gets no new call from now on (it left `endpoints`); the calls
+        # already on it finish within the drain grace, as its server keeps answering them.
+        task = asyncio.create_task(endpoint.close(drain=True))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        """Close every channel now (the caller's whole channel is going away)."""
         for endpoint in self.endpoints.values():
-            await endpoint.close()
+            await endpoint.close(drain=False)
         self.endpoints.clear()
-        for task in list(self._closing):
-            await task
+        if self._closing:
+            await asyncio.wait(list(self._closing))
 
     # -- choosing ------------------------------------------------------------------------
 
@@ -102,6 +111,10 @@ class ServicePool:
             weight=lambda e: float(e.instance.weight),
             rand=self._rand,
         )
+
+    def any_serving(self) -> bool:
+        """Is some registered instance serving (not draining)? Ejected ones count."""
+        return any(e.serving for e in self.endpoints.values())
 
     def why_unavailable(self) -> str:
         """`no ready instance of X: 2 ejected, 1 draining` (what an UNAVAILABLE says)."""

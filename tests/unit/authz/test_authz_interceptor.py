@@ -261,7 +261,9 @@ async def test_certificate_without_exactly_one_uri_san_has_no_identity(
 
 
 async def test_installed_on_the_service_host(tls_dir: Path, policy_file: Path) -> None:
-    config = HostConfig(deployment="notify", tls=tls.TlsFiles(tls_dir, "notify"), grace=0)
+    config = HostConfig(
+        deployment="notify", tls=tls.TlsFiles(tls_dir, "notify"), grace=0, drain_delay=0
+    )
     host = ServiceHost(config, interceptors=[AuthzInterceptor(PolicySource(policy_file))])
     host.add_servicer(EchoService("echo"))
     await host.start()

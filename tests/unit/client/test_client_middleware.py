@@ -11,9 +11,10 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.client.call import CallInfo, CallKind, rpc_error, service_of
+from mesh.client.call import CallInfo, CallKind, GuardedStream, rpc_error, service_of
 from mesh.client.middleware import Handler, build_chain, never_sent, remaining, transport
 from mesh.policy.retry import Idempotency
+from mesh.registry.keys import Instance
 
 Code = grpc.StatusCode
 METHOD = "/hms.test.v1.Echo/Say"
@@ -157,6 +158,7 @@ class FakeEndpoint:
 
     def __init__(self, multicallable: Any, key: str = "i-1") -> None:
         self.key = key
+        self.instance = Instance(service_of(METHOD), key, "10.0.0.1:50051", "echo")
         self.multicallable = multicallable
         self.asked: list[tuple[str, str]] = []
 
@@ -268,7 +270,9 @@ async def test_transport_streaming_returns_the_call_unawaited(kind: CallKind) ->
     call = make_call(kind=kind)
     call.endpoint = endpoint
 
-    assert await transport(call) == "the-streaming-call"
+    stream = await transport(call)
+    assert isinstance(stream, GuardedStream)
+    assert stream._rpc == "the-streaming-call"
     assert endpoint.asked == [(kind.value, METHOD)]
     assert call.sent is True
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import logging
 import re
@@ -393,10 +395,18 @@ async def test_undecodable_error_details_are_dropped() -> None:
     assert _status(response) == {"code": 13, "message": "broken", "details": []}
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(RuntimeError("secret at /srv/internal.py"), id="a-bug"),
+        # grpc.aio's, when a channel closes under a call: not a cancellation of the request.
+        pytest.param(asyncio.CancelledError("secret channel closed"), id="stray-cancelled-error"),
+    ],
+)
 async def test_unexpected_exception_is_500_without_internals(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, error: BaseException
 ) -> None:
-    gateway = _gateway(FakeChannel(_fail(RuntimeError("secret at /srv/internal.py"))))
+    gateway = _gateway(FakeChannel(_fail(error)))
     with caplog.at_level(logging.ERROR, logger="gateway.app"):
         response = await _request(
             gateway, "POST", "/v1/echo", json={}, headers={"X-Request-Id": "req-500"}
@@ -404,16 +414,37 @@ async def test_unexpected_exception_is_500_without_internals(
     assert response.status_code == 500
     assert _status(response) == {
         "code": grpc.StatusCode.INTERNAL.value[0],
-        "message": "internal error in the gateway",
-        "details": [],
+        "message": "internal error in the gateway (request id req-500)",
+        "details": [{"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req-500"}],
     }
     assert b"Traceback" not in response.content
     assert b"secret" not in response.content
-    assert b"RuntimeError" not in response.content
+    assert type(error).__name__.encode() not in response.content
     assert response.headers["x-request-id"] == "req-500"
-    (record,) = caplog.records
+    (record,) = caplog.records  # logged once
     assert "req-500" in record.getMessage()
     assert record.exc_info is not None
+    assert gateway.metrics.unexpected._value.get() == 1
+    metrics = (await _request(gateway, "GET", "/metrics")).text
+    assert "gateway_unexpected_errors_total 1.0" in metrics
+    assert 'status="500"' in metrics
+
+
+async def test_the_servers_own_cancellation_is_not_answered() -> None:
+    """uvicorn cancelling a request task (at shutdown) is passed on, not turned into a 500."""
+    started = asyncio.Event()
+
+    async def hang(call: CallInfo) -> Any:
+        started.set()
+        await asyncio.Event().wait()
+
+    gateway = _gateway(FakeChannel(hang))
+    request = asyncio.create_task(_request(gateway, "POST", "/v1/echo", json={}))
+    await started.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert gateway.metrics.unexpected._value.get() == 0
 
 
 # -- response metadata ----------------------------------------------------------------------
