@@ -120,6 +120,10 @@ class RegistryLearner:
         await self.discovery.start(timeout)
         for instance in self.discovery.instances():
             self._learn_if_new(instance.service, instance.version)
+        # Ready (/readyz) once the routes of what is registered now are learnt: a client told
+        # the gateway is up must not get 404 for a route it will serve a moment later.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=timeout)
         self.synced = True
 
     async def stop(self) -> None:

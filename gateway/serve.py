@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket for uvicorn, made so that its connections get TCP_NODELAY.
+    """A listening TCP socket for uvicorn, made so that its connections get TCP_NODELAY.
 
     IPPROTO_TCP is said out loud: accepted sockets inherit the listening socket's proto, and
     asyncio only turns Nagle's algorithm off on sockets whose proto is TCP. With proto 0 every
@@ -45,6 +45,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listening from now on: a client that connects as soon as the address is announced is
+    # queued until uvicorn accepts, not refused.
+    sock.listen(2048)
     return sock
 
 

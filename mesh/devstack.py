@@ -11,6 +11,7 @@ terminal reaches the supervisor, which then stops everything in order.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import os
 import shutil
@@ -312,6 +313,31 @@ class ServiceProcess:
             raise RuntimeError(f"{self.package} not started")
         return self.proc.wait(timeout)
 
+    async def exited(self) -> int:
+        """Wait, without a thread, until the process exits; its exit status (-N: signal N).
+
+        A pidfd (Linux 5.3+) becomes readable when the process exits, so the loop learns of
+        it at once; where there is none, the status is polled every 50 ms."""
+        proc = self.proc
+        if proc is None:
+            raise RuntimeError(f"{self.package} not started")
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # no pidfd here, or the process is already reaped
+            while proc.poll() is None:  # noqa: ASYNC110 - without a pidfd no event tells
+                await asyncio.sleep(0.05)
+            return proc.returncode
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            if proc.poll() is None:
+                await readable
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return proc.wait()
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited within timeout."""
         if not self.running:
@@ -375,3 +401,18 @@ class GatewayProcess(ListeningProcess):
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log_path: Path):
         super().__init__("gateway", args, env=env, log_path=log_path)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the gateway's /readyz answers 200 (it has learnt the registered routes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"gateway exited:\n{self.log_tail(2000)}")
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
+        raise TimeoutError(f"gateway not ready within {timeout} s:\n{self.log_tail()}")

@@ -71,6 +71,9 @@ def parse_args(
         default=10.0,
         help="then, at most this long for in-flight calls to finish, s (default 10)",
     )
+    parser.add_argument(
+        "--instance-id", default="", help="registry id of this instance (default: a new one)"
+    )
     parser.add_argument("--zone", default="")
     parser.add_argument("--weight", type=int, default=100)
     parser.add_argument(
@@ -122,6 +125,7 @@ def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None
         zone=args.zone,
         weight=args.weight,
         metadata=metadata or {},
+        instance_id=args.instance_id,
     )
 
 

@@ -38,9 +38,9 @@ from mesh.aio import cancel_and_wait
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.registration import Registration
-from mesh.server_health import DrainingHealth
 from mesh.server_deadline import DeadlineInterceptor
 from mesh.server_errors import ErrorInterceptor
+from mesh.server_health import DrainingHealth
 
 __all__ = ["HostConfig", "ServiceHost", "service_descriptor"]
 
@@ -69,10 +69,15 @@ class HostConfig:
     zone: str = ""
     weight: int = 100
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: The registry's id of this instance; "" makes a new one (a supervisor that starts the
+    #: process passes its own, to know the instance when it registers).
+    instance_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.deployment:
             raise ValueError("deployment is required")
+        if self.instance_id and not keys.is_valid_segment(self.instance_id):
+            raise ValueError(f"instance_id {self.instance_id!r} is not a valid registry key part")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port {self.port} is outside 0..65535")
         if self.lease_ttl < 2:
@@ -104,7 +109,7 @@ class ServiceHost:
         self, config: HostConfig, *, interceptors: list[grpc.aio.ServerInterceptor] | None = None
     ) -> None:
         self.config = config
-        self.instance_id = keys.new_instance_id(config.deployment)
+        self.instance_id = config.instance_id or keys.new_instance_id(config.deployment)
         self.health = DrainingHealth()
         self._servicers: list[tuple[ServiceDescriptor, Any, object]] = []
         # Outermost first: errors are translated for everything below, including authz.

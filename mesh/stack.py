@@ -1,12 +1,20 @@
-"""A whole mesh on this machine: etcd, NATS, certificates and every service, each its own
-process. `mesh up`, the demo and end-to-end tests use it.
+"""A whole mesh on this machine: etcd, NATS, certificates, every service (as many replicas as
+asked, each its own process, supervised: see mesh/supervisor.py) and the gateway. `mesh up`, the
+demo, the chaos runner and end-to-end tests use it.
 
-When all services are registered it writes `<state-dir>/stack.json`:
+Once everything is registered it writes `<state-dir>/stack.json`, and rewrites it on every
+change (a crash, a restart, a scale):
 
     {"etcd": "127.0.0.1:PORT", "nats": "nats://127.0.0.1:PORT", "namespace": "hms",
      "tls_dir": "/abs/.mesh/tls", "ops_cert": "ops", "gateway": "http://127.0.0.1:PORT",
-     "services": {"<deployment>": {"pid": N, "log": "...", "instances": [
-         {"service": "hms.notify.v1.NotifyService", "address": "127.0.0.1:PORT", ...}]}}}
+     "control": "/abs/.mesh/control.sock",
+     "services": {"<deployment>": {"replicas": [
+         {"name": "notify-1", "slot": 1, "state": "serving", "pid": N, "restarts": 0,
+          "instance_id": "...", "log": "...", "instances": [
+              {"service": "hms.notify.v1.NotifyService", "address": "127.0.0.1:PORT", ...}]}]}}}
+
+`mesh restart` and `mesh scale` reach the running stack through its control socket
+(mesh/control.py).
 """
 
 from __future__ import annotations
@@ -16,22 +24,36 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh import certs
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh import certs, tls
+from mesh.control import ControlError, answering, serve_control
 from mesh.devstack import DevStack, GatewayProcess, ServiceProcess
+from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
+from mesh.supervisor import OperationFailed, Supervisor
 
-__all__ = ["Stack", "StackConfig", "discover_services", "read_stack_file"]
+__all__ = [
+    "Stack",
+    "StackConfig",
+    "discover_services",
+    "parse_scale",
+    "read_stack_file",
+]
 
 log = logging.getLogger(__name__)
 
 OPS_IDENTITY = "ops"
 GATEWAY_IDENTITY = "gateway"
 STACK_FILE = "stack.json"
+CONTROL_SOCKET = "control.sock"
 
 
 def discover_services() -> list[str]:
@@ -50,37 +72,82 @@ def read_stack_file(state_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: is `mesh up` running?") from exc
 
 
+def parse_scale(text: str) -> dict[str, int]:
+    """`eligibility=3,notify=2` -> {"eligibility": 3, "notify": 2}; ValueError naming the
+    part that is wrong."""
+    counts: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, number = part.partition("=")
+        name, number = name.strip(), number.strip()
+        if not sep or not name or not number:
+            raise ValueError(f"scale {part!r}: write DEPLOYMENT=REPLICAS, e.g. eligibility=3")
+        if not (number.isascii() and number.isdigit()) or int(number) > 64:
+            raise ValueError(f"scale {part!r}: replicas must be a whole number from 0 to 64")
+        if name in counts:
+            raise ValueError(f"scale: {name!r} is given twice")
+        counts[name] = int(number)
+    return counts
+
+
 @dataclass(frozen=True)
 class StackConfig:
     state_dir: Path = Path(".mesh")
     namespace: str = "hms"
     deployments: tuple[str, ...] = ()  # empty: every service under services/
+    #: Replicas per deployment (1 for any not named).
+    scale: Mapping[str, int] = field(default_factory=dict)
     lease_ttl: int = 10
     ready_timeout: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Start the REST gateway too (its URL goes into stack.json).
     gateway: bool = True
+    #: Listen on `<state-dir>/control.sock` for `mesh restart` and `mesh scale`.
+    control: bool = True
+
+    def __post_init__(self) -> None:
+        for name, count in self.scale.items():
+            if count < 0:
+                raise ValueError(f"scale {name}={count}: replicas must be >= 0")
+
+    def replicas(self, deployments: tuple[str, ...]) -> dict[str, int]:
+        unknown = sorted(set(self.scale) - set(deployments))
+        if unknown:
+            raise ValueError(
+                f"scale names {unknown}, not in this stack (deployments: {', '.join(deployments)})"
+            )
+        return {d: self.scale.get(d, 1) for d in deployments}
 
 
 class Stack:
-    """Start with `await stack.start()`, stop with `await stack.stop()`."""
+    """Start with `await stack.start()`, stop with `await stack.stop()`.
 
-    def __init__(self, config: StackConfig) -> None:
+    `report` gets what an operator must see at once (a service that crashed, its restart)."""
+
+    def __init__(self, config: StackConfig, *, report: Callable[[str], None] = print) -> None:
         self.config = config
         self.state_dir = config.state_dir.resolve()
         self.tls_dir = self.state_dir / "tls"
         self.run_dir = self.state_dir / "run"
         self.deployments = config.deployments or tuple(discover_services())
+        self.counts = config.replicas(self.deployments)
+        self.report = report
         self.dev: DevStack | None = None
-        self.procs: dict[str, ServiceProcess] = {}
         self.gateway: GatewayProcess | None = None
+        self.supervisor: Supervisor | None = None
         self.info: dict[str, Any] = {}
+        self._etcd: Etcd | None = None
+        self._registry: Discovery | None = None
+        self._control: asyncio.Server | None = None
 
     @property
     def etcd_endpoint(self) -> str:
         if self.dev is None:
             raise RuntimeError("stack not started")
         return self.dev.etcd.endpoint
+
+    @property
+    def control_path(self) -> Path:
+        return self.state_dir / CONTROL_SOCKET
 
     def env(self) -> dict[str, str]:
         if self.dev is None or self.dev.nats is None:
@@ -95,6 +162,11 @@ class Stack:
         }
 
     async def start(self) -> dict[str, Any]:
+        if self.config.control and await answering(self.control_path):
+            raise RuntimeError(
+                f"a stack is already running in {self.state_dir} (its control socket answers); "
+                "stop it first, or give this one another --state-dir"
+            )
         certs.ensure(self.tls_dir, [*self.deployments, OPS_IDENTITY, GATEWAY_IDENTITY])
         # Throwaway data: a new stack starts empty.
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -102,28 +174,53 @@ class Stack:
         self.dev = DevStack(self.run_dir)
         await asyncio.to_thread(self.dev.start)
         try:
-            for deployment in self.deployments:
-                self.start_service(deployment)
-            instances = await self._wait_registered()
+            self._etcd = Etcd([self.etcd_endpoint])
+            await self._etcd.connect()
+            self._registry = Discovery(self._etcd, self.config.namespace)
+            await self._registry.start()
+            self.supervisor = Supervisor(
+                self._launch,
+                self._registry,
+                serving=self._serving,
+                report=self.report,
+                changed=self._write_info,
+                ready_timeout=self.config.ready_timeout,
+            )
+            await self.supervisor.start(self.counts)
             if self.config.gateway:
                 await self._start_gateway()
+            if self.config.control:
+                self._control = await serve_control(self.control_path, self._handle)
         except BaseException:
             await self.stop()
             raise
-        self.info = self._describe(instances)
-        path = self.state_dir / STACK_FILE
-        path.write_text(json.dumps(self.info, indent=2) + "\n")
+        self._write_info()
         return self.info
 
-    def start_service(self, deployment: str) -> ServiceProcess:
+    def _launch(self, deployment: str, slot: int, instance_id: str) -> ServiceProcess:
+        name = f"{deployment}-{slot}"
         args = [
             f"--ttl={self.config.lease_ttl}",
-            f"--data-dir={self.run_dir / 'data' / deployment}",
+            f"--data-dir={self.run_dir / 'data' / name}",
+            f"--instance-id={instance_id}",
         ]
-        log_path = self.run_dir / "logs" / f"{deployment}.log"
-        proc = ServiceProcess(deployment, args, env=self.env(), log_path=log_path).start()
-        self.procs[deployment] = proc
-        return proc
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        return ServiceProcess(deployment, args, env=self.env(), log_path=log_path).start()
+
+    async def _serving(self, instance: keys.Instance) -> bool:
+        """Does the instance's own health check say SERVING (asked as an operator would)?"""
+        files = tls.TlsFiles(self.tls_dir, OPS_IDENTITY)
+        channel = tls.instance_channel(instance.address, instance.identity, files)
+        try:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=instance.service)
+            answer = await stub.Check(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("health check of %s failed: %s", instance.address, exc.details())
+            return False
+        finally:
+            await channel.close()
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_gateway(self) -> None:
         args = [
@@ -135,70 +232,59 @@ class Stack:
         log_path = self.run_dir / "logs" / "gateway.log"
         gateway = self.gateway = GatewayProcess(args, env=self.env(), log_path=log_path).start()
         await asyncio.to_thread(gateway.wait_url, self.config.ready_timeout)
+        # Ready means REST works: the gateway has learnt the registered services' routes.
+        await asyncio.to_thread(gateway.wait_ready, self.config.ready_timeout)
 
-    async def _wait_registered(self) -> list[Any]:
-        etcd = Etcd([self.etcd_endpoint])
-        await etcd.connect()
-        discovery = Discovery(etcd, self.config.namespace)
+    async def _handle(self, request: dict[str, Any], progress: Callable[[str], None]) -> None:
+        """A control request (already checked by mesh.control.parse_request)."""
+        if self.supervisor is None:
+            raise ControlError("the stack is not running")
         try:
-            await discovery.start()
+            if request["command"] == "restart":
+                await self.supervisor.restart(request["deployment"], progress)
+            elif request["command"] == "scale":
+                await self.supervisor.scale(request["deployment"], request["replicas"], progress)
+        except OperationFailed as exc:
+            raise ControlError(str(exc)) from None
 
-            def all_up(instances: list[Any]) -> bool:
-                self._check_alive()
-                return {i.deployment for i in instances} >= set(self.deployments)
-
-            try:
-                return await discovery.wait_for(all_up, self.config.ready_timeout)
-            except TimeoutError:
-                seen = {i.deployment for i in discovery.instances()}
-                missing = sorted(set(self.deployments) - seen)
-                raise TimeoutError(
-                    f"not registered after {self.config.ready_timeout} s: {missing} "
-                    f"(logs in {self.run_dir / 'logs'})"
-                ) from None
-        finally:
-            await discovery.stop()
-            await etcd.close()
-
-    def _check_alive(self) -> None:
-        for deployment, proc in self.procs.items():
-            if not proc.running:
-                raise RuntimeError(f"{deployment} exited:\n{proc.log_tail(1500)}")
-
-    def _describe(self, instances: list[Any]) -> dict[str, Any]:
-        if self.dev is None or self.dev.nats is None:
-            raise RuntimeError("stack not started")
-        services: dict[str, Any] = {}
-        for deployment, proc in self.procs.items():
-            services[deployment] = {
-                "pid": proc.pid,
-                "log": str(proc.log_path),
-                "instances": [
-                    {"service": i.service, "address": i.address, "identity": i.identity}
-                    for i in instances
-                    if i.deployment == deployment
-                ],
-            }
-        return {
+    def _write_info(self) -> None:
+        if self.dev is None or self.dev.nats is None or self.supervisor is None:
+            return
+        self.info = {
             "etcd": self.dev.etcd.endpoint,
             "nats": self.dev.nats.url,
             "namespace": self.config.namespace,
             "tls_dir": str(self.tls_dir),
             "ops_cert": OPS_IDENTITY,
             "gateway": self.gateway.url if self.gateway is not None else None,
-            "services": services,
+            "control": str(self.control_path) if self._control is not None else None,
+            "services": self.supervisor.describe(),
         }
+        # Written aside and renamed: a reader never sees half a file.
+        path = self.state_dir / STACK_FILE
+        partial = path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(self.info, indent=2) + "\n")
+        partial.replace(path)
 
-    async def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the gateway and every service (they drain and deregister), then stop NATS
-        and etcd."""
+    async def stop(self) -> None:
+        """Stop taking control requests, SIGTERM the gateway and every service (they drain
+        and deregister), then stop NATS and etcd."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+            self.control_path.unlink(missing_ok=True)
         if self.gateway is not None:
-            await asyncio.to_thread(self.gateway.stop, grace)
+            await asyncio.to_thread(self.gateway.stop, 15.0)
             self.gateway = None
-        for proc in self.procs.values():
-            proc.terminate()
-        await asyncio.gather(*(asyncio.to_thread(p.stop, grace) for p in self.procs.values()))
-        self.procs.clear()
+        if self.supervisor is not None:
+            supervisor, self.supervisor = self.supervisor, None
+            await supervisor.stop()
+        if self._registry is not None:
+            await self._registry.stop()
+            self._registry = None
+        if self._etcd is not None:
+            await self._etcd.close()
+            self._etcd = None
         if self.dev is not None:
             await asyncio.to_thread(self.dev.stop)
         (self.state_dir / STACK_FILE).unlink(missing_ok=True)

@@ -10,9 +10,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mesh.cli import certs, events, gateway, ls, up
+from mesh.cli import certs, control, events, gateway, ls, up
+from mesh.control import ControlError
 
-COMMANDS = (certs, up, ls, events, gateway)
+COMMANDS = (certs, up, control, ls, events, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, ConnectionError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError, ControlError) as exc:
         print(f"mesh {args.command}: {exc}", file=sys.stderr)
         return 2
 

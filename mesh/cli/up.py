@@ -1,4 +1,5 @@
-"""`mesh up`: etcd, NATS and every service on this machine, until Ctrl-C or SIGTERM."""
+"""`mesh up`: etcd, NATS, every service (with `--scale`, several replicas each) and the gateway
+on this machine, supervised until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from mesh.stack import Stack, StackConfig
+from mesh.stack import Stack, StackConfig, parse_scale
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("up", help="start etcd, NATS and every service locally")
+    parser = sub.add_parser("up", help="start etcd, NATS, every service and the gateway locally")
     parser.add_argument("--state-dir", type=Path, default=Path(".mesh"), help="default .mesh/")
     parser.add_argument("--namespace", default="hms")
     parser.add_argument("--only", nargs="*", default=(), help="start only these deployments")
+    parser.add_argument(
+        "--scale",
+        default="",
+        metavar="DEPLOYMENT=N[,...]",
+        help="replicas per deployment, e.g. eligibility=3,notify=2 (default 1 each)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -27,14 +34,17 @@ def summary(info: dict[str, Any]) -> str:
     ]
     if info.get("gateway"):
         lines.append(f"gateway  {info['gateway']} (REST; /openapi.json lists the routes)")
-    for deployment, service in info["services"].items():
-        for instance in service["instances"]:
-            lines.append(f"{deployment:<12} {instance['address']:<22} {instance['service']}")
+    for service in info["services"].values():
+        for replica in service["replicas"]:
+            for instance in replica["instances"]:
+                lines.append(
+                    f"{replica['name']:<14} {instance['address']:<22} {instance['service']}"
+                )
     return "\n".join(lines)
 
 
 async def serve(config: StackConfig) -> None:
-    stack = Stack(config)
+    stack = Stack(config, report=lambda text: print(text, flush=True))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -43,18 +53,23 @@ async def serve(config: StackConfig) -> None:
     try:
         print(summary(info), flush=True)
         print(
-            f"stack ready: {config.state_dir / 'stack.json'}; Ctrl-C stops everything", flush=True
+            f"stack ready: {config.state_dir / 'stack.json'}; `mesh restart DEPLOYMENT` and "
+            "`mesh scale DEPLOYMENT=N` change it live; Ctrl-C stops everything",
+            flush=True,
         )
         await stop.wait()
     finally:
-        print("stopping ...")
+        print("stopping ...", flush=True)
         await stack.stop()
-        print("stopped")
+        print("stopped", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     config = StackConfig(
-        state_dir=args.state_dir, namespace=args.namespace, deployments=tuple(args.only)
+        state_dir=args.state_dir,
+        namespace=args.namespace,
+        deployments=tuple(args.only),
+        scale=parse_scale(args.scale) if args.scale else {},
     )
     asyncio.run(serve(config))
     return 0

@@ -23,6 +23,7 @@ __all__ = [
     "decode",
     "encode",
     "instance_key",
+    "is_valid_segment",
     "new_instance_id",
     "parse_key",
     "service_prefix",
@@ -65,7 +66,7 @@ def service_prefix(namespace: str, service: str) -> bytes:
 
 
 def instance_key(namespace: str, service: str, instance_id: str) -> bytes:
-    if not _SEGMENT_RE.fullmatch(instance_id):
+    if not is_valid_segment(instance_id):
         raise ValueError(f"instance id {instance_id!r}: use letters, digits, '.', '_' or '-'")
     return service_prefix(namespace, service) + instance_id.encode()
 
@@ -89,6 +90,11 @@ def parse_key(namespace: str, key: bytes) -> tuple[str, str]:
             f"key {text!r} is not {prefix.decode()}<grpc.full.ServiceName>/<instance-id>"
         )
     return parts[0], parts[1]
+
+
+def is_valid_segment(text: str) -> bool:
+    """May `text` be an instance id (one segment of a registry key)?"""
+    return _SEGMENT_RE.fullmatch(text) is not None
 
 
 def new_instance_id(deployment: str) -> str:

@@ -23,7 +23,7 @@ from mesh.policy.outlier import OutlierConfig
 from mesh.policy.retry import Idempotency, RetryPolicy
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
-from mesh.testing import VirtualClock
+from mesh.testing import VirtualClock, eventually
 
 Code = grpc.StatusCode
 METHOD = "/hms.test.v1.Echo/Say"
@@ -144,9 +144,7 @@ async def test_a_call_in_flight_on_a_departing_instance_finishes() -> None:
     h = Harness({1: [answer]})
     h.add(1)
     call = asyncio.create_task(h.chain(make_call()))
-    await asyncio.sleep(0)  # the call is on i-1's channel now
-    while "i-1" not in h.channels or not h.channels["i-1"].in_flight:
-        await asyncio.sleep(0)
+    await eventually(lambda: "i-1" in h.channels and bool(h.channels["i-1"].in_flight))
 
     h.remove(1)  # the registry dropped it: no new calls, the one in flight goes on
     assert "i-1" not in h.pool.endpoints
@@ -233,8 +231,7 @@ async def test_the_callers_own_cancellation_passes_through() -> None:
     h = Harness({1: [never]})
     h.add(1)
     task = asyncio.create_task(h.chain(make_call()))
-    while "i-1" not in h.channels or not h.channels["i-1"].in_flight:
-        await asyncio.sleep(0)
+    await eventually(lambda: "i-1" in h.channels and bool(h.channels["i-1"].in_flight))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -265,14 +262,17 @@ class FakeStreamRpc:
         return "delegated"
 
 
+async def read_all(stream: GuardedStream, iterate: bool) -> list[Any]:
+    if iterate:
+        return [message async for message in stream]
+    return [await stream.read()]
+
+
 @pytest.mark.parametrize("iterate", [False, True], ids=["read", "async-for"])
 async def test_a_stream_cut_by_its_channel_is_unavailable(iterate: bool) -> None:
     stream = GuardedStream(FakeStreamRpc(asyncio.CancelledError()), METHOD, "10.0.0.1:1")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        if iterate:
-            assert [m async for m in stream] == ["first"]
-        else:
-            await stream.read()
+        await read_all(stream, iterate)
     assert caught.value.code() is Code.UNAVAILABLE
     assert METHOD in (caught.value.details() or "")
     assert stream.initial_metadata() == "delegated"
@@ -304,8 +304,7 @@ async def test_every_instance_draining_waits_for_its_replacement() -> None:
     h.add(1)
     h.pool.endpoints["i-1"].serving = False  # said NOT_SERVING; its replacement is starting
     call = asyncio.create_task(h.chain(make_call()))
-    while h.waits == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: h.waits > 0)
     h.add(2)
     assert await asyncio.wait_for(call, 1.0) == "ok from 10.0.0.2:50051"
     await h.pool.close()
@@ -314,13 +313,11 @@ async def test_every_instance_draining_waits_for_its_replacement() -> None:
 async def test_a_change_without_a_usable_instance_keeps_waiting() -> None:
     h = Harness(wait=5.0)
     call = asyncio.create_task(h.chain(make_call()))
-    while h.waits == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: h.waits > 0)
     h.add(1)
     h.pool.endpoints["i-1"].serving = False
     h.remove(1)  # came and went
-    while h.waits < 2:
-        await asyncio.sleep(0)
+    await eventually(lambda: h.waits >= 2)
     h.add(2)
     assert await asyncio.wait_for(call, 1.0) == "ok from 10.0.0.2:50051"
     await h.pool.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import json
 import logging
 import re
@@ -415,7 +414,9 @@ async def test_unexpected_exception_is_500_without_internals(
     assert _status(response) == {
         "code": grpc.StatusCode.INTERNAL.value[0],
         "message": "internal error in the gateway (request id req-500)",
-        "details": [{"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req-500"}],
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req-500"}
+        ],
     }
     assert b"Traceback" not in response.content
     assert b"secret" not in response.content

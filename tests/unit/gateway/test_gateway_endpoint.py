@@ -193,7 +193,7 @@ def test_endpoints_of_generated_counts() -> None:
     echo = list(endpoints_of(_ECHO))
     assert [e.path for e in echo] == [
         f"/hms.testing.v1.EchoService/{name}"
-        for name in ("Echo", "EchoOnce", "EchoStream", "Collect", "SetFailure")
+        for name in ("Echo", "EchoOnce", "EchoStream", "Collect", "SetFailure", "SetFault")
     ]
 
 

@@ -362,6 +362,7 @@ def test_echo_paths_operations_and_skipped_client_streaming() -> None:
         "/v1/echo",
         "/v1/echo:once",
         "/v1/echo:setFailure",
+        "/v1/echo:setFault",
         "/v1/echo:stream",
     ]
     echo = doc["paths"]["/v1/echo"]["post"]
