@@ -196,19 +196,20 @@ def render_text(results: Mapping[str, Any], names: Sequence[str] | None = None) 
     return "\n".join(f"{a:<{width}}  {b:>{value_width}}  {c}".rstrip() for a, b, c in rows) + "\n"
 
 
-def replace_generated(document: str, generated: str) -> str:
-    """`document` with the text between the bench markers replaced by `generated`; the
-    hand-written text around them is kept as it is. Markers missing altogether are appended;
-    a lone or misordered marker is an error (rewriting would guess at what is hand-written)."""
-    begins, ends = document.count(BEGIN_MARKER), document.count(END_MARKER)
-    block = f"{BEGIN_MARKER}\n{generated.rstrip()}\n{END_MARKER}"
+def replace_generated(
+    document: str, generated: str, *, begin: str = BEGIN_MARKER, end: str = END_MARKER
+) -> str:
+    """`document` with the text between the markers (the bench markers unless told) replaced
+    by `generated`; the hand-written text around them is kept as it is. Markers missing
+    altogether are appended; a lone or misordered marker is an error (rewriting would guess
+    at what is hand-written)."""
+    begins, ends = document.count(begin), document.count(end)
+    block = f"{begin}\n{generated.rstrip()}\n{end}"
     if begins == ends == 0:
         return f"{document.rstrip()}\n\n{block}\n" if document.strip() else f"{block}\n"
-    start, stop = document.find(BEGIN_MARKER), document.find(END_MARKER)
+    start, stop = document.find(begin), document.find(end)
     if begins != 1 or ends != 1:
-        raise ValueError(
-            f"expected one {BEGIN_MARKER} and one {END_MARKER}, found {begins} and {ends}"
-        )
+        raise ValueError(f"expected one {begin} and one {end}, found {begins} and {ends}")
     if stop < start:
-        raise ValueError(f"{END_MARKER} comes before {BEGIN_MARKER}")
-    return document[:start] + block + document[stop + len(END_MARKER) :]
+        raise ValueError(f"{end} comes before {begin}")
+    return document[:start] + block + document[stop + len(end) :]

@@ -77,6 +77,8 @@ class Replica:
     #: The registry entries once registered (one per gRPC service the process serves).
     instances: list[keys.Instance] = field(default_factory=list)
     exit_status: int | None = None
+    #: When it was found registered and SERVING (time.monotonic()).
+    serving_since: float | None = None
     exited: asyncio.Future[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -335,6 +337,7 @@ class Supervisor:
                 )
         replica.instances = mine_now
         replica.state = ReplicaState.SERVING
+        replica.serving_since = time.monotonic()
         self._changed()
 
     async def _ready_or_abandon(self, replica: Replica, progress: Progress) -> None:

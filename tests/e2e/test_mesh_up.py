@@ -71,7 +71,7 @@ def test_mesh_up_ls_scenario_and_clean_stop(tmp_path: Path) -> None:
         # The gateway mesh up started, its URL in stack.json: the same scenario over REST.
         assert info["gateway"].startswith("http://127.0.0.1:")
         assert asyncio.run(rest_scenario(info["gateway"])) == 0
-        pids = [s["pid"] for s in info["services"].values()]
+        pids = [r["pid"] for s in info["services"].values() for r in s["replicas"]]
     finally:
         up.send_signal(signal.SIGTERM)
         output, _ = up.communicate(timeout=60)
