@@ -10,7 +10,7 @@ GEN_STAMP := gen/.stamp
 GOOGLEAPIS = $(shell $(PY) -c 'import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')
 GRPC_PROTOS = $(shell $(PY) -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
-.PHONY: install proto lint breaking test test-unit test-integration up demo bench clean
+.PHONY: install proto lint breaking test test-unit test-integration up demo bench chaos clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -73,6 +73,11 @@ demo: install
 
 bench: install
 	$(PY) -m bench
+
+# Reliability under fire (docs/reliability.md); `make chaos SOAK=600` adds a ten-minute soak.
+SOAK ?= 0
+chaos: install
+	$(PY) -m chaos --soak $(SOAK)
 
 clean:
 	rm -rf $(VENV) gen .build .mesh

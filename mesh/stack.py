@@ -163,7 +163,7 @@ class Stack:
 
     async def start(self) -> dict[str, Any]:
         if self.config.control and await answering(self.control_path):
-            raise RuntimeError(
+            raise ControlError(
                 f"a stack is already running in {self.state_dir} (its control socket answers); "
                 "stop it first, or give this one another --state-dir"
             )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from mesh.cli import certs, control, events, gateway, ls, up
 from mesh.control import ControlError
+from mesh.supervisor import OperationFailed
 
 COMMANDS = (certs, up, control, ls, events, gateway)
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, ConnectionError, ControlError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError, ControlError, OperationFailed) as exc:
         print(f"mesh {args.command}: {exc}", file=sys.stderr)
         return 2
 
