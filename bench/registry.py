@@ -7,8 +7,18 @@
   expiry: the last keepalive went out up to ttl/3 before the kill and etcd looks for expired
   leases every 500 ms, so expect ttl - ttl/3 .. ttl + 0.5 s.
 - sigterm_to_vanish: SIGTERM until REMOVED: the graceful drain revokes the lease first.
+- sigterm_to_not_serving / sigterm_to_dropped: the drain as a caller in another process sees
+  it. A MeshChannel (caller `ops`, mTLS) in this process, echo replicas (mTLS, drain delay
+  1 s) in processes of their own: a keeper registered throughout, and one victim per run,
+  started, called through the channel until it answers (so its channel and Health.Watch are
+  open), then SIGTERMed. NOT_SERVING: its Endpoint's `serving` turned False (the caller stops
+  picking it); dropped: its Endpoint left the pool (the registry watch saw the lease revoked).
+  Then the same with a `bench.loadgen` process (mesh, 32 callers) loading the same service,
+  each victim signalled once it has answered LOAD_CALLS calls: the `_loaded` figures.
 
-Every wait is on the Discovery's changes, with a timeout that fails the benchmark by name.
+Every wait is on an event (the Discovery's changes, the pool's membership, a process's exit)
+or, where there is none, a polled condition (`mesh.testing.eventually`), each with a timeout
+that fails the benchmark by name.
 """
 
 from __future__ import annotations
@@ -17,16 +27,27 @@ import asyncio
 import os
 import random
 import signal
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bench import BenchmarkFailed, Figures, percentile
+from bench import BenchmarkFailed, Figures
+from bench.drain import CALLER, CallerDrain
+from bench.echo_fleet import (
+    CHANGE_TIMEOUT,
+    STARTUP_TIMEOUT,
+    EchoProcess,
+    first_exit,
+    in_ms,
+    reaped,
+    spawn_echo,
+    summary,
+    within,
+)
+from mesh import certs
 from mesh.aio import cancel_and_wait
 from mesh.devstack import DevStack
 from mesh.registry import keys
@@ -42,13 +63,12 @@ NAMESPACE = "bench"
 FAKE_SERVICE = "hms.bench.v1.Fake"
 ADDED, REMOVED = ChangeKind.ADDED, ChangeKind.REMOVED
 
-# Generous bounds: on loopback each of these takes milliseconds; a timeout means a bug.
-CHANGE_TIMEOUT = 5.0
-STARTUP_TIMEOUT = 60.0
 # Expiry can trail the TTL by etcd's 500 ms expiry check, plus scheduling on a busy machine.
 EXPIRY_SLACK = 5.0
 # etcd's lessor looks for expired leases every 500 ms (lessor.go, runLoop).
 ETCD_EXPIRY_TICK = 0.5
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -57,10 +77,11 @@ class Plan:
     warmup: int
     kill9: tuple[tuple[int, int], ...]  # (lease ttl s, runs)
     sigterm: int
+    drain: int  # SIGTERMs seen by a caller's MeshChannel: this many idle, as many under load
 
 
-FULL = Plan(registrations=200, warmup=5, kill9=((2, 5), (10, 2)), sigterm=5)
-QUICK = Plan(registrations=200, warmup=5, kill9=((2, 3),), sigterm=3)
+FULL = Plan(registrations=200, warmup=5, kill9=((2, 5), (10, 2)), sigterm=5, drain=30)
+QUICK = Plan(registrations=200, warmup=5, kill9=((2, 3),), sigterm=3, drain=5)
 
 
 class ChangeClock:
@@ -90,34 +111,6 @@ class ChangeClock:
         return self._stamps[key]
 
 
-async def within(timeout: float, what: str, awaitable: Awaitable[T]) -> T:
-    """`await awaitable`, or BenchmarkFailed naming `what` after `timeout` s (a hang is a
-    finding, not something to wait out)."""
-    try:
-        async with asyncio.timeout(timeout) as deadline:
-            result = await awaitable
-    except TimeoutError:
-        raise BenchmarkFailed(f"{NAME}: {what} did not finish within {timeout} s") from None
-    if deadline.expired():  # it swallowed our cancellation and returned only then
-        raise BenchmarkFailed(f"{NAME}: {what} hung for {timeout} s, until cancelled")
-    return result
-
-
-def _ms(seconds: Sequence[float]) -> list[float]:
-    return [s * 1000 for s in seconds]
-
-
-def _summary(prefix: str, values: Sequence[float], unit: str, *, p99: bool = False) -> Figures:
-    """p50 (and p99 when there are enough samples for it to mean something), min, max, count."""
-    figures: Figures = {f"{prefix}_p50_{unit}": percentile(values, 50)}
-    if p99:
-        figures[f"{prefix}_p99_{unit}"] = percentile(values, 99)
-    figures |= {f"{prefix}_min_{unit}": min(values), f"{prefix}_max_{unit}": max(values)}
-    figures = {k: round(float(v), 3) for k, v in figures.items()}
-    figures[f"{prefix}_samples"] = len(values)
-    return figures
-
-
 async def register_to_watch(etcd: Etcd, clock: ChangeClock, plan: Plan) -> list[float]:
     """Seconds from Registration.start() to ADDED, one fake instance at a time."""
     samples: list[float] = []
@@ -139,69 +132,6 @@ async def register_to_watch(etcd: Etcd, clock: ChangeClock, plan: Plan) -> list[
         if i >= plan.warmup:  # the first ones pay for opening channels and streams
             samples.append(added - started)
     return samples
-
-
-@dataclass
-class EchoProcess:
-    """One `services.echo.main` process, told apart from the others by its deployment name."""
-
-    deployment: str
-    ttl: int
-    proc: asyncio.subprocess.Process
-    log_path: Path
-    instance_id: str = ""
-
-    def tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-1500:]
-        except OSError:
-            return "(no log)"
-
-
-async def spawn_echo(endpoint: str, deployment: str, ttl: int, work_dir: Path) -> EchoProcess:
-    log_path = work_dir / f"{deployment}.log"
-    # A local log file opens at once; the child writes to it, not this loop.
-    with open(log_path, "ab") as log_file:  # noqa: ASYNC230
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.echo.main",
-            "--insecure",
-            f"--etcd={endpoint}",
-            f"--namespace={NAMESPACE}",
-            f"--ttl={ttl}",
-            f"--deployment={deployment}",
-            f"--data-dir={work_dir / deployment}",
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-            cwd=work_dir,
-            start_new_session=True,
-        )
-    return EchoProcess(deployment, ttl, proc, log_path)
-
-
-@asynccontextmanager
-async def reaped(fleet: list[EchoProcess]) -> AsyncIterator[list[EchoProcess]]:
-    """Kill -9 whatever is still running on the way out, whatever happened."""
-    try:
-        yield fleet
-    finally:
-        for echo in fleet:
-            if echo.proc.returncode is None:
-                with suppress(ProcessLookupError):
-                    echo.proc.kill()
-            await echo.proc.wait()
-
-
-async def first_exit(fleet: Sequence[EchoProcess]) -> EchoProcess:
-    """The first process of `fleet` to exit."""
-    waits = {asyncio.ensure_future(echo.proc.wait()): echo for echo in fleet}
-    try:
-        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait(*waits)
-    return waits[done.pop()]
 
 
 async def wait_all_registered(discovery: Discovery, fleet: Sequence[EchoProcess]) -> None:
@@ -279,9 +209,9 @@ async def measure(endpoint: str, work_dir: Path, plan: Plan) -> Figures:
         await discovery.start(timeout=CHANGE_TIMEOUT)
         if discovery.lists == 0:
             raise BenchmarkFailed(f"{NAME}: no registry snapshot within {CHANGE_TIMEOUT} s")
-        figures = _summary(
+        figures = summary(
             "register_to_watch",
-            _ms(await register_to_watch(registration_etcd, clock, plan)),
+            in_ms(await register_to_watch(registration_etcd, clock, plan)),
             "ms",
             p99=True,
         )
@@ -297,12 +227,15 @@ async def measure(endpoint: str, work_dir: Path, plan: Plan) -> Figures:
                 await signal_to_vanish(clock, echo, signal.SIGTERM, CHANGE_TIMEOUT)
                 for echo in fleet[: plan.sigterm]
             ]
-            figures |= _summary("sigterm_to_vanish", _ms([v for v, _ in graceful]), "ms")
-            figures |= _summary("sigterm_to_exit", _ms([e for _, e in graceful]), "ms")
+            figures |= summary("sigterm_to_vanish", in_ms([v for v, _ in graceful]), "ms")
+            figures |= summary("sigterm_to_exit", in_ms([e for _, e in graceful]), "ms")
             for ttl, _ in plan.kill9:
                 victims = [echo for echo in fleet[plan.sigterm :] if echo.ttl == ttl]
                 vanish = await kill9_to_vanish(clock, victims, random.Random())
-                figures |= _summary(f"kill9_to_vanish_ttl{ttl}", vanish, "s")
+                figures |= summary(f"kill9_to_vanish_ttl{ttl}", vanish, "s")
+        tls_dir = work_dir / "tls"
+        await asyncio.to_thread(certs.ensure, tls_dir, ["echo", CALLER])
+        figures |= await CallerDrain(endpoint, work_dir, tls_dir).measure(plan)
         return figures
     finally:
         clock.close()
