@@ -26,7 +26,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +39,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from mesh.errors import Unavailable
-from mesh.events.subjects import StreamSpec, format_time
+from mesh.events.subjects import Headers, StreamSpec, format_time
 from mesh.policy.backoff import Backoff, BackoffPolicy
 
 __all__ = ["EventPublisher", "Outbox", "OutboxRelay", "OutboxRow"]
@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     trace      TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS outbox_sequences (
+    aggregate TEXT PRIMARY KEY,
+    last_seq  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -75,7 +83,13 @@ def _now() -> str:
 class EventPublisher(Protocol):
     """What the relay needs of `mesh.events.Publisher`."""
 
-    async def publish(self, message: Message, *, event_id: str | None = None) -> object: ...
+    async def publish(
+        self,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,9 @@ class OutboxRow:
     sent_at: str | None
     #: W3C trace context (JSON of traceparent/tracestate) of the span that added the event.
     trace: str = "{}"
+    #: Its place among this outbox's events of its aggregate (1, 2, ...); None for a row
+    #: written before outboxes numbered them.
+    aggregate_seq: int | None = None
 
 
 class Outbox:
@@ -117,6 +134,17 @@ class Outbox:
             raise ValueError("create the Outbox outside a transaction (it creates its table)")
         try:
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(outbox)")}
+            if "aggregate_seq" not in columns:  # a table made before events were numbered
+                self._conn.execute("ALTER TABLE outbox ADD COLUMN aggregate_seq INTEGER")
+            with self._conn:
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO outbox_meta (key, value) VALUES ('outbox_id', ?)",
+                    (uuid.uuid4().hex,),
+                )
+            (self.outbox_id,) = self._conn.execute(
+                "SELECT value FROM outbox_meta WHERE key = 'outbox_id'"
+            ).fetchone()
         except BaseException:
             if self._owned:
                 self._conn.close()
@@ -138,16 +166,24 @@ class Outbox:
         """Write `message` to the outbox in the caller's transaction; returns its event id.
 
         It is published only if that transaction commits. `aggregate` names the entity the event
-        is about (events of one aggregate are published in the order they were added).
+        is about: events of one aggregate are numbered 1, 2, 3, ... in the order they were added,
+        published in that order, and applied in that order by an `IdempotentHandler`.
         """
-        if not aggregate:
-            raise ValueError("aggregate must be non-empty")
+        if not aggregate or "\n" in aggregate or "\r" in aggregate:
+            raise ValueError(f"aggregate {aggregate!r} must be a non-empty single line")
         event_id = str(uuid.uuid4()) if event_id is None else event_id
         if not event_id or "\n" in event_id or "\r" in event_id:
             raise ValueError(f"event id {event_id!r} must be a non-empty single line")
+        # The number lives apart from the rows: sent rows are pruned, numbers never reused.
+        (aggregate_seq,) = conn.execute(
+            "INSERT INTO outbox_sequences (aggregate, last_seq) VALUES (?, 1)"
+            " ON CONFLICT (aggregate) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+            (aggregate,),
+        ).fetchone()
         conn.execute(
-            "INSERT INTO outbox (event_id, type, payload, aggregate, created_at, trace)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox"
+            " (event_id, type, payload, aggregate, created_at, trace, aggregate_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 event_id,
                 message.DESCRIPTOR.full_name,
@@ -155,6 +191,7 @@ class Outbox:
                 aggregate,
                 _now(),
                 _current_trace(),
+                aggregate_seq,
             ),
         )
         return event_id
@@ -174,8 +211,8 @@ class Outbox:
     def unsent(self, *, after: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Unsent rows with `seq > after`, oldest first."""
         rows = self._conn.execute(
-            "SELECT seq, event_id, type, payload, aggregate, created_at, sent_at, trace"
-            " FROM outbox"
+            "SELECT seq, event_id, type, payload, aggregate, created_at, sent_at, trace,"
+            " aggregate_seq FROM outbox"
             " WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
@@ -298,6 +335,15 @@ class OutboxRelay:
             self._classes[row.type] = cls
         return cls.FromString(row.payload)
 
+    def _order(self, row: OutboxRow) -> dict[str, str] | None:
+        """The headers that let a consumer apply the aggregate's events in order."""
+        if row.aggregate_seq is None:
+            return None
+        return {
+            Headers.AGGREGATE: row.aggregate,
+            Headers.SEQUENCE: f"{self.outbox.outbox_id}:{row.aggregate_seq}",
+        }
+
     def _mark(self) -> None:
         if self._unmarked:
             self.outbox.mark_sent(self._unmarked)
@@ -323,7 +369,9 @@ class OutboxRelay:
                 # publisher's and the handler's spans join the writer's trace.
                 token = otel_context.attach(propagate.extract(json.loads(row.trace or "{}")))
                 try:
-                    await self.publisher.publish(self._decode(row), event_id=row.event_id)
+                    await self.publisher.publish(
+                        self._decode(row), event_id=row.event_id, headers=self._order(row)
+                    )
                 finally:
                     otel_context.detach(token)
                 self._published_upto = row.seq

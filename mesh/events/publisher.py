@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 import nats.errors
@@ -120,10 +120,17 @@ class Publisher:
             Headers.TIME: format_time(self._clock()),
         }
 
-    async def publish(self, message: Message, *, event_id: str | None = None) -> PubAck:
+    async def publish(
+        self,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PubAck:
         """Publish `message` and wait until JetStream has stored it; returns JetStream's ack.
 
         Give `event_id` when retrying (or from an outbox row), so a second copy is dropped.
+        `headers` are added to the event's own (the outbox relay's aggregate and sequence).
         """
         full_name = message.DESCRIPTOR.full_name
         subject = self._subjects.get(full_name)
@@ -134,7 +141,13 @@ class Publisher:
         elif not event_id or header_value(event_id) != event_id:
             raise ValueError(f"event id {event_id!r} must be a non-empty single line")
         payload = message.SerializeToString()
+        extra = headers
         headers = self.headers_for(full_name, event_id)
+        if extra:
+            for name, value in extra.items():
+                if header_value(value) != value:
+                    raise ValueError(f"header {name} value {value!r} must be a single line")
+            headers.update(extra)
         if not self._tracing():
             # No tracer installed: no span of ours (it cost ~8 % of a publish), but a trace
             # context the caller carries still travels.

@@ -66,6 +66,10 @@ class Headers:
     CONTENT_TYPE = "content-type"
     TRACEPARENT = "traceparent"
     TRACESTATE = "tracestate"
+    # Events from an outbox: their aggregate, and "<outbox id>:<n>", the event's place among
+    # that outbox's events of that aggregate (1, 2, 3, ...), which consumers apply in order.
+    AGGREGATE = "Hms-Aggregate"
+    SEQUENCE = "Hms-Sequence"
     # Dead letters carry the original headers plus these.
     DLQ_REASON = "Hms-Dlq-Reason"  # "handler-failed" or "undecodable"
     DLQ_ERROR = "Hms-Dlq-Error"  # the error's text, one line, truncated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from google.protobuf.message import Message
 from hms.testing.v1.events_pb2 import VoucherSubmitted
 from mesh.errors import Unavailable
 from mesh.events.outbox import Outbox, OutboxRelay
-from mesh.events.subjects import events_stream
+from mesh.events.subjects import Headers, events_stream
 from mesh.policy.backoff import BackoffPolicy
 from mesh.testing import eventually
 
@@ -25,16 +26,24 @@ class FakePublisher:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, Message]] = []
+        self.headers: list[dict[str, str]] = []
         self.attempts = 0
         self.fail_at: set[int] = set()  # attempt numbers (1-based) that fail
         self.changed = asyncio.Event()
 
-    async def publish(self, message: Message, *, event_id: str | None = None) -> object:
+    async def publish(
+        self,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> object:
         self.attempts += 1
         if self.attempts in self.fail_at:
             raise Unavailable("nats down")
         assert event_id is not None
         self.published.append((event_id, message))
+        self.headers.append(dict(headers or {}))
         self.changed.set()
         return None
 
@@ -61,6 +70,21 @@ async def test_relays_in_seq_order_with_the_row_event_id(tmp_path: Path) -> None
     assert isinstance(publisher.published[0][1], VoucherSubmitted)
     assert publisher.published[0][1].voucher_id == "v0"
     assert relay.pending() == 0
+
+
+async def test_each_event_carries_its_place_among_its_aggregates_events(tmp_path: Path) -> None:
+    db = tmp_path / "svc.sqlite3"
+    outbox = Outbox(db)
+    fill(db, outbox, 7, aggregates=3)  # round robin: a0 a1 a2 a0 a1 a2 a0
+    publisher = FakePublisher()
+    relay = OutboxRelay(outbox, publisher, stream=events_stream(), backoff=FAST)
+    await relay.relay_once()
+    got = [(h[Headers.AGGREGATE], h[Headers.SEQUENCE]) for h in publisher.headers]
+    oid = outbox.outbox_id
+    assert got == [
+        ("a0", f"{oid}:1"), ("a1", f"{oid}:1"), ("a2", f"{oid}:1"),
+        ("a0", f"{oid}:2"), ("a1", f"{oid}:2"), ("a2", f"{oid}:2"), ("a0", f"{oid}:3"),
+    ]  # fmt: skip
 
 
 async def test_failure_stops_the_batch_and_the_retry_resumes_at_the_unsent_row(
