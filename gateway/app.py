@@ -199,7 +199,6 @@ class Gateway:
         try:
             if responder.status == 0:
                 await responder.error(GatewayError.internal(request.request_id))
-                responder.status = 500
             else:
                 await responder.body(b"")
         except Exception as exc:  # the client is gone too: nothing more to tell anyone
