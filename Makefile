@@ -18,8 +18,8 @@ install: $(STAMP) $(GEN_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# compat mode: the project root goes on sys.path, so packages added later import too.
-	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	# Editable: the installed names (hms_gateway -> gateway/, ...) map to the folders here.
+	$(PY) -m pip install --quiet -e '.[dev]'
 	# The generated package lives in gen/; a .pth file puts it on the venv's path.
 	echo "$(CURDIR)/gen" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hms_mesh_gen.pth"
 	touch $(STAMP)
@@ -69,7 +69,7 @@ up: install
 	$(BIN)/mesh up
 
 demo: install
-	$(PY) -m services.demo
+	$(PY) -m hms_tools.demo
 
 bench: install
 	$(PY) -m bench

@@ -65,7 +65,7 @@ def summary(prefix: str, values: Sequence[float], unit: str, *, p99: bool = Fals
 
 @dataclass
 class EchoProcess:
-    """One `services.echo.main` process, told apart from the others by its deployment name."""
+    """One `tests.backends.echo.main` process, told apart from the others by its deployment name."""
 
     deployment: str
     ttl: int
@@ -95,7 +95,7 @@ async def spawn_echo(
     tls_dir: Path | None = None,
     extra: Sequence[str] = (),
 ) -> EchoProcess:
-    """Start `services.echo.main` (plaintext, or mTLS with the `echo` certificate of
+    """Start `tests.backends.echo.main` (plaintext, or mTLS with the `echo` certificate of
     `tls_dir`); its log is `work_dir/<deployment>.log`."""
     log_path = work_dir / f"{deployment}.log"
     security = ["--insecure"] if tls_dir is None else [f"--tls-dir={tls_dir}", "--cert-name=echo"]
@@ -104,7 +104,7 @@ async def spawn_echo(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.echo.main",
+            "tests.backends.echo.main",
             *security,
             f"--etcd={endpoint}",
             f"--namespace={namespace}",

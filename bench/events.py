@@ -34,7 +34,7 @@ from nats.js import JetStreamContext
 
 from bench import BenchmarkFailed, Figures, percentile
 from hms.testing.v1.events_pb2 import VoucherSubmitted
-from mesh.devstack import NatsProcess
+from hms_tools.devstack import NatsProcess
 from mesh.events import ConsumerSpec, EventMeta, Publisher, Subscriber, ensure_stream
 from mesh.events.subjects import Headers, event_subject, events_stream
 

@@ -29,8 +29,8 @@ from typing import Any
 
 from bench import BenchmarkFailed, Figures
 from bench.loadgen import Plan, Round, interleaved, run_loadgen
-from mesh import certs
-from mesh.devstack import DevStack, GatewayProcess, ListeningProcess, ServiceProcess
+from hms_tools import certs
+from hms_tools.devstack import DevStack, GatewayProcess, ListeningProcess, ServiceProcess
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
 

@@ -34,12 +34,12 @@ import uvicorn
 
 from bench.gateway import CALLER, ROOT, stack
 from bench.rest_handler import make_app
-from gateway.app import Gateway
-from gateway.config import GatewayConfig
-from gateway.endpoint import endpoints_of
-from gateway.routes import RouteTable
-from gateway.serve import listening_socket
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
+from hms_gateway.app import Gateway
+from hms_gateway.config import GatewayConfig
+from hms_gateway.endpoint import endpoints_of
+from hms_gateway.routes import RouteTable
+from hms_gateway.serve import listening_socket
 from mesh.client.call import CallInfo
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig

@@ -37,8 +37,8 @@ from typing import Any
 
 from bench import BenchmarkFailed, Figures
 from bench.loadgen import Plan, Round, interleaved, run_loadgen
-from mesh import certs
-from mesh.devstack import DevStack, ServiceProcess
+from hms_tools import certs
+from hms_tools.devstack import DevStack, ServiceProcess
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.registration import Registration

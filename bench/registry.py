@@ -47,9 +47,9 @@ from bench.echo_fleet import (
     summary,
     within,
 )
-from mesh import certs
+from hms_tools import certs
+from hms_tools.devstack import DevStack
 from mesh.aio import cancel_and_wait
-from mesh.devstack import DevStack
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.registration import Registration

@@ -25,8 +25,8 @@ import grpc
 import uvicorn
 from google.protobuf import json_format
 
-from gateway.serve import listening_socket
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
+from hms_gateway.serve import listening_socket
 from mesh import tls
 
 

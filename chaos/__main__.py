@@ -113,9 +113,12 @@ async def run(keys: Sequence[str], soak_s: float, base: Path) -> dict[str, Any]:
         print(flush=True)
     if soak_s > 0:
         from chaos.soak import soak
-        from mesh.stack import Stack, StackConfig
+        from hms_tools.stack import Stack, StackConfig
 
-        stack = Stack(StackConfig(state_dir=base / "soak", scale={"echo": 2}))
+        deployments = ("echo", "eligibility", "notify")  # echo: the soak's target
+        stack = Stack(
+            StackConfig(state_dir=base / "soak", deployments=deployments, scale={"echo": 2})
+        )
         await stack.start()
         try:
             results["soak"] = await soak(stack, soak_s)

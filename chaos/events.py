@@ -47,7 +47,7 @@ from nats.js import JetStreamContext
 
 from chaos import ScenarioFailed
 from hms.testing.v1.events_pb2 import VoucherSubmitted
-from mesh.devstack import NatsProcess
+from hms_tools.devstack import NatsProcess
 from mesh.events import (
     EventMeta,
     IdempotentHandler,

@@ -33,12 +33,12 @@ from chaos.load import Recorder, Target, grpc_target, http_target, run_load
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from hms.notify.v1 import notify_pb2, notify_pb2_grpc
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
+from hms_tools.stack import OPS_IDENTITY, Stack, StackConfig
+from hms_tools.supervisor import Replica, ReplicaState, Supervisor
 from mesh import tls
 from mesh.client import ClientConfig, MeshChannel
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd, EtcdError
-from mesh.stack import OPS_IDENTITY, Stack, StackConfig
-from mesh.supervisor import Replica, ReplicaState, Supervisor
 
 __all__ = ["SCENARIOS", "Run", "Scenario", "run_scenario"]
 

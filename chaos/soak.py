@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from chaos.load import Recorder, http_target, run_load
 
 if TYPE_CHECKING:
-    from mesh.stack import Stack
+    from hms_tools.stack import Stack
 
 __all__ = ["count_fds", "judge", "read_rss_kib", "slope_per_minute", "soak"]
 

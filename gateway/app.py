@@ -37,26 +37,35 @@ from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway import streaming
-from gateway.asgi import ClientGone, Receive, Request, Responder, Scope, Send, json_bytes, read_body
-from gateway.auth import IDENTITY_KEYS, JwtVerifier, identity_metadata
-from gateway.config import GatewayConfig
-from gateway.endpoint import Endpoint
-from gateway.errors import GatewayError, http_status, status_body
-from gateway.headers import (
+from hms_gateway import streaming
+from hms_gateway.asgi import (
+    ClientGone,
+    Receive,
+    Request,
+    Responder,
+    Scope,
+    Send,
+    json_bytes,
+    read_body,
+)
+from hms_gateway.auth import IDENTITY_KEYS, JwtVerifier, identity_metadata
+from hms_gateway.config import GatewayConfig
+from hms_gateway.endpoint import Endpoint
+from hms_gateway.errors import GatewayError, http_status, status_body
+from hms_gateway.headers import (
     from_metadata,
     is_printable_ascii,
     parse_grpc_timeout,
     success_status,
     to_metadata,
 )
-from gateway.openapi import build_openapi
-from gateway.ratelimit import RateLimiter
-from gateway.router import Match, MethodNotAllowed
-from gateway.routes import RouteTable
-from gateway.template.match import BadPath
-from gateway.tracing import NO_TRACING, Tracing
-from gateway.transcode import HTTP_BODY, render_response
+from hms_gateway.openapi import build_openapi
+from hms_gateway.ratelimit import RateLimiter
+from hms_gateway.router import Match, MethodNotAllowed
+from hms_gateway.routes import RouteTable
+from hms_gateway.template.match import BadPath
+from hms_gateway.tracing import NO_TRACING, Tracing
+from hms_gateway.transcode import HTTP_BODY, render_response
 from mesh.aio import cancel_and_wait, cancelled_by_caller
 from mesh.client.call import CallInfo, CallKind
 from mesh.client.channel import MeshChannel

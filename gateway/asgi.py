@@ -12,7 +12,7 @@ import random
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import GatewayError
+from hms_gateway.errors import GatewayError
 
 __all__ = ["ClientGone", "Request", "Responder", "json_bytes", "read_body"]
 

@@ -3,7 +3,7 @@
 The gateway verifies ``Authorization: Bearer <jwt>`` once, at the edge, and hands the backends
 the verified identity as metadata (:func:`identity_metadata`); backends then trust those keys
 because the gateway drops any client-sent header with one of them (:data:`IDENTITY_KEYS`, passed
-as ``reserved`` to :func:`gateway.headers.to_metadata`).
+as ``reserved`` to :func:`hms_gateway.headers.to_metadata`).
 
 Signatures are checked by PyJWT; nothing cryptographic is written here. What *is* decided here,
 because PyJWT leaves it to the caller, is which key may verify which token:
@@ -49,8 +49,8 @@ from jwt.exceptions import (
 )
 from jwt.types import Options
 
-from gateway.errors import GatewayError
-from gateway.jwt_keys import ALGORITHMS, JwtConfig, VerificationKey
+from hms_gateway.errors import GatewayError
+from hms_gateway.jwt_keys import ALGORITHMS, JwtConfig, VerificationKey
 
 __all__ = [
     "ALGORITHMS",

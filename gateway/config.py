@@ -1,16 +1,16 @@
 """The gateway's settings: one frozen dataclass, validated on construction.
 
-Files and the environment are read by the command line (mesh/cli/gateway.py), never here.
+Files and the environment are read by the command line (tools/cli/gateway.py), never here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.auth import JwtConfig
-from gateway.cors import CorsPolicy
-from gateway.ratelimit import RateLimit
-from gateway.transcode import JsonOptions
+from hms_gateway.auth import JwtConfig
+from hms_gateway.cors import CorsPolicy
+from hms_gateway.ratelimit import RateLimit
+from hms_gateway.transcode import JsonOptions
 
 __all__ = ["GatewayConfig"]
 

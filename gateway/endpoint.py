@@ -20,9 +20,9 @@ from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from gateway.transcode import RequestMapping
+from hms_gateway.transcode import RequestMapping
 from mesh.client.call import CallKind
-from mesh.policy.retry import Idempotency
+from mesh.resilience.retry import Idempotency
 
 __all__ = ["Endpoint", "endpoints_of", "http_rule_of"]
 

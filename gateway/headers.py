@@ -28,7 +28,7 @@ import binascii
 import re
 from collections.abc import Collection, Iterable
 
-from gateway.errors import GatewayError
+from hms_gateway.errors import GatewayError
 
 __all__ = [
     "METADATA_HEADER_PREFIX",
@@ -102,7 +102,7 @@ def parse_grpc_timeout(value: str) -> float:
     0.25
     >>> parse_grpc_timeout("1.5S")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    gateway.errors.GatewayError: header 'grpc-timeout': invalid value '1.5S': ...
+    hms_gateway.errors.GatewayError: header 'grpc-timeout': invalid value '1.5S': ...
     """
     match = _TIMEOUT.fullmatch(value)
     if match is None:

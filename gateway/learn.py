@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import descriptor_pb2
 
-from gateway.endpoint import Endpoint, endpoints_of, http_rule_of
-from gateway.reflection import (
+from hms_gateway.endpoint import Endpoint, endpoints_of, http_rule_of
+from hms_gateway.reflection import (
     Opener,
     ReflectionError,
     build_pool,
@@ -29,12 +29,12 @@ from gateway.reflection import (
     via_channel,
     via_endpoint,
 )
-from gateway.routes import RouteTable
+from hms_gateway.routes import RouteTable
 from mesh.aio import cancel_and_wait
 from mesh.client.channel import MeshChannel
 from mesh.client.endpoint import Endpoint as InstanceEndpoint
-from mesh.policy.backoff import Backoff, BackoffPolicy
 from mesh.registry.watch import Change, ChangeKind, Discovery
+from mesh.resilience.backoff import Backoff, BackoffPolicy
 
 __all__ = ["RegistryLearner", "instance_of_version", "load_descriptor_set"]
 

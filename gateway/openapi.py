@@ -1,11 +1,11 @@
 """Describe the gateway's HTTP/JSON surface as an OpenAPI 3.0.3 document, from descriptors alone.
 
 Why: REST clients (and their code generators) need a contract, and the only truth about what the
-gateway accepts is the set of :class:`~gateway.endpoint.Endpoint` it routes, built from the same
+gateway accepts is the set of :class:`~hms_gateway.endpoint.Endpoint` it routes, built from the same
 ``google.api.http`` rules and descriptors. Generating the document from those (rather than
 from a second set of annotations) keeps it from drifting. The model is grpc-gateway's
 ``protoc-gen-openapiv2``, in OpenAPI 3 and simplified; the JSON it describes is protobuf's
-canonical proto3 mapping, with the same :class:`~gateway.transcode.JsonOptions` the gateway
+canonical proto3 mapping, with the same :class:`~hms_gateway.transcode.JsonOptions` the gateway
 renders with.
 
 Decisions, each one a place where OpenAPI cannot say exactly what ``google.api.http`` says:
@@ -23,7 +23,7 @@ Decisions, each one a place where OpenAPI cannot say exactly what ``google.api.h
   dots as underscores. Additional bindings of a method get ``_1``, ``_2``... in input order.
   ``tags`` is the full service name, ``summary`` the full method name.
 - **Query parameters** (only when the body is not ``"*"``): every field the query can set (see
-  ``gateway.query``) that the path or the body does not bind: scalars, enums (by value name),
+  ``hms_gateway.query``) that the path or the body does not bind: scalars, enums (by value name),
   repeated ones (``style: form, explode: true``) and the text-settable well-known types, with
   dotted names through nested messages. Maps, repeated messages and other message-typed WKTs
   cannot be set from the query and are left out. Recursion stops at a message already on the
@@ -37,7 +37,7 @@ Decisions, each one a place where OpenAPI cannot say exactly what ``google.api.h
   So are custom HTTP methods outside OpenAPI's eight (``custom: {kind: "LIST"}``).
 - **Schemas.** One component per message reached, keyed by its full proto name; enums, maps and
   well-known types are inlined. ``google.rpc.Status`` is defined here, as the gateway's error
-  body (``gateway.errors``). Oneof members are plain optional properties.
+  body (``hms_gateway.errors``). Oneof members are plain optional properties.
 
 The output is a plain JSON-serialisable dict; paths and schemas are sorted, so the same input
 gives the same document.
@@ -50,8 +50,8 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor
 
-from gateway.endpoint import Endpoint
-from gateway.openapi_schemas import (
+from hms_gateway.endpoint import Endpoint
+from hms_gateway.openapi_schemas import (
     STATUS_SCHEMA,
     Schemas,
     is_map,
@@ -59,9 +59,9 @@ from gateway.openapi_schemas import (
     text_schema,
     well_known_schema,
 )
-from gateway.query import is_text_settable, resolve_field_path
-from gateway.template.parse import DeepWildcard, Literal, Template, Variable, parse_template
-from gateway.transcode import DEFAULT_OPTIONS, HTTP_BODY, JsonOptions
+from hms_gateway.query import is_text_settable, resolve_field_path
+from hms_gateway.template.parse import DeepWildcard, Literal, Template, Variable, parse_template
+from hms_gateway.transcode import DEFAULT_OPTIONS, HTTP_BODY, JsonOptions
 
 __all__ = ["OPENAPI_VERSION", "STATUS_SCHEMA", "build_openapi", "openapi_path"]
 
@@ -299,7 +299,7 @@ def build_openapi(
     ``ValueError`` when two endpoints share an HTTP method and an OpenAPI path.
 
     >>> from hms.testing.v1 import echo_pb2
-    >>> from gateway.endpoint import endpoints_of
+    >>> from hms_gateway.endpoint import endpoints_of
     >>> doc = build_openapi(endpoints_of(echo_pb2.DESCRIPTOR.services_by_name["EchoService"]))
     >>> sorted(doc["paths"])[:2]
     ['/v1/echo', '/v1/echo:once']

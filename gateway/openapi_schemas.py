@@ -3,7 +3,7 @@
 The half of the OpenAPI document (gateway/openapi.py) that knows protobuf: one component per
 message reached, keyed by its full name; enums, maps and well-known types inlined;
 ``google.rpc.Status``, the gateway's error body, defined here. Field names follow the
-gateway's :class:`~gateway.transcode.JsonOptions`.
+gateway's :class:`~hms_gateway.transcode.JsonOptions`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gateway.transcode import JsonOptions
+from hms_gateway.transcode import JsonOptions
 
 __all__ = [
     "STATUS_SCHEMA",
@@ -97,7 +97,7 @@ def well_known_schema(name: str) -> dict[str, Any] | None:
 
 
 def _status_schema() -> dict[str, Any]:
-    """google.rpc.Status as the gateway writes it (``gateway.errors.status_body``)."""
+    """google.rpc.Status as the gateway writes it (``hms_gateway.errors.status_body``)."""
     return {
         "type": "object",
         "properties": {

@@ -47,7 +47,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from gateway.errors import GatewayError
+from hms_gateway.errors import GatewayError
 
 __all__ = [
     "UnknownField",

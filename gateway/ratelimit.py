@@ -2,7 +2,7 @@
 
 A bucket holds up to ``burst`` tokens and refills continuously at ``rate`` tokens per second;
 a request takes one token or is refused with the time until one is there, which the gateway
-sends as ``Retry-After`` (:meth:`gateway.errors.GatewayError.rate_limited`).
+sends as ``Retry-After`` (:meth:`hms_gateway.errors.GatewayError.rate_limited`).
 
 Memory is bounded: at most ``max_clients`` buckets are kept, least recently used dropped first.
 A dropped client simply starts again with a full bucket. That is acceptable because a bucket

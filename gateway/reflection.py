@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from mesh.client.call import CallInfo, CallKind
 from mesh.client.channel import MeshChannel
 from mesh.client.endpoint import Endpoint
-from mesh.policy.retry import Idempotency
+from mesh.resilience.retry import Idempotency
 
 __all__ = [
     "Opener",

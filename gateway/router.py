@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gateway.template.match import Matcher, compile_template, split_path
-from gateway.template.parse import DeepWildcard, Literal, Template, parse_template
+from hms_gateway.template.match import Matcher, compile_template, split_path
+from hms_gateway.template.parse import DeepWildcard, Literal, Template, parse_template
 
 __all__ = ["Match", "MethodNotAllowed", "NotFound", "Resolution", "Route", "Router", "specificity"]
 

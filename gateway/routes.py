@@ -6,7 +6,7 @@ change, so derived views (the OpenAPI document) are rebuilt only when something 
 
 >>> table = RouteTable()
 >>> from hms.testing.v1 import echo_pb2
->>> from gateway.endpoint import endpoints_of
+>>> from hms_gateway.endpoint import endpoints_of
 >>> table.set_service("hms.testing.v1.EchoService",
 ...                   endpoints_of(echo_pb2.DESCRIPTOR.services_by_name["EchoService"]))
 >>> table.resolve("POST", "/v1/echo").route.payload.path
@@ -19,8 +19,8 @@ import logging
 from collections.abc import Iterable
 from types import MappingProxyType
 
-from gateway.endpoint import Endpoint
-from gateway.router import Match, MethodNotAllowed, NotFound, Router
+from hms_gateway.endpoint import Endpoint
+from hms_gateway.router import Match, MethodNotAllowed, NotFound, Router
 
 __all__ = ["RouteTable"]
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class RouteTable:
-    """Routes per service, resolved in one pass (see gateway.router for precedence)."""
+    """Routes per service, resolved in one pass (see hms_gateway.router for precedence)."""
 
     #: Resolutions remembered, by (method, raw path); the cache is emptied when full.
     CACHE_SIZE = 4096

@@ -18,11 +18,11 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from gateway.app import Gateway, GatewayMetrics
-from gateway.config import GatewayConfig
-from gateway.learn import RegistryLearner, load_descriptor_set
-from gateway.routes import RouteTable
-from gateway.tracing import NO_TRACING, RequestTracer, Tracing
+from hms_gateway.app import Gateway, GatewayMetrics
+from hms_gateway.config import GatewayConfig
+from hms_gateway.learn import RegistryLearner, load_descriptor_set
+from hms_gateway.routes import RouteTable
+from hms_gateway.tracing import NO_TRACING, RequestTracer, Tracing
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig
 from mesh.gc_tuning import settle_heap

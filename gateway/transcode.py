@@ -34,8 +34,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
-from gateway.errors import GatewayError
-from gateway.query import (
+from hms_gateway.errors import GatewayError
+from hms_gateway.query import (
     UnknownField,
     ValueProblem,
     apply_query,
@@ -43,7 +43,7 @@ from gateway.query import (
     resolve_field_path,
     set_text_value,
 )
-from gateway.template.parse import parse_template
+from hms_gateway.template.parse import parse_template
 
 __all__ = ["JsonOptions", "RequestMapping", "render_response"]
 

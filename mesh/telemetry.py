@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mesh.errors import MeshError
-from mesh.server_wrap import Behaviour, Kind, WrapCache
+from mesh.server.wrap import Behaviour, Kind, WrapCache
 
 __all__ = [
     "EXPORTERS",

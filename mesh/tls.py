@@ -1,4 +1,4 @@
-"""mTLS credentials for mesh servers and channels, from a TLS directory made by `mesh.certs`.
+"""mTLS credentials for mesh servers and channels, from a TLS directory (`mesh certs` makes one).
 
 Servers require a client certificate from the mesh CA and pick up a rotated certificate
 without a restart: grpcio asks a fetcher before *every* new handshake, and ours re-reads the
@@ -22,7 +22,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mesh import certs
+from mesh.identity import CA_CERT, identity_dns_name, read_identity
 
 __all__ = [
     "CertificateReloader",
@@ -57,7 +57,7 @@ class TlsFiles:
     @property
     def ca(self) -> Path:
         """The mesh CA's certificate (the trust root for peers)."""
-        return self.tls_dir / certs.CA_CERT
+        return self.tls_dir / CA_CERT
 
     @property
     def cert(self) -> Path:
@@ -167,7 +167,7 @@ def channel_options_for(identity: str) -> list[tuple[str, str]]:
     >>> channel_options_for("spiffe://hms.local/svc/notify")
     [('grpc.ssl_target_name_override', 'notify.svc.hms.local')]
     """
-    return [("grpc.ssl_target_name_override", certs.identity_dns_name(identity))]
+    return [("grpc.ssl_target_name_override", identity_dns_name(identity))]
 
 
 def instance_channel(address: str, identity: str, files: TlsFiles) -> grpc.aio.Channel:
@@ -184,7 +184,7 @@ def instance_channel(address: str, identity: str, files: TlsFiles) -> grpc.aio.C
 def identity_of(files: TlsFiles) -> str:
     """The SPIFFE ID in this identity's certificate (what to register in the registry)."""
     files.require()
-    return certs.read_identity(files.cert.read_bytes())
+    return read_identity(files.cert.read_bytes())
 
 
 def _check_pair(cert_pem: bytes, key_pem: bytes, files: TlsFiles) -> None:

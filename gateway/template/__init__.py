@@ -2,13 +2,13 @@
 
 Example::
 
-    >>> from gateway.template import match, parse_template
+    >>> from hms_gateway.template import match, parse_template
     >>> match(parse_template("/v1/{name=shelves/*}:publish"), "/v1/shelves/s1:publish")
     {'name': 'shelves/s1'}
 """
 
-from gateway.template.match import BadPath, Matcher, compile_template, match
-from gateway.template.parse import (
+from hms_gateway.template.match import BadPath, Matcher, compile_template, match
+from hms_gateway.template.parse import (
     DeepWildcard,
     Literal,
     Segment,

@@ -24,7 +24,7 @@ binds ``name="a:b"`` for ``/v1/a:b``. With one, the last ``:`` of the last segme
 
 Example::
 
-    >>> from gateway.template.parse import parse_template
+    >>> from hms_gateway.template.parse import parse_template
     >>> match(parse_template("/v1/{path=files/**}"), "/v1/files/a%2Fb/c%20d")
     {'path': 'files/a%2Fb/c d'}
 """
@@ -35,7 +35,7 @@ import functools
 import string
 from dataclasses import dataclass
 
-from gateway.template.parse import DeepWildcard, Literal, Template, Variable, Wildcard
+from hms_gateway.template.parse import DeepWildcard, Literal, Template, Variable, Wildcard
 
 __all__ = ["BadPath", "Matcher", "PathView", "compile_template", "match", "split_path"]
 
@@ -209,7 +209,7 @@ def match(template: Template, path: str) -> dict[str, str] | None:
 
     Raises ``BadPath`` for a malformed path, whether or not it would have matched.
 
-    >>> from gateway.template.parse import parse_template
+    >>> from hms_gateway.template.parse import parse_template
     >>> match(parse_template("/v1/{name}"), "/v1/a%2Fb")
     {'name': 'a/b'}
     """

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from mesh.authz.policy import Decision, Mode, Policy, PolicyError, is_always_allowed, load_policy
-from mesh.server_wrap import Behaviour, Kind, WrapCache
+from mesh.server.wrap import Behaviour, Kind, WrapCache
 
 __all__ = ["AuthzInterceptor", "PolicySource", "caller_identity", "denial_message"]
 

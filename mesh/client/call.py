@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from mesh.aio import cancelled_by_caller
-from mesh.policy.retry import Idempotency
+from mesh.resilience.retry import Idempotency
 
 __all__ = [
     "CallInfo",

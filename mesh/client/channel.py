@@ -32,12 +32,12 @@ from mesh.client.middleware import (
     transport,
 )
 from mesh.client.pool import ServicePool
-from mesh.policy.budget import RetryBudget
-from mesh.policy.retry import idempotency_of
 from mesh.registry.etcd import Etcd
 from mesh.registry.keys import Instance
 from mesh.registry.static import StaticDiscovery, static_discovery
 from mesh.registry.watch import Change, ChangeKind, Discovery
+from mesh.resilience.budget import RetryBudget
+from mesh.resilience.retry import idempotency_of
 from mesh.telemetry import ChannelCollector, ClientMetrics
 
 __all__ = ["MeshChannel"]

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh.deadline import DeadlineConfig
-from mesh.policy.outlier import OutlierConfig
-from mesh.policy.retry import RetryPolicy
 from mesh.registry.keys import Instance
+from mesh.resilience.outlier import OutlierConfig
+from mesh.resilience.retry import RetryPolicy
 from mesh.tls import TlsFiles
 
 __all__ = ["LAYERS", "ClientConfig"]

@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.aio import cancel_and_wait
 from mesh.client.call import rpc_error
-from mesh.policy.backoff import Backoff, BackoffPolicy
-from mesh.policy.ewma import PeakEwma
 from mesh.registry.keys import Instance
+from mesh.resilience.backoff import Backoff, BackoffPolicy
+from mesh.resilience.ewma import PeakEwma
 
 __all__ = ["ChannelFactory", "Endpoint"]
 

@@ -29,8 +29,8 @@ import grpc
 from mesh.aio import cancelled_by_caller
 from mesh.client.call import CallInfo, GuardedStream, channel_closed_error, rpc_error
 from mesh.deadline import DeadlineConfig, inbound_deadline, outbound_deadline
-from mesh.policy.budget import RetryBudget
-from mesh.policy.retry import (
+from mesh.resilience.budget import RetryBudget
+from mesh.resilience.retry import (
     Pushback,
     RetryPolicy,
     can_hedge,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from mesh.client.balance import pick_p2c
 from mesh.client.endpoint import DRAIN_GRACE, ChannelFactory, Endpoint
-from mesh.policy.outlier import OutlierConfig, OutlierDetector
 from mesh.registry.watch import Change, ChangeKind
+from mesh.resilience.outlier import OutlierConfig, OutlierDetector
 
 __all__ = ["ServicePool"]
 

@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 
 from mesh.events.subjects import Headers
 from mesh.events.subscriber import EventMeta
-from mesh.policy.backoff import Backoff, BackoffPolicy
+from mesh.resilience.backoff import Backoff, BackoffPolicy
 
 __all__ = ["Apply", "BadSequence", "IdempotentHandler", "NotYet", "sequence_of"]
 

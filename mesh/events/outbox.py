@@ -40,7 +40,7 @@ from opentelemetry import propagate
 
 from mesh.errors import Unavailable
 from mesh.events.subjects import Headers, StreamSpec, format_time
-from mesh.policy.backoff import Backoff, BackoffPolicy
+from mesh.resilience.backoff import Backoff, BackoffPolicy
 
 __all__ = ["EventPublisher", "Outbox", "OutboxRelay", "OutboxRow"]
 

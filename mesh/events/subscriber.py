@@ -53,7 +53,7 @@ from mesh.events.subjects import (
     event_subject,
     stream_name,
 )
-from mesh.policy.backoff import Backoff, BackoffPolicy
+from mesh.resilience.backoff import Backoff, BackoffPolicy
 
 __all__ = ["EventMeta", "Handler", "Subscriber", "Subscription"]
 

@@ -18,9 +18,9 @@ import logging
 from collections.abc import Sequence
 
 from mesh.aio import cancel_and_wait, first_failure
-from mesh.policy.backoff import Backoff
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd, EtcdError, EtcdUnavailable, LeaseLost
+from mesh.resilience.backoff import Backoff
 
 __all__ = ["Registration"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from mesh.certs import spiffe_id
+from mesh.identity import spiffe_id
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Listener
 

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from mesh.aio import cancel_and_wait
-from mesh.policy.backoff import Backoff
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd, EtcdUnavailable, WatchCompacted, WatchEvent
+from mesh.resilience.backoff import Backoff
 
 __all__ = ["Change", "ChangeKind", "Discovery"]
 

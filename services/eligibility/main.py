@@ -1,9 +1,9 @@
-"""Runs the eligibility service: `python -m services.eligibility.main --help`."""
+"""Runs the eligibility service: `python -m hms_services.eligibility.main --help`."""
 
 from __future__ import annotations
 
-from mesh.runner import run_service
-from services.eligibility.service import EligibilityService
+from hms_services.eligibility.service import EligibilityService
+from mesh.server.runner import run_service
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Runs the notify service: `python -m services.notify.main --help`.
+"""Runs the notify service: `python -m hms_services.notify.main --help`.
 
 Notifications are kept in `<data-dir>/notify.sqlite3`.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mesh.runner import Runtime, run_service
-from services.notify.service import NotifyService
-from services.notify.store import NotificationStore
+from hms_services.notify.service import NotifyService
+from hms_services.notify.store import NotificationStore
+from mesh.server.runner import Runtime, run_service
 
 
 def _servicers(runtime: Runtime) -> list[object]:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, cast
 from google.protobuf import timestamp_pb2
 
 from hms.notify.v1 import notify_pb2, notify_pb2_grpc
+from hms_services.notify.store import Cursor, Notification, NotificationStore
 from mesh.errors import InvalidArgument
-from services.notify.store import Cursor, Notification, NotificationStore
 
 if TYPE_CHECKING:
     import grpc.aio

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.demo import rest_scenario, scenario
+from hms_tools.demo import rest_scenario, scenario
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def test_mesh_up_ls_scenario_and_clean_stop(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     up = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "up", "--state-dir", str(state)],
+        [sys.executable, "-m", "hms_tools.cli", "up", "--state-dir", str(state)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -46,11 +46,12 @@ def test_mesh_up_ls_scenario_and_clean_stop(tmp_path: Path) -> None:
     try:
         _wait_until_ready(up, 60)
         info = json.loads((state / "stack.json").read_text())
-        assert set(info["services"]) >= {"eligibility", "notify", "echo"}
+        # The domain services only: test backends (echo, mirror) are never started by mesh up.
+        assert set(info["services"]) == {"eligibility", "notify"}
         assert (Path(info["tls_dir"]) / "ops.pem").exists()
 
         ls = subprocess.run(
-            [sys.executable, "-m", "mesh.cli", "ls", "--state-dir", str(state)],
+            [sys.executable, "-m", "hms_tools.cli", "ls", "--state-dir", str(state)],
             capture_output=True, text=True, timeout=30, env=env, check=False,
         )  # fmt: skip
         assert ls.returncode == 0, ls.stderr

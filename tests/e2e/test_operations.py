@@ -19,10 +19,10 @@ import pytest
 
 from chaos.load import Recorder, grpc_target, http_target, run_load
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
+from hms_tools.control import send_request
+from hms_tools.stack import Stack, StackConfig
+from hms_tools.supervisor import ReplicaState
 from mesh.client import ClientConfig, MeshChannel
-from mesh.control import send_request
-from mesh.stack import Stack, StackConfig
-from mesh.supervisor import ReplicaState
 from mesh.testing import eventually
 from mesh.tls import TlsFiles
 
@@ -119,7 +119,7 @@ async def mesh_cli(state_dir: Path, *args: str) -> tuple[int, str]:
     """`mesh ARGS --state-dir STATE` as its own process (the test's loop serves the socket)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh.cli", *args, "--state-dir", str(state_dir),
+        sys.executable, "-m", "hms_tools.cli", *args, "--state-dir", str(state_dir),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
@@ -231,7 +231,7 @@ async def test_a_killed_replica_is_reported_restarted_and_listed(
 async def test_control_refuses_bad_requests_and_the_stack_serves_on(
     running: Callable[[int], Awaitable[Running]], request_: dict[str, Any], error: str
 ) -> None:
-    from mesh.control import ControlError
+    from hms_tools.control import ControlError
 
     run = await running(1)
     with pytest.raises(ControlError, match=error):

@@ -10,8 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mesh import certs, tls
-from mesh.devstack import EtcdProcess, ServiceProcess
+from hms_tools import certs
+from hms_tools.devstack import EtcdProcess, ServiceProcess
+from mesh import tls
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
@@ -79,8 +80,8 @@ def service_process(
     grace: float = 5,
     extra: tuple[str, ...] = (),
 ) -> ServiceProcess:
-    """`python -m services.<package>.main` with its certificate, data dir and log under `base`
-    (not started)."""
+    """The service or test backend `package` (tools/devstack.py, `service_module`) with its
+    certificate, data dir and log under `base` (not started)."""
     args = [
         f"--etcd={etcd}",
         f"--tls-dir={tls_dir}",

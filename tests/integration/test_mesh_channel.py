@@ -12,12 +12,12 @@ import grpc
 import pytest
 
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
+from hms_tools.devstack import EtcdProcess, ServiceProcess
 from mesh import tls
 from mesh.client import ClientConfig, MeshChannel
-from mesh.devstack import EtcdProcess, ServiceProcess
-from mesh.policy.outlier import OutlierConfig
 from mesh.registry import keys
 from mesh.registry.watch import ChangeKind, Discovery
+from mesh.resilience.outlier import OutlierConfig
 
 from .conftest import ServiceFactory, wait_for_deployment
 

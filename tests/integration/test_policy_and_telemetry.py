@@ -12,9 +12,10 @@ import grpc
 import pytest
 
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
-from mesh import certs, tls
+from hms_tools import certs
+from hms_tools.devstack import EtcdProcess
+from mesh import tls
 from mesh.client import ClientConfig, MeshChannel
-from mesh.devstack import EtcdProcess
 from mesh.registry.watch import Discovery
 
 from .conftest import ServiceFactory, wait_for_deployment

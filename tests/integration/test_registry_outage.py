@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from mesh.devstack import EtcdProcess
+from hms_tools.devstack import EtcdProcess
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd, WatchCompacted
 from mesh.registry.registration import Registration

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
-from mesh import certs
-from mesh.devstack import binary
+from hms_tools import certs
+from hms_tools.devstack import binary
 from mesh.registry import keys
 from mesh.registry.watch import ChangeKind, Discovery
 

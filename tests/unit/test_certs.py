@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mesh import certs
-from mesh.cli import certs as certs_cli
+from hms_tools import certs
+from hms_tools.cli import certs as certs_cli
 
 
 def load(path: Path) -> x509.Certificate:

@@ -12,7 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mesh import certs, tls
+from hms_tools import certs
+from mesh import tls
 
 NOTIFY = "spiffe://hms.local/svc/notify"
 StartServer = Callable[[grpc.ServerCredentials], Awaitable[int]]

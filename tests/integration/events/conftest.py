@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh.devstack import NatsProcess
+from hms_tools.devstack import NatsProcess
 from mesh.events.publisher import ensure_stream
 from mesh.events.subjects import dead_letter_stream, events_stream
 

@@ -19,13 +19,13 @@ import nats as nats_py
 import pytest
 
 from hms.testing.v1.events_pb2 import VoucherSubmitted
-from mesh.devstack import NatsProcess
+from hms_tools.devstack import NatsProcess
 from mesh.events.idempotency import IdempotentHandler
 from mesh.events.outbox import Outbox, OutboxRelay
 from mesh.events.publisher import Publisher, ensure_stream
 from mesh.events.subjects import ConsumerSpec, events_stream
 from mesh.events.subscriber import EventMeta, Subscriber
-from mesh.policy.backoff import BackoffPolicy
+from mesh.resilience.backoff import BackoffPolicy
 from mesh.testing import eventually
 
 pytestmark = pytest.mark.integration

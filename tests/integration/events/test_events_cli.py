@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from hms.testing.v1.events_pb2 import VoucherSubmitted
-from mesh.devstack import NatsProcess
+from hms_tools.devstack import NatsProcess
 from mesh.events.publisher import Publisher
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ async def mesh(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh.cli",
+        "hms_tools.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -120,7 +120,7 @@ async def test_no_nats_url_exits_2(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "mesh.cli",
+        "hms_tools.cli",
         "events",
         "ls",
         "--state-dir",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chaos.events import outbox_through_outage
-from mesh.devstack import NatsProcess
+from hms_tools.devstack import NatsProcess
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from mesh.events.outbox import Outbox, OutboxRelay
 from mesh.events.publisher import Publisher
 from mesh.events.subjects import ConsumerSpec, events_stream
 from mesh.events.subscriber import EventMeta, Subscriber
-from mesh.policy.backoff import BackoffPolicy
+from mesh.resilience.backoff import BackoffPolicy
 
 pytestmark = pytest.mark.integration
 

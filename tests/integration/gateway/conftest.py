@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh import certs
-from mesh.devstack import EtcdProcess, GatewayProcess, ServiceProcess
+from hms_tools import certs
+from hms_tools.devstack import EtcdProcess, GatewayProcess, ServiceProcess
 from mesh.testing import wait_until
 
 from ..conftest import clean_env, service_process

@@ -17,12 +17,12 @@ import pytest
 from grpc_reflection.v1alpha import reflection
 
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
-from mesh.certs import spiffe_id
-from mesh.devstack import GatewayProcess
+from hms_tools.certs import spiffe_id
+from hms_tools.devstack import GatewayProcess
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
 from mesh.testing import eventually
-from services.echo.service import EchoService
+from tests.backends.echo.service import EchoService
 
 from .conftest import GatewayStack, wait_ready
 

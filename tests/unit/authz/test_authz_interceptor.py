@@ -23,11 +23,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
-from mesh import certs, tls
+from hms_tools import certs
+from mesh import tls
 from mesh.authz import AuthzInterceptor, Policy, PolicyError, PolicySource, caller_identity
 from mesh.server import HostConfig, ServiceHost
-from mesh.server_wrap import Behaviour, Kind, kind_of, map_behaviour
-from services.echo.service import EchoService
+from mesh.server.wrap import Behaviour, Kind, kind_of, map_behaviour
+from tests.backends.echo.service import EchoService
 
 NOTIFY = certs.spiffe_id("notify")  # the server's identity
 OPS = certs.spiffe_id("ops")
@@ -204,7 +205,7 @@ async def test_plaintext_caller_has_no_identity(start_server: StartServer) -> No
 
 
 def issue_with_uris(tls_dir: Path, name: str, uris: list[str]) -> None:
-    """A client certificate from the mesh CA with the URI SANs given (mesh.certs never makes
+    """A client certificate from the mesh CA with the URI SANs given (hms_tools.certs never makes
     one with other than exactly one)."""
     ca_cert = x509.load_pem_x509_certificate((tls_dir / certs.CA_CERT).read_bytes())
     ca_key = serialization.load_pem_private_key((tls_dir / certs.CA_KEY).read_bytes(), None)

@@ -13,7 +13,7 @@ import pytest
 from mesh.client.call import CallInfo, CallKind, service_of
 from mesh.client.middleware import DeadlineLayer
 from mesh.deadline import DeadlineConfig, inbound_scope
-from mesh.policy.retry import Idempotency
+from mesh.resilience.retry import Idempotency
 
 NOW = 1000.0
 CONFIG = DeadlineConfig(

@@ -17,12 +17,12 @@ from mesh.client.call import CallInfo, CallKind, GuardedStream, service_of
 from mesh.client.endpoint import Endpoint
 from mesh.client.middleware import PickLayer, RetryLayer, build_chain, transport
 from mesh.client.pool import ServicePool
-from mesh.policy.backoff import BackoffPolicy
-from mesh.policy.budget import RetryBudget
-from mesh.policy.outlier import OutlierConfig
-from mesh.policy.retry import Idempotency, RetryPolicy
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
+from mesh.resilience.backoff import BackoffPolicy
+from mesh.resilience.budget import RetryBudget
+from mesh.resilience.outlier import OutlierConfig
+from mesh.resilience.retry import Idempotency, RetryPolicy
 from mesh.testing import VirtualClock, eventually
 
 Code = grpc.StatusCode

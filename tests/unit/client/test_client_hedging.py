@@ -16,8 +16,8 @@ import pytest
 
 from mesh.client.call import CallInfo, CallKind, rpc_error, service_of
 from mesh.client.middleware import RetryLayer
-from mesh.policy.budget import RetryBudget
-from mesh.policy.retry import Idempotency, RetryPolicy
+from mesh.resilience.budget import RetryBudget
+from mesh.resilience.retry import Idempotency, RetryPolicy
 
 Code = grpc.StatusCode
 METHOD = "/hms.test.v1.Echo/Say"

@@ -13,8 +13,8 @@ import pytest
 
 from mesh.client.call import CallInfo, CallKind, GuardedStream, rpc_error, service_of
 from mesh.client.middleware import Handler, build_chain, never_sent, remaining, transport
-from mesh.policy.retry import Idempotency
 from mesh.registry.keys import Instance
+from mesh.resilience.retry import Idempotency
 
 Code = grpc.StatusCode
 METHOD = "/hms.test.v1.Echo/Say"

@@ -16,10 +16,10 @@ from mesh.client.call import CallInfo, CallKind, rpc_error, service_of
 from mesh.client.endpoint import Endpoint
 from mesh.client.middleware import PickLayer
 from mesh.client.pool import ServicePool
-from mesh.policy.outlier import HealthState, OutlierConfig
-from mesh.policy.retry import Idempotency
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
+from mesh.resilience.outlier import HealthState, OutlierConfig
+from mesh.resilience.retry import Idempotency
 from mesh.testing import DummyChannel, VirtualClock
 
 Code = grpc.StatusCode

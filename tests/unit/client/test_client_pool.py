@@ -12,9 +12,9 @@ import pytest
 
 from mesh.client.endpoint import Endpoint
 from mesh.client.pool import ServicePool
-from mesh.policy.outlier import HealthState, OutlierConfig
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
+from mesh.resilience.outlier import HealthState, OutlierConfig
 from mesh.testing import DummyChannel, VirtualClock
 
 SERVICE = "hms.test.v1.Echo"

@@ -13,9 +13,9 @@ import pytest
 
 from mesh.client.call import CallInfo, CallKind, rpc_error, service_of
 from mesh.client.middleware import Handler, RetryLayer, build_chain, transport
-from mesh.policy.backoff import BackoffPolicy
-from mesh.policy.budget import RetryBudget
-from mesh.policy.retry import Idempotency, RetryPolicy
+from mesh.resilience.backoff import BackoffPolicy
+from mesh.resilience.budget import RetryBudget
+from mesh.resilience.retry import Idempotency, RetryPolicy
 from mesh.testing import VirtualClock
 
 Code = grpc.StatusCode

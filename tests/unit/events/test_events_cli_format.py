@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 
 from hms.testing.v1.events_pb2 import VoucherSubmitted
-from mesh.cli.events import (
+from hms_tools.cli import events as events_cli
+from hms_tools.cli.events import nats_url
+from hms_tools.event_view import (
     ConsumerRow,
     StreamRow,
     TypeRegistry,
     format_event,
     format_ls,
-    nats_url,
     resolve_subject,
 )
+from mesh.events.subjects import DEFAULT_PREFIX
 
 VOUCHER = "hms.testing.v1.VoucherSubmitted"
 REGISTRY = TypeRegistry.generated()
@@ -196,3 +198,7 @@ def test_registry_finds_generated_types() -> None:
     assert REGISTRY.message_class(VOUCHER) is not None
     assert REGISTRY.message_class("hms.testing.v1.EchoRequest") is not None
     assert REGISTRY.message_class("no.such.Type") is None
+
+
+def test_the_cli_default_prefix_is_the_libraries() -> None:
+    assert events_cli.DEFAULT_PREFIX == DEFAULT_PREFIX

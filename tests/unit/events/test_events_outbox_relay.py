@@ -15,7 +15,7 @@ from hms.testing.v1.events_pb2 import VoucherSubmitted
 from mesh.errors import Unavailable
 from mesh.events.outbox import Outbox, OutboxRelay
 from mesh.events.subjects import Headers, events_stream
-from mesh.policy.backoff import BackoffPolicy
+from mesh.resilience.backoff import BackoffPolicy
 from mesh.testing import eventually
 
 FAST = BackoffPolicy(base=0.001, cap=0.01)

@@ -16,14 +16,14 @@ from google.api import httpbody_pb2
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway import app as app_module
-from gateway.app import Gateway
-from gateway.config import GatewayConfig
-from gateway.endpoint import endpoints_of
-from gateway.routes import RouteTable
 from hms.testing.v1 import echo_pb2, mirror_pb2
+from hms_gateway import app as app_module
+from hms_gateway.app import Gateway
+from hms_gateway.config import GatewayConfig
+from hms_gateway.endpoint import endpoints_of
+from hms_gateway.routes import RouteTable
 from mesh.client.call import CallInfo, CallKind
-from mesh.policy.retry import Idempotency
+from mesh.resilience.retry import Idempotency
 
 _ECHO = "hms.testing.v1.EchoService"
 _MIRROR = "hms.testing.v1.MirrorService"
@@ -406,7 +406,7 @@ async def test_unexpected_exception_is_500_without_internals(
     caplog: pytest.LogCaptureFixture, error: BaseException
 ) -> None:
     gateway = _gateway(FakeChannel(_fail(error)))
-    with caplog.at_level(logging.ERROR, logger="gateway.app"):
+    with caplog.at_level(logging.ERROR, logger="hms_gateway.app"):
         response = await _request(
             gateway, "POST", "/v1/echo", json={}, headers={"X-Request-Id": "req-500"}
         )

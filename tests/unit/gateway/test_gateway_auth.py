@@ -1,4 +1,4 @@
-"""gateway.auth: bearer JWTs checked against bound keys, a fake clock, RFC 6750 challenges."""
+"""hms_gateway.auth: bearer JWTs checked against bound keys, a fake clock, RFC 6750 challenges."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.auth import (
+from hms_gateway.auth import (
     CLAIMS_KEY,
     IDENTITY_KEYS,
     SUBJECT_KEY,
@@ -32,7 +32,7 @@ from gateway.auth import (
     VerificationKey,
     identity_metadata,
 )
-from gateway.errors import GatewayError
+from hms_gateway.errors import GatewayError
 
 NOW = 1_700_000_000.0
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import GatewayConfig
+from hms_gateway.config import GatewayConfig
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""gateway.cors: policy validation, preflight answers and headers on normal responses."""
+"""hms_gateway.cors: policy validation, preflight answers and headers on normal responses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cors import CorsPolicy
+from hms_gateway.cors import CorsPolicy
 
 APP = "https://app.example"
 ADMIN = "https://admin.example:8443"

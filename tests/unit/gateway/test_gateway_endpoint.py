@@ -9,10 +9,10 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
-from gateway.endpoint import Endpoint, endpoints_of, http_rule_of
 from hms.testing.v1 import echo_pb2, mirror_pb2
+from hms_gateway.endpoint import Endpoint, endpoints_of, http_rule_of
 from mesh.client.call import CallKind
-from mesh.policy.retry import Idempotency
+from mesh.resilience.retry import Idempotency
 
 _F = descriptor_pb2.FieldDescriptorProto
 _M = descriptor_pb2.MethodOptions

@@ -1,4 +1,4 @@
-"""gateway.errors: the complete gRPC -> HTTP table, the Status body, the gateway's own errors."""
+"""hms_gateway.errors: the complete gRPC -> HTTP table, the Status body, the gateway's errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2
 
-from gateway.errors import GatewayError, http_status, status_body
+from hms_gateway.errors import GatewayError, http_status, status_body
 
 C = grpc.StatusCode
 

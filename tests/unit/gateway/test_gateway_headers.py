@@ -1,4 +1,4 @@
-"""gateway.headers: Grpc-Timeout, request headers -> metadata, metadata -> response headers."""
+"""hms_gateway.headers: Grpc-Timeout, request headers -> metadata, metadata -> response headers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import GatewayError
-from gateway.headers import (
+from hms_gateway.errors import GatewayError
+from hms_gateway.headers import (
     SUCCESS_STATUS_KEY,
     MetadataValue,
     from_metadata,

@@ -14,11 +14,11 @@ import pytest
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.learn import instance_of_version, load_descriptor_set
-from gateway.reflection import ReflectionError, build_pool
-from gateway.router import Match
-from gateway.routes import RouteTable
 from hms.testing.v1 import echo_pb2
+from hms_gateway.learn import instance_of_version, load_descriptor_set
+from hms_gateway.reflection import ReflectionError, build_pool
+from hms_gateway.router import Match
+from hms_gateway.routes import RouteTable
 
 _F = descriptor_pb2.FieldDescriptorProto
 _BINPB = Path(echo_pb2.__file__).parents[3] / "hms.binpb"

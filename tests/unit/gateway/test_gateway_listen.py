@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from gateway.serve import listening_socket
+from hms_gateway.serve import listening_socket
 
 
 async def test_accepted_connections_have_nodelay() -> None:

@@ -21,13 +21,13 @@ from google.protobuf import (
 )
 from google.protobuf.descriptor import ServiceDescriptor
 
-from gateway.endpoint import Endpoint, endpoints_of
-from gateway.openapi import build_openapi, openapi_path
-from gateway.template.parse import parse_template
-from gateway.transcode import JsonOptions
 from hms.eligibility.v1 import eligibility_pb2
 from hms.notify.v1 import notify_pb2
 from hms.testing.v1 import echo_pb2
+from hms_gateway.endpoint import Endpoint, endpoints_of
+from hms_gateway.openapi import build_openapi, openapi_path
+from hms_gateway.template.parse import parse_template
+from hms_gateway.transcode import JsonOptions
 
 _F = descriptor_pb2.FieldDescriptorProto
 _REF = "#/components/schemas/"

@@ -19,10 +19,10 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import GatewayError
-from gateway.query import apply_query
 from hms.notify.v1 import notify_pb2
 from hms.testing.v1 import echo_pb2
+from hms_gateway.errors import GatewayError
+from hms_gateway.query import apply_query
 
 _F = descriptor_pb2.FieldDescriptorProto
 _REPEATED = _F.LABEL_REPEATED

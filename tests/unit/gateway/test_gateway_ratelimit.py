@@ -1,4 +1,4 @@
-"""gateway.ratelimit: token buckets per client on a fake clock, bounded by an LRU."""
+"""hms_gateway.ratelimit: token buckets per client on a fake clock, bounded by an LRU."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import GatewayError
-from gateway.ratelimit import RateLimit, RateLimiter
+from hms_gateway.errors import GatewayError
+from hms_gateway.ratelimit import RateLimit, RateLimiter
 
 
 class FakeClock:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.router import Match, MethodNotAllowed, NotFound, Router, specificity
-from gateway.template import BadPath, TemplateError, parse_template
+from hms_gateway.router import Match, MethodNotAllowed, NotFound, Router, specificity
+from hms_gateway.template import BadPath, TemplateError, parse_template
 
 _ROUTES = [
     ("GET", "/v1/{x=**}", "deep"),

@@ -9,11 +9,11 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
-from gateway.endpoint import Endpoint, endpoints_of
-from gateway.router import Match, MethodNotAllowed, NotFound
-from gateway.routes import RouteTable
-from gateway.template import BadPath
 from hms.testing.v1 import echo_pb2, mirror_pb2
+from hms_gateway.endpoint import Endpoint, endpoints_of
+from hms_gateway.router import Match, MethodNotAllowed, NotFound
+from hms_gateway.routes import RouteTable
+from hms_gateway.template import BadPath
 
 _F = descriptor_pb2.FieldDescriptorProto
 _ECHO_NAME = "hms.testing.v1.EchoService"
@@ -236,14 +236,14 @@ _SAME = {"Get": http_pb2.HttpRule(get="/v1/things/{name}")}
 
 def test_same_template_first_wins_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     table = RouteTable()
-    with caplog.at_level(logging.WARNING, logger="gateway.routes"):
+    with caplog.at_level(logging.WARNING, logger="hms_gateway.routes"):
         table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
         assert caplog.records == []
         table.set_service("beta.v1.Beta", _endpoints("beta.v1.Beta", _SAME))
     assert _payload_path(table, "GET", "/v1/things/t") == "/alpha.v1.Alpha/Get"
     (record,) = caplog.records
     assert record.levelno == logging.WARNING
-    assert record.name == "gateway.routes"
+    assert record.name == "hms_gateway.routes"
     message = record.getMessage()
     assert "GET /v1/things/{name}" in message
     assert "/beta.v1.Beta/Get" in message
@@ -259,7 +259,7 @@ def test_relearnt_service_goes_behind(caplog: pytest.LogCaptureFixture) -> None:
     table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
     table.set_service("beta.v1.Beta", _endpoints("beta.v1.Beta", _SAME))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="gateway.routes"):
+    with caplog.at_level(logging.WARNING, logger="hms_gateway.routes"):
         table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
     assert _payload_path(table, "GET", "/v1/things/t") == "/beta.v1.Beta/Get"
     assert ["/alpha.v1.Alpha/Get" in r.getMessage() for r in caplog.records] == [True]
@@ -267,7 +267,7 @@ def test_relearnt_service_goes_behind(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_same_template_other_method_no_warning(caplog: pytest.LogCaptureFixture) -> None:
     table = RouteTable()
-    with caplog.at_level(logging.WARNING, logger="gateway.routes"):
+    with caplog.at_level(logging.WARNING, logger="hms_gateway.routes"):
         table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
         table.set_service(
             "beta.v1.Beta",
@@ -279,7 +279,7 @@ def test_same_template_other_method_no_warning(caplog: pytest.LogCaptureFixture)
 
 def test_replacing_own_routes_no_warning(caplog: pytest.LogCaptureFixture) -> None:
     table = RouteTable()
-    with caplog.at_level(logging.WARNING, logger="gateway.routes"):
+    with caplog.at_level(logging.WARNING, logger="hms_gateway.routes"):
         table.set_service(_ECHO_NAME, endpoints_of(_ECHO))
         table.set_service(_ECHO_NAME, endpoints_of(_ECHO))
     assert caplog.records == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.streaming import (
+from hms_gateway.streaming import (
     NDJSON,
     SSE,
     ndjson_error,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.template import (
+from hms_gateway.template import (
     BadPath,
     DeepWildcard,
     Literal,

@@ -20,10 +20,10 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import GatewayError
-from gateway.transcode import JsonOptions, RequestMapping, render_response
 from hms.notify.v1 import notify_pb2
 from hms.testing.v1 import echo_pb2
+from hms_gateway.errors import GatewayError
+from hms_gateway.transcode import JsonOptions, RequestMapping, render_response
 
 _F = descriptor_pb2.FieldDescriptorProto
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
-from mesh.policy.backoff import Backoff, BackoffPolicy
 from mesh.registry import keys
 from mesh.registry.keys import Instance
 from mesh.registry.registration import Registration
+from mesh.resilience.backoff import Backoff, BackoffPolicy
 from mesh.testing import FakeEtcd, eventually
 
 NS = "hms"

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from mesh.policy.backoff import Backoff, BackoffPolicy
 from mesh.registry import keys
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind, Discovery
+from mesh.resilience.backoff import Backoff, BackoffPolicy
 from mesh.testing import FakeEtcd, eventually
 
 NS = "hms"

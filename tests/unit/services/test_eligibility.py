@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hms.eligibility.v1 import eligibility_pb2
+from hms_services.eligibility.rules import RULES, RULES_BY_ID, format_pence, income_limit_pence
+from hms_services.eligibility.service import EligibilityService
 from mesh.errors import InvalidArgument, NotFound
-from services.eligibility.rules import RULES, RULES_BY_ID, format_pence, income_limit_pence
-from services.eligibility.service import EligibilityService
 
 ALL_IDS = [r.rule_id for r in RULES]
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from hms.notify.v1 import notify_pb2
+from hms_services.notify.service import NotifyService
+from hms_services.notify.store import Cursor, Notification, NotificationStore
 from mesh.errors import AlreadyExists, InvalidArgument
-from services.notify.service import NotifyService
-from services.notify.store import Cursor, Notification, NotificationStore
 
 T0 = datetime.datetime(2024, 5, 1, 9, 30, tzinfo=datetime.UTC)
 

