@@ -159,6 +159,7 @@ class Stack:
                 changed=self._write_info,
                 ready_timeout=self.config.ready_timeout,
             )
+            await self._ensure_streams()
             await self.supervisor.start(self.counts)
             if self.config.gateway:
                 await self._start_gateway()
@@ -169,6 +170,21 @@ class Stack:
             raise
         self._write_info()
         return self.info
+
+    async def _ensure_streams(self) -> None:
+        """The events and dead-letter streams, so that no service creates them by hand."""
+        import nats
+
+        from mesh.events import dead_letter_stream, ensure_stream, events_stream
+
+        if self.dev is None or self.dev.nats is None:
+            raise RuntimeError("stack not started")
+        nc = await nats.connect(self.dev.nats.url)
+        try:
+            for spec in (events_stream(), dead_letter_stream()):
+                await ensure_stream(nc.jetstream(), spec)
+        finally:
+            await nc.close()
 
     def _launch(self, deployment: str, slot: int, instance_id: str) -> ServiceProcess:
         name = f"{deployment}-{slot}"

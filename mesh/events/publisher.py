@@ -185,6 +185,13 @@ class Publisher:
     ) -> PubAck:
         try:
             return await self._js.publish(subject, payload, timeout=self._timeout, headers=headers)
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+            # JetStream answers a publish only on a subject some stream takes.
+            raise Unavailable(
+                f"publish {full_name}: no JetStream stream takes subject {subject} (create it "
+                "with mesh.events.ensure_stream(js, events_stream()); `mesh up` creates the "
+                "events and dead-letter streams)"
+            ) from exc
         except nats.errors.Error as exc:
             raise Unavailable(f"publish {full_name} on {subject}: {exc!r}") from exc
 

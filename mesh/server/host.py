@@ -166,6 +166,13 @@ class ServiceHost:
         log.info("%s serving %s on %s", self.config.deployment, self.service_names, self.address)
         if self.config.etcd:
             await self._register()
+        else:
+            log.warning(
+                "%s is NOT REGISTERED: no etcd endpoint was given (--etcd or MESH_ETCD), so no "
+                "mesh channel and no gateway will find it; only callers given %s directly can",
+                self.config.deployment,
+                self.address,
+            )
 
     async def _register(self) -> None:
         # Registered only now, after health says SERVING: callers never find a cold instance.

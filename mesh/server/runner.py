@@ -1,6 +1,10 @@
 """The `main()` of a mesh service: flags and environment in, a running ServiceHost out.
 
-Environment is read here, at the edge: MESH_ETCD, MESH_TLS_DIR, MESH_NAMESPACE. Flags win.
+Environment is read here, at the edge: MESH_ETCD, MESH_NATS, MESH_TLS_DIR, MESH_NAMESPACE.
+Flags win. The order of a service's life: servicers made (they declare their events on the
+`Runtime`), the host started (SERVING, registered), the runtime started (subscriptions, outbox
+relays, start hooks), then on SIGTERM the host drains, and the runtime stops (the same, in
+reverse) and closes its connections.
 
     def main() -> None:
         run_service("notify", lambda runtime: [NotifyService(Store(runtime.args.db))],
@@ -15,26 +19,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-import grpc
-from prometheus_client import CollectorRegistry
-
-from mesh.authz import AuthzInterceptor, PolicySource
-from mesh.client import ClientConfig, MeshChannel
 from mesh.gc_tuning import settle_heap
-from mesh.server import HostConfig, ServiceHost
-from mesh.telemetry import (
-    ClientMetrics,
-    ServerMetrics,
-    ServerMetricsInterceptor,
-    serve_metrics,
-    setup_tracing,
-    tracing_server_interceptors,
-)
-from mesh.tls import TlsFiles
+from mesh.server.host import HostConfig, ServiceHost
+from mesh.server.runtime import Runtime, tls_files
 
-__all__ = ["Runtime", "host_config", "parse_args", "run_service"]
+__all__ = ["MakeServicers", "host_config", "parse_args", "run_service"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +45,9 @@ def parse_args(
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--etcd", default=env.get("MESH_ETCD", ""), help="host:port[,host:port]")
     parser.add_argument("--namespace", default=env.get("MESH_NAMESPACE", "hms"))
+    parser.add_argument(
+        "--nats", default=env.get("MESH_NATS", ""), help="NATS URL(s) for events (env MESH_NATS)"
+    )
     parser.add_argument("--tls-dir", default=env.get("MESH_TLS_DIR", ".mesh/tls"))
     parser.add_argument("--cert-name", help="certificate name in the TLS dir (default: deployment)")
     parser.add_argument("--insecure", action="store_true", help="plaintext: no TLS at all")
@@ -104,19 +97,13 @@ def parse_args(
     return parser.parse_args(argv)
 
 
-def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
-    return (
-        None if args.insecure else TlsFiles(Path(args.tls_dir), args.cert_name or args.deployment)
-    )
-
-
 def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None) -> HostConfig:
     return HostConfig(
         deployment=args.deployment,
         version=args.version,
         host=args.host,
         port=args.port,
-        tls=_tls_files(args),
+        tls=tls_files(args),
         etcd=tuple(e for e in args.etcd.split(",") if e),
         namespace=args.namespace,
         lease_ttl=args.ttl,
@@ -129,47 +116,6 @@ def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None
     )
 
 
-class Runtime:
-    """What a service's servicers get from the edge: its flags, its metrics registry, and
-    its mesh channel for calling other services (opened on first use, inside the loop)."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.registry = CollectorRegistry()
-        self.metrics_port = serve_metrics(self.registry, args.metrics_port)
-        self.tracing = setup_tracing(args.tracing, args.deployment)
-        self._channel: MeshChannel | None = None
-        self._client_metrics: ClientMetrics | None = None
-        self._lock = asyncio.Lock()
-
-    async def channel(self) -> MeshChannel:
-        async with self._lock:
-            if self._channel is None:
-                config = ClientConfig(
-                    etcd=tuple(e for e in self.args.etcd.split(",") if e),
-                    namespace=self.args.namespace,
-                    tls=_tls_files(self.args),
-                    tracing=self.tracing,
-                )
-                self._client_metrics = ClientMetrics(self.registry)
-                self._channel = await MeshChannel.connect(config, metrics=self._client_metrics)
-        return self._channel
-
-    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            ServerMetricsInterceptor(ServerMetrics(self.registry))
-        ]
-        if self.tracing:
-            interceptors.extend(tracing_server_interceptors())
-        if self.args.policy:
-            interceptors.append(AuthzInterceptor(PolicySource(Path(self.args.policy))))
-        return interceptors
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-
-
 async def _serve(runtime: Runtime, servicers: Sequence[object]) -> int:
     # The metrics address rides in the registry entry, so operators find every endpoint.
     metadata = {"metrics": f"{runtime.args.host}:{runtime.metrics_port}"}
@@ -179,8 +125,9 @@ async def _serve(runtime: Runtime, servicers: Sequence[object]) -> int:
     for servicer in servicers:
         host.add_servicer(servicer)
     await host.start()
-    settle_heap()  # start-up is done: see mesh/gc_tuning.py
     try:
+        await runtime.start()
+        settle_heap()  # start-up is done: see mesh/gc_tuning.py
         status = await host.serve_until_signalled()
     finally:
         await runtime.close()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from hms_services.notify.service import NotifyService
 from hms_services.notify.store import NotificationStore
-from mesh.server.runner import Runtime, run_service
+from mesh.server.runner import run_service
+from mesh.server.runtime import Runtime
 
 
 def _servicers(runtime: Runtime) -> list[object]:

@@ -67,6 +67,15 @@ def test_mesh_up_ls_scenario_and_clean_stop(tmp_path: Path) -> None:
         assert any("hms.notify.v1.NotifyService" in line and "spiffe://hms.local/svc/notify" in line
                    for line in lines)  # fmt: skip
 
+        # mesh up made the event streams, so no service has to.
+        events = subprocess.run(
+            [sys.executable, "-m", "hms_tools.cli", "events", "ls", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=30, env=env, check=False,
+        )  # fmt: skip
+        assert events.returncode == 0, events.stderr
+        streams = {line.split()[0] for line in events.stdout.splitlines() if line.strip()}
+        assert {"HMS_EVENTS", "HMS_DLQ"} <= streams, events.stdout
+
         failures = asyncio.run(scenario(info["etcd"], Path(info["tls_dir"]), info["namespace"]))
         assert failures == 0
         # The gateway mesh up started, its URL in stack.json: the same scenario over REST.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from hms.testing.v1 import echo_pb2_grpc
-from mesh.server.runner import Runtime, run_service
+from mesh.server.runner import run_service
+from mesh.server.runtime import Runtime
 from tests.backends.echo.service import EchoService
 
 

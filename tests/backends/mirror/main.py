@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mesh.server.runner import Runtime, run_service
+from mesh.server.runner import run_service
+from mesh.server.runtime import Runtime
 from tests.backends.mirror.service import MirrorService
 
 

@@ -83,7 +83,7 @@ async def test_check_rejects_invalid_input(
 ) -> None:
     with pytest.raises(InvalidArgument) as caught:
         await check(**overrides)
-    assert caught.value.field == field
+    assert [f for f, _ in caught.value.violations] == [field]
     assert caught.value.message.startswith(f"{field}: ")
     for text in also_mentions:
         assert text in caught.value.message
@@ -92,7 +92,7 @@ async def test_check_rejects_invalid_input(
 async def test_get_rule_without_id_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument) as caught:
         await EligibilityService().GetRule(eligibility_pb2.GetRuleRequest(), CONTEXT)
-    assert caught.value.field == "rule_id"
+    assert [f for f, _ in caught.value.violations] == ["rule_id"]
 
 
 async def test_get_rule_unknown_id_is_not_found_naming_it() -> None:

@@ -111,7 +111,7 @@ async def test_send_rejects_invalid_input(
     service = NotifyService(store)
     with pytest.raises(InvalidArgument) as caught:
         await service.Send(send_request(**overrides), CONTEXT)
-    assert caught.value.field == field
+    assert [f for f, _ in caught.value.violations] == [field]
     assert caught.value.message.startswith(f"{field}: ")
     for text in also_mentions:
         assert text in caught.value.message
@@ -219,7 +219,7 @@ async def test_negative_page_size_is_invalid(store: NotificationStore) -> None:
         await NotifyService(store).ListNotifications(
             notify_pb2.ListNotificationsRequest(page_size=-1), CONTEXT
         )
-    assert caught.value.field == "page_size"
+    assert [f for f, _ in caught.value.violations] == ["page_size"]
 
 
 def b64(raw: bytes) -> str:
@@ -247,7 +247,7 @@ async def test_malformed_page_token_is_invalid(store: NotificationStore, token: 
         await NotifyService(store).ListNotifications(
             notify_pb2.ListNotificationsRequest(page_token=token), CONTEXT
         )
-    assert caught.value.field == "page_token"
+    assert [f for f, _ in caught.value.violations] == ["page_token"]
     assert caught.value.message.startswith("page_token: ")
 
 

@@ -1,0 +1,213 @@
+"""What a service gets from the edge: its flags, its metrics, its mesh channel, its events, and
+hooks for what it owns.
+
+A service's `make_servicers(runtime)` builds its handlers and declares what it needs; the
+runner starts the declared parts once the host is SERVING and registered, and stops them, in
+reverse, once the host has drained:
+
+    def make(runtime: Runtime) -> list[object]:
+        store = Store(Path(runtime.args.data_dir) / "fees.sqlite3")
+        outbox = runtime.outbox(store.path)                    # relayed while the service runs
+        runtime.subscribe(VoucherSubmitted, IdempotentHandler(store.path, "fees", apply))
+        runtime.on_stop(store.close)
+        return [FeeService(store, outbox, channel=runtime.channel)]
+
+`await runtime.channel()` is the mesh channel for calling other services and
+`await runtime.publisher()` publishes events directly (the outbox is the way to publish what a
+database change implies). NATS is connected on first use and reconnects for ever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry
+
+from mesh.authz import AuthzInterceptor, PolicySource
+from mesh.client import ClientConfig, MeshChannel
+from mesh.events import (
+    ConsumerSpec,
+    Outbox,
+    OutboxRelay,
+    Publisher,
+    Subscriber,
+    events_stream,
+)
+from mesh.events.subscriber import Handler
+from mesh.telemetry import (
+    ClientMetrics,
+    ServerMetrics,
+    ServerMetricsInterceptor,
+    serve_metrics,
+    setup_tracing,
+    tracing_server_interceptors,
+)
+from mesh.tls import TlsFiles
+
+__all__ = ["Hook", "Runtime", "tls_files"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+#: A start or stop hook: a function of no arguments, sync or async.
+Hook = Callable[[], Awaitable[object] | object]
+
+#: nats-py gives up after 60 reconnect attempts by default; a service must outlive an outage.
+_NATS_OPTIONS: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+
+
+def tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    return (
+        None if args.insecure else TlsFiles(Path(args.tls_dir), args.cert_name or args.deployment)
+    )
+
+
+class Runtime:
+    """See the module's docstring. Everything here is opened inside the service's loop."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.deployment: str = args.deployment
+        self.registry = CollectorRegistry()
+        self.metrics_port = serve_metrics(self.registry, args.metrics_port)
+        self.tracing = setup_tracing(args.tracing, args.deployment)
+        self._channel: MeshChannel | None = None
+        self._client_metrics: ClientMetrics | None = None
+        self._lock = asyncio.Lock()
+        self._nats: Any = None
+        self._publisher: Publisher | None = None
+        self._subscriptions: list[tuple[type[Message], Handler[Any], ConsumerSpec | None]] = []
+        self._subscribers: list[Subscriber] = []
+        self._outboxes: list[Outbox] = []
+        self._relays: list[OutboxRelay] = []
+        self._on_start: list[Hook] = []
+        self._on_stop: list[Hook] = []
+        self._started = False
+
+    # -- calling other services -------------------------------------------------------------
+
+    async def channel(self) -> MeshChannel:
+        async with self._lock:
+            if self._channel is None:
+                config = ClientConfig(
+                    etcd=tuple(e for e in self.args.etcd.split(",") if e),
+                    namespace=self.args.namespace,
+                    tls=tls_files(self.args),
+                    tracing=self.tracing,
+                )
+                self._client_metrics = ClientMetrics(self.registry)
+                self._channel = await MeshChannel.connect(config, metrics=self._client_metrics)
+        return self._channel
+
+    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ServerMetricsInterceptor(ServerMetrics(self.registry))
+        ]
+        if self.tracing:
+            interceptors.extend(tracing_server_interceptors())
+        if self.args.policy:
+            interceptors.append(AuthzInterceptor(PolicySource(Path(self.args.policy))))
+        return interceptors
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def jetstream(self) -> Any:
+        """This service's JetStream context (NATS connected on first use)."""
+        async with self._lock:
+            if self._nats is None:
+                url = getattr(self.args, "nats", "")
+                if not url:
+                    raise ValueError(
+                        f"{self.deployment} uses events but has no NATS URL: pass --nats or set "
+                        "MESH_NATS (`mesh up` sets it)"
+                    )
+                import nats
+
+                self._nats = await nats.connect(
+                    url.split(","), name=self.deployment, **_NATS_OPTIONS
+                )
+        return self._nats.jetstream()
+
+    async def publisher(self) -> Publisher:
+        """Publishes events with this deployment as their source."""
+        if self._publisher is None:
+            self._publisher = Publisher(await self.jetstream(), self.deployment)
+        return self._publisher
+
+    def subscribe(
+        self, message_type: type[M], handler: Handler[M], *, spec: ConsumerSpec | None = None
+    ) -> None:
+        """Deliver `message_type` events to `handler(message, meta)` from when the service is
+        up until it stops; one durable consumer per (deployment, type), shared by replicas."""
+        if self._started:
+            raise RuntimeError("declare subscriptions before the service starts")
+        self._subscriptions.append((message_type, handler, spec))
+
+    def outbox(self, database: str | Path) -> Outbox:
+        """The outbox table of `database`, relayed to NATS while the service runs."""
+        if self._started:
+            raise RuntimeError("declare outboxes before the service starts")
+        outbox = Outbox(database)
+        self._outboxes.append(outbox)
+        return outbox
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def on_start(self, hook: Hook) -> None:
+        """Run `hook` once the service is up (after its subscriptions and relays start)."""
+        self._on_start.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        """Run `hook` when the service stops (after it drained; stop hooks run in reverse)."""
+        self._on_stop.append(hook)
+
+    async def start(self) -> None:
+        """Start what was declared: outbox relays, subscriptions, then the start hooks."""
+        self._started = True
+        if self._outboxes:
+            publisher = await self.publisher()
+            for outbox in self._outboxes:
+                relay = OutboxRelay(outbox, publisher, stream=events_stream())
+                relay.start()
+                self._relays.append(relay)
+        by_spec: dict[ConsumerSpec | None, Subscriber] = {}
+        for message_type, handler, spec in self._subscriptions:
+            subscriber = by_spec.get(spec)
+            if subscriber is None:
+                subscriber = Subscriber(await self.jetstream(), self.deployment, spec=spec)
+                by_spec[spec] = subscriber
+                self._subscribers.append(subscriber)
+            await subscriber.subscribe(message_type, handler)
+        for hook in self._on_start:
+            await _call(hook)
+
+    async def close(self) -> None:
+        """Stop everything started, in reverse, then close the connections. Each step runs
+        even if one before it failed (logged)."""
+        steps: list[Hook] = [*reversed(self._on_stop)]
+        steps += [s.close for s in reversed(self._subscribers)]
+        steps += [r.stop for r in reversed(self._relays)]
+        steps += [o.close for o in self._outboxes]
+        if self._nats is not None:
+            steps.append(self._nats.close)
+        if self._channel is not None:
+            steps.append(self._channel.close)
+        for step in steps:
+            try:
+                await _call(step)
+            except Exception:
+                log.exception("%s: stopping %r failed", self.deployment, step)
+
+
+async def _call(hook: Hook) -> None:
+    result = hook()
+    if inspect.isawaitable(result):
+        await result
