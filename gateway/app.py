@@ -67,8 +67,9 @@ from hms_gateway.template.match import BadPath
 from hms_gateway.tracing import NO_TRACING, Tracing
 from hms_gateway.transcode import HTTP_BODY, render_response
 from mesh.aio import cancel_and_wait, cancelled_by_caller
-from mesh.client.call import CallInfo, CallKind
+from mesh.client.call import CallKind
 from mesh.client.channel import MeshChannel
+from mesh.client.rpc import MeshCall
 
 __all__ = ["Gateway", "GatewayMetrics"]
 
@@ -281,16 +282,15 @@ class Gateway:
             options=self.config.json,
             content_type=request.header("content-type") or "",
         )
-        call = CallInfo(
+        call = self.channel.call(
+            endpoint.path,
+            message,
             kind=endpoint.kind,
-            method=endpoint.path,
-            service=endpoint.service,
-            request=message,
-            metadata=metadata,
             serializer=endpoint.request_class.SerializeToString,
             deserializer=endpoint.response_class.FromString,
             idempotency=endpoint.idempotency,
             timeout=self._timeout(request),
+            metadata=metadata,
         )
         if endpoint.kind is CallKind.UNARY_STREAM:
             await self._stream(request, responder, endpoint, call)
@@ -303,11 +303,11 @@ class Gateway:
             return self.config.default_timeout
         return min(parse_grpc_timeout(header), self.config.max_timeout)
 
-    async def _unary(self, responder: Responder, endpoint: Endpoint, call: CallInfo) -> None:
+    async def _unary(self, responder: Responder, endpoint: Endpoint, call: MeshCall) -> None:
         try:
-            response = await self.channel.invoke(call)
-            initial = await call.rpc.initial_metadata()
-            trailing = await call.rpc.trailing_metadata()
+            response = await call
+            initial = await call.initial_metadata()
+            trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as exc:
             await self._rpc_error(responder, exc, endpoint.service)
             return
@@ -319,14 +319,13 @@ class Gateway:
         await responder.whole(status, data, content_type, from_metadata(initial, trailing))
 
     async def _stream(
-        self, request: Request, responder: Responder, endpoint: Endpoint, call: CallInfo
+        self, request: Request, responder: Responder, endpoint: Endpoint, rpc: MeshCall
     ) -> None:
         watcher = asyncio.create_task(_until_disconnect(request.receive))
+        watcher.add_done_callback(lambda _: rpc.cancel())
         try:
             try:
                 # The channel may refuse before sending (no instance, deadline too short).
-                rpc = await self.channel.invoke(call)
-                watcher.add_done_callback(lambda _: rpc.cancel())
                 first = await rpc.read()
                 initial = await rpc.initial_metadata()
             except grpc.aio.AioRpcError as exc:

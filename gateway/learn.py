@@ -27,16 +27,14 @@ from hms_gateway.reflection import (
     build_pool,
     fetch_service,
     via_channel,
-    via_endpoint,
 )
 from hms_gateway.routes import RouteTable
 from mesh.aio import cancel_and_wait
 from mesh.client.channel import MeshChannel
-from mesh.client.endpoint import Endpoint as InstanceEndpoint
 from mesh.registry.watch import Change, ChangeKind, Discovery
 from mesh.resilience.backoff import Backoff, BackoffPolicy
 
-__all__ = ["RegistryLearner", "instance_of_version", "load_descriptor_set"]
+__all__ = ["RegistryLearner", "load_descriptor_set"]
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +78,6 @@ def load_descriptor_set(path: Path, table: RouteTable) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"descriptor set {path}: {exc}") from None
     return list(routed)
-
-
-def instance_of_version(endpoints: list[InstanceEndpoint], version: str) -> InstanceEndpoint | None:
-    """A serving endpoint whose instance registered `version` (the first, by instance id)."""
-    matching = [e for e in endpoints if e.instance.version == version and e.serving]
-    return min(matching, key=lambda e: e.key) if matching else None
 
 
 class RegistryLearner:
@@ -149,20 +141,16 @@ class RegistryLearner:
         self._tasks[service] = task
         task.add_done_callback(lambda _: self._tasks.pop(service, None))
 
-    async def _opener(self, service: str, version: str) -> Opener:
+    def _opener(self, service: str, version: str) -> Opener:
         """Ask an instance of the version being learnt: during a rolling upgrade, any instance
         could still be an old one, and its descriptors would be taken for the new version's."""
-        pool = await self.channel.pool(service)
-        endpoint = instance_of_version(list(pool.endpoints.values()), version)
-        if endpoint is not None:
-            return via_endpoint(endpoint, self.fetch_timeout)
-        return via_channel(self.channel, service, self.fetch_timeout)
+        return via_channel(self.channel, service, self.fetch_timeout, version=version)
 
     async def _learn(self, service: str, version: str) -> None:
         backoff = Backoff(self._backoff)
         while self.discovery.instances(service):
             try:
-                descriptor = await fetch_service(await self._opener(service, version), service)
+                descriptor = await fetch_service(self._opener(service, version), service)
                 endpoints = list(endpoints_of(descriptor))
                 if endpoints:
                     self.table.set_service(service, endpoints)

@@ -22,9 +22,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_reflection.v1alpha import reflection_pb2
 
-from mesh.client.call import CallInfo, CallKind
+from mesh.client.call import CallKind
 from mesh.client.channel import MeshChannel
-from mesh.client.endpoint import Endpoint
 from mesh.resilience.retry import Idempotency
 
 __all__ = [
@@ -33,7 +32,6 @@ __all__ = [
     "build_pool",
     "fetch_service",
     "via_channel",
-    "via_endpoint",
 ]
 
 _METHODS = (
@@ -52,41 +50,27 @@ class ReflectionError(Exception):
 Opener = Callable[[str, AsyncIterator[reflection_pb2.ServerReflectionRequest]], Awaitable[Any]]
 
 
-def via_channel(channel: MeshChannel, service: str, timeout: float) -> Opener:
-    """Reflection through the mesh channel: any ready instance of `service` answers."""
+def via_channel(
+    channel: MeshChannel, service: str, timeout: float, version: str | None = None
+) -> Opener:
+    """Reflection through the mesh channel: a ready instance of `service` answers (one that
+    registered `version`, when given: during a rolling upgrade, any instance could still be an
+    old one, and its descriptors would be taken for the new version's)."""
 
     async def open_stream(
         method: str, requests: AsyncIterator[reflection_pb2.ServerReflectionRequest]
     ) -> Any:
-        call = CallInfo(
+        return channel.call(
+            method,
+            requests,
             kind=CallKind.STREAM_STREAM,
-            method=method,
-            service=service,  # routed to an instance of the service being learnt
-            request=requests,
-            metadata=[],
             serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
             deserializer=reflection_pb2.ServerReflectionResponse.FromString,
             idempotency=Idempotency.NO_SIDE_EFFECTS,
             timeout=timeout,
+            service=service,
+            version=version,
         )
-        return await channel.invoke(call)
-
-    return open_stream
-
-
-def via_endpoint(endpoint: Endpoint, timeout: float) -> Opener:
-    """Reflection asked of one instance (the gateway learns a new version from one of its own)."""
-
-    async def open_stream(
-        method: str, requests: AsyncIterator[reflection_pb2.ServerReflectionRequest]
-    ) -> Any:
-        multicallable = endpoint.callable(
-            "stream_stream",
-            method,
-            reflection_pb2.ServerReflectionRequest.SerializeToString,
-            reflection_pb2.ServerReflectionResponse.FromString,
-        )
-        return multicallable(requests, timeout=timeout)
 
     return open_stream
 

@@ -26,7 +26,6 @@ from hms_gateway.tracing import NO_TRACING, RequestTracer, Tracing
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig
 from mesh.gc_tuning import settle_heap
-from mesh.registry.watch import Discovery
 from mesh.telemetry import ClientMetrics, setup_tracing
 
 __all__ = ["GatewayServer", "ListenConfig", "listening_socket"]
@@ -103,11 +102,10 @@ class GatewayServer:
                 log.info("static routes of %s", ", ".join(names) or "no annotated service")
                 ready: Callable[[], bool] = lambda: True  # noqa: E731
             else:
-                if channel.etcd is None:
+                registry = channel.watch_registry()
+                if registry is None:
                     raise ValueError("dynamic mode needs etcd (or give a descriptor set)")
-                learner = RegistryLearner(
-                    channel, Discovery(channel.etcd, self.client.namespace), self.table
-                )
+                learner = RegistryLearner(channel, registry, self.table)
                 await learner.start(timeout=5.0)
                 ready = lambda: learner.synced  # noqa: E731
             app = Gateway(

@@ -77,6 +77,8 @@ class CallInfo:
     rpc: Any = None
     #: True once the pick layer has waited for an instance to appear: it waits once a call.
     waited_for_instance: bool = False
+    #: Only instances that registered this version take the call (None: any).
+    version: str | None = None
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

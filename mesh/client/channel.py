@@ -12,7 +12,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -32,17 +33,35 @@ from mesh.client.middleware import (
     transport,
 )
 from mesh.client.pool import ServicePool
+from mesh.client.rpc import MeshCall
 from mesh.registry.etcd import Etcd
 from mesh.registry.keys import Instance
 from mesh.registry.static import StaticDiscovery, static_discovery
 from mesh.registry.watch import Change, ChangeKind, Discovery
 from mesh.resilience.budget import RetryBudget
-from mesh.resilience.retry import idempotency_of
+from mesh.resilience.outlier import HealthState
+from mesh.resilience.retry import Idempotency, idempotency_of
 from mesh.telemetry import ChannelCollector, ClientMetrics
 
-__all__ = ["MeshChannel"]
+__all__ = ["ChannelStats", "MeshChannel", "ServiceStats"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    service: str
+    instances: int  # registered (or configured) instances the channel knows
+    serving: int  # of which not draining
+    ejected: int  # of which ejected by outlier detection (or on probation)
+    ejections_total: int
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    retries: int  # retries and hedges sent
+    budget_refusals: int  # retries the budget refused
+    services: tuple[ServiceStats, ...]
 
 
 class MeshChannel:
@@ -242,8 +261,76 @@ class MeshChannel:
     async def channel_ready(self) -> None:
         """Compatibility with grpc.aio.Channel: the mesh channel is always ready."""
 
-    def invoke(self, call: CallInfo) -> Any:
-        return self._chain(call)
+    # -- the low-level call, for callers without generated stubs (the REST gateway) ---------
+
+    def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        serializer: Callable[[Any], bytes] | None,
+        deserializer: Callable[[bytes], Any] | None,
+        kind: CallKind = CallKind.UNARY_UNARY,
+        idempotency: Idempotency | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+        version: str | None = None,
+        service: str | None = None,
+    ) -> MeshCall:
+        """One call of `method` (`/pkg.Service/Method`) through the chain, as a generated stub
+        would make it. `idempotency` defaults to the method's proto option; `version` sends it
+        only to instances that registered that version; `service` routes it to instances of
+        another service than the method's own (reflection and health, which every instance
+        serves beside its own services).
+
+        >>> call = channel.call("/hms.notify.v1.NotifyService/Send", request,
+        ...                     serializer=SendRequest.SerializeToString,
+        ...                     deserializer=SendResponse.FromString, timeout=2)
+        >>> response = await call
+        """
+        info = CallInfo(
+            kind=kind,
+            method=method,
+            service=service or service_of(method),
+            request=request,
+            metadata=list(metadata),
+            serializer=serializer,
+            deserializer=deserializer,
+            idempotency=idempotency if idempotency is not None else idempotency_of(method),
+            timeout=timeout,
+            version=version,
+        )
+        return MeshCall(info, self._chain)
+
+    # -- what operators and metrics read ----------------------------------------------------
+
+    def stats(self) -> ChannelStats:
+        """Retries, budget refusals, and per service its instances and ejections."""
+        now = self._clock()
+        services = []
+        for name, pool in sorted(self._pools.items()):
+            counts = pool.detector.counts(now)
+            services.append(
+                ServiceStats(
+                    service=name,
+                    instances=len(pool.endpoints),
+                    serving=sum(e.serving for e in pool.endpoints.values()),
+                    ejected=len(pool.endpoints) - counts[HealthState.ACTIVE],
+                    ejections_total=pool.detector.ejections_total,
+                )
+            )
+        return ChannelStats(
+            retries=self.retry_layer.retries,
+            budget_refusals=self.retry_layer.budget_refusals,
+            services=tuple(services),
+        )
+
+    def watch_registry(self) -> Discovery | None:
+        """A Discovery of every service in the channel's namespace, on the channel's own etcd
+        connection (not started); None for a channel without etcd (static upstreams)."""
+        if self.etcd is None:
+            return None
+        return Discovery(self.etcd, self.config.namespace)
 
 
 def _tracing_interceptors() -> list[Any]:
@@ -288,43 +375,4 @@ class _MultiCallable:
             timeout=timeout,
             wait_for_ready=wait_for_ready,
         )
-        if self._kind.response_streaming:
-            return _StreamingCall(self._channel.invoke(call))
-        return _UnaryCall(self._channel.invoke(call))
-
-
-class _UnaryCall:
-    """Awaitable like grpc.aio's UnaryUnaryCall (`response = await stub.Method(request)`)."""
-
-    def __init__(self, pending: Any) -> None:
-        self._pending = pending
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._pending.__await__()
-
-
-class _StreamingCall:
-    """Async-iterable like grpc.aio's UnaryStreamCall (`async for reply in stub.M(req)`)."""
-
-    def __init__(self, pending: Any) -> None:
-        self._pending = pending
-        self._call: Any = None
-
-    async def _open(self) -> Any:
-        if self._call is None:
-            self._call = await self._pending
-        return self._call
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        call = await self._open()
-        async for message in call:
-            yield message
-
-    async def read(self) -> Any:
-        return await (await self._open()).read()
-
-    def cancel(self) -> bool:
-        return self._call.cancel() if self._call is not None else False
+        return MeshCall(call, self._channel._chain)

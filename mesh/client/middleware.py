@@ -337,15 +337,15 @@ class PickLayer:
 
     async def __call__(self, call: CallInfo, next: Handler) -> Any:
         pool = await self.pool_for(call.service)
-        endpoint = pool.pick(call.tried)
-        if endpoint is None and not call.waited_for_instance and not pool.any_serving():
+        endpoint = pool.pick(call.tried, call.version)
+        if endpoint is None and not call.waited_for_instance and not pool.any_serving(call.version):
             # None registered, or every one draining before its replacement registers: wait
             # a little (bounded) for the membership to change, once per call, not per retry.
             call.waited_for_instance = True
             endpoint = await self._wait_for_instance(pool, call)
         if endpoint is None:
             call.sent = False
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, pool.why_unavailable())
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, pool.why_unavailable(call.version))
         call.endpoint = endpoint
         call.tried.add(endpoint.key)
         endpoint.outstanding += 1
@@ -370,7 +370,7 @@ class PickLayer:
         wait = self.no_instance_wait if left is None else min(self.no_instance_wait, left)
         until = self.clock() + wait
         while wait > 0 and await pool.wait_changed(wait):
-            endpoint = pool.pick(call.tried)
+            endpoint = pool.pick(call.tried, call.version)
             if endpoint is not None:
                 return endpoint
             wait = until - self.clock()  # a change that brought no usable instance

@@ -79,15 +79,20 @@ class ServicePool:
 
     # -- choosing ------------------------------------------------------------------------
 
-    def pick(self, tried: set[str]) -> Endpoint | None:
+    def pick(self, tried: set[str], version: str | None = None) -> Endpoint | None:
         """The endpoint for the next attempt, or None when no instance can take it.
 
         A retry goes to an instance this call has not tried, when there is one. A fresh
         instance (no completed call yet) gets the next call as a warm-up, so a new replica
-        takes traffic at once instead of waiting for its seeded estimate to decay.
+        takes traffic at once instead of waiting for its seeded estimate to decay. With
+        `version`, only instances that registered it are candidates.
         """
         now = self._clock()
-        ready = [e for e in self.endpoints.values() if e.serving]
+        ready = [
+            e
+            for e in self.endpoints.values()
+            if e.serving and (version is None or e.instance.version == version)
+        ]
         untried = [e for e in ready if e.key not in tried]
         # `eligible` compares without claiming an ejected instance's single probe call;
         # `available` then claims it for the one chosen.
@@ -112,14 +117,22 @@ class ServicePool:
             rand=self._rand,
         )
 
-    def any_serving(self) -> bool:
-        """Is some registered instance serving (not draining)? Ejected ones count."""
-        return any(e.serving for e in self.endpoints.values())
+    def any_serving(self, version: str | None = None) -> bool:
+        """Is some registered instance (of `version`) serving, not draining? Ejected ones
+        count."""
+        return any(
+            e.serving and (version is None or e.instance.version == version)
+            for e in self.endpoints.values()
+        )
 
-    def why_unavailable(self) -> str:
+    def why_unavailable(self, version: str | None = None) -> str:
         """`no ready instance of X: 2 ejected, 1 draining` (what an UNAVAILABLE says)."""
         if not self.endpoints:
             return f"no instance of {self.service} is registered"
+        if version is not None and not any(
+            e.instance.version == version for e in self.endpoints.values()
+        ):
+            return f"no instance of {self.service} at version {version} is registered"
         now = self._clock()
         draining = sum(not e.serving for e in self.endpoints.values())
         ejected = sum(

@@ -295,3 +295,31 @@ async def test_in_flight_calls_follow_the_weights(
     assert all(abs(got - want) <= 1 for got, want in zip(in_flight, expected, strict=True)), (
         in_flight
     )
+
+
+@pytest.mark.parametrize(
+    ("versions", "draining", "wanted", "picked"),
+    [
+        pytest.param({1: "1.0", 2: "2.0"}, (), "2.0", ["i-2"] * 4, id="only-the-version-asked"),
+        pytest.param({1: "1.0", 2: "2.0"}, (2,), "2.0", [None] * 4, id="that-one-draining"),
+        pytest.param({1: "1.0"}, (), "2.0", [None] * 4, id="none-of-it"),
+    ],
+)
+async def test_a_call_pinned_to_a_version_goes_to_that_version_only(
+    make: Callable[..., Harness],
+    versions: dict[int, str],
+    draining: tuple[int, ...],
+    wanted: str,
+    picked: list[str | None],
+) -> None:
+    h = make()
+    h.add(*(Instance(SERVICE, f"i-{n}", f"10.0.0.{n}:1", "echo", version=v)
+            for n, v in versions.items()), observed=True)  # fmt: skip
+    for n in draining:
+        h.endpoint(n).serving = False
+    got = [h.pool.pick(set(), wanted) for _ in range(4)]
+    assert [None if e is None else e.key for e in got] == picked
+    if not any(v == wanted for v in versions.values()):
+        assert h.pool.why_unavailable(wanted) == (
+            f"no instance of {SERVICE} at version {wanted} is registered"
+        )

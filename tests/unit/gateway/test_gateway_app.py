@@ -22,7 +22,8 @@ from hms_gateway.app import Gateway
 from hms_gateway.config import GatewayConfig
 from hms_gateway.endpoint import endpoints_of
 from hms_gateway.routes import RouteTable
-from mesh.client.call import CallInfo, CallKind
+from mesh.client.call import CallInfo, CallKind, service_of
+from mesh.client.rpc import MeshCall
 from mesh.resilience.retry import Idempotency
 
 _ECHO = "hms.testing.v1.EchoService"
@@ -81,13 +82,30 @@ Handler = Callable[[CallInfo], Awaitable[Any]]
 
 
 class FakeChannel:
-    """Stands in for MeshChannel: records each call and answers with `handler`."""
+    """Stands in for MeshChannel: its public `call()` gives a real MeshCall, whose attempt is
+    `handler` (recorded in `calls`) instead of the middleware chain."""
 
     def __init__(self, handler: Handler | None = None) -> None:
         self.handler = handler or _echo_back
         self.calls: list[CallInfo] = []
 
-    async def invoke(self, call: CallInfo) -> Any:
+    def call(self, method: str, request: Any, **options: Any) -> MeshCall:
+        info = CallInfo(
+            kind=options.pop("kind", CallKind.UNARY_UNARY),
+            method=method,
+            service=options.pop("service", None) or service_of(method),
+            request=request,
+            metadata=list(options.pop("metadata", ())),
+            serializer=options.pop("serializer"),
+            deserializer=options.pop("deserializer"),
+            idempotency=options.pop("idempotency"),
+            timeout=options.pop("timeout", None),
+            version=options.pop("version", None),
+        )
+        assert not options, f"unexpected call options {options}"
+        return MeshCall(info, self._attempt)
+
+    async def _attempt(self, call: CallInfo) -> Any:
         self.calls.append(call)
         return await self.handler(call)
 

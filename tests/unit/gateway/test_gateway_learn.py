@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 from hms.testing.v1 import echo_pb2
-from hms_gateway.learn import instance_of_version, load_descriptor_set
+from hms_gateway.learn import load_descriptor_set
 from hms_gateway.reflection import ReflectionError, build_pool
 from hms_gateway.router import Match
 from hms_gateway.routes import RouteTable
@@ -337,27 +335,3 @@ def _bad_field_number() -> list[descriptor_pb2.FileDescriptorProto]:
 def test_build_pool_invalid_file(make, name: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ReflectionError, match=re.escape(f"file {name} is not a valid descriptor")):
         build_pool(make())
-
-
-def _instance_endpoint(key: str, version: str, *, serving: bool = True) -> Any:
-    instance = SimpleNamespace(version=version)
-    return SimpleNamespace(key=key, instance=instance, serving=serving)
-
-
-@pytest.mark.parametrize(
-    ("endpoints", "version", "expected"),
-    [
-        pytest.param([("a", "1.0", True), ("b", "2.0", True)], "2.0", "b", id="the-new-one"),
-        pytest.param([("c", "2.0", True), ("b", "2.0", True)], "2.0", "b", id="first-by-key"),
-        pytest.param([("a", "2.0", False), ("b", "1.0", True)], "2.0", None, id="draining"),
-        pytest.param([("a", "1.0", True)], "2.0", None, id="none-of-it"),
-        pytest.param([], "1.0", None, id="no-endpoint"),
-    ],
-)
-def test_instance_of_version(
-    endpoints: list[tuple[str, str, bool]], version: str, expected: str | None
-) -> None:
-    """A new version's routes are learnt from an instance of that version, not an old one."""
-    fakes = [_instance_endpoint(k, v, serving=s) for k, v, s in endpoints]
-    found = instance_of_version(fakes, version)
-    assert (found.key if found is not None else None) == expected
