@@ -141,6 +141,14 @@ def run_service(
     argv: Sequence[str] | None = None,
     add_arguments: Callable[[argparse.ArgumentParser], object] | None = None,
 ) -> None:
+    """Run a service process until SIGTERM or SIGINT, then drain and exit (0 drained, 1 cut
+    short by a second signal). `make_servicers(runtime)` builds its servicers and declares its
+    events (see `mesh.server.runtime.Runtime`); flags and MESH_* variables are read here.
+
+    >>> def main() -> None:
+    ...     run_service("fees", lambda runtime: [FeeService(runtime)],
+    ...                 add_arguments=lambda p: p.add_argument("--currency", default="GBP"))
+    """
     args = parse_args(deployment, argv, add_arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

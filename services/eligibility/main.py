@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hms_services.eligibility.service import EligibilityService
-from mesh.server.runner import run_service
+from mesh import run_service
 
 
 def main() -> None:

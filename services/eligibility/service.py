@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from hms_services.eligibility.rules import RULES, RULES_BY_ID, Applicant, Rule, evaluate
-from mesh.errors import InvalidArgument, NotFound
+from mesh import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     import grpc.aio

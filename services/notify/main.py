@@ -9,8 +9,7 @@ from pathlib import Path
 
 from hms_services.notify.service import NotifyService
 from hms_services.notify.store import NotificationStore
-from mesh.server.runner import run_service
-from mesh.server.runtime import Runtime
+from mesh import Runtime, run_service
 
 
 def _servicers(runtime: Runtime) -> list[object]:

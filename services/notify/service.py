@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from hms.notify.v1 import notify_pb2, notify_pb2_grpc
 from hms_services.notify.store import Cursor, Notification, NotificationStore
-from mesh.errors import InvalidArgument
+from mesh import InvalidArgument
 
 if TYPE_CHECKING:
     import grpc.aio

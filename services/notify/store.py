@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from mesh.errors import AlreadyExists, InvalidArgument
+from mesh import AlreadyExists, InvalidArgument
 
 __all__ = ["Cursor", "Notification", "NotificationStore"]
 

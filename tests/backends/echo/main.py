@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from hms.testing.v1 import echo_pb2_grpc
-from mesh.server.runner import run_service
-from mesh.server.runtime import Runtime
+from mesh import Runtime, run_service
 from tests.backends.echo.service import EchoService
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
-from mesh.errors import FailedPrecondition, InvalidArgument
+from mesh import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

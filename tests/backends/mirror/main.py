@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.server.runner import run_service
-from mesh.server.runtime import Runtime
+from mesh import Runtime, run_service
 from tests.backends.mirror.service import MirrorService
 
 

@@ -19,7 +19,7 @@ import grpc
 from google.api import httpbody_pb2
 
 from hms.testing.v1 import mirror_pb2, mirror_pb2_grpc
-from mesh.errors import InvalidArgument
+from mesh import InvalidArgument
 
 __all__ = ["MirrorService"]
 
