@@ -18,6 +18,11 @@ Values are the text forms grpc-gateway accepts:
 A field that holds one value given twice (``?name=a&name=b``) is a 400, as in grpc-gateway:
 keeping either value would hide the client's mistake.
 
+Every problem is told in the caller's terms, as what was expected (``expected an integer from
+-2147483648 to 2147483647``, ``expected one of COLOR_RED, COLOR_GREEN (or its number)``), never
+as the text of a Python or protobuf exception; ``transcode`` words its JSON body errors the same
+way and shares :func:`enum_choices` and the phrases here.
+
 A parameter on a field bound by the path or the body (or inside one) is ignored: the path wins.
 An unknown parameter is ignored unless ``strict``; a value that does not fit its field is a
 ``GatewayError.bad_query_value`` naming both.
@@ -44,15 +49,25 @@ from collections.abc import Iterable, Set
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from hms_gateway.errors import GatewayError
 
 __all__ = [
+    "EXPECTED_BASE64",
+    "EXPECTED_DURATION",
+    "EXPECTED_TIMESTAMP",
     "UnknownField",
     "ValueProblem",
     "apply_query",
+    "decode_base64",
+    "enum_choices",
+    "expected_integer_in_range",
+    "expected_number_in_range",
+    "float_limit",
+    "int_range",
+    "is_integer_field",
     "is_text_settable",
     "resolve_field_path",
     "set_text_value",
@@ -68,6 +83,7 @@ class UnknownField(LookupError):
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
+_DOUBLE_MAX = 1.7976931348623157e308
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _FLOAT_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -136,13 +152,59 @@ def resolve_field_path(descriptor: Descriptor, path: str) -> tuple[FieldDescript
     return tuple(fields)
 
 
+# -- what a field expects, in the caller's terms (shared with transcode's JSON body errors) ----
+
+_CHOICES_SHOWN = 12
+EXPECTED_TIMESTAMP = 'an RFC 3339 timestamp (like "2024-05-01T10:00:00Z")'
+EXPECTED_DURATION = 'a duration in seconds with an "s" suffix (like "1.5s")'
+EXPECTED_BASE64 = "base64 (standard or URL-safe alphabet, padding optional)"
+
+
+def int_range(field: FieldDescriptor) -> tuple[int, int]:
+    """The lowest and highest value of an integer field (of its ``value`` for a wrapper)."""
+    return _INT_RANGES[field.type]
+
+
+def is_integer_field(field: FieldDescriptor) -> bool:
+    return field.type in _INT_RANGES
+
+
+def float_limit(field: FieldDescriptor) -> float:
+    """The largest magnitude a float (32-bit) or double field holds."""
+    return _FLOAT32_MAX if field.type == _T.TYPE_FLOAT else _DOUBLE_MAX
+
+
+def expected_integer_in_range(field: FieldDescriptor) -> str:
+    low, high = int_range(field)
+    return f"expected an integer from {low} to {high}"
+
+
+def expected_number_in_range(field: FieldDescriptor) -> str:
+    limit = float_limit(field)
+    return f"expected a number from {-limit:.8g} to {limit:.8g}"
+
+
+def enum_choices(enum: EnumDescriptor) -> str:
+    """The value names a caller may send, for a message: ``COLOR_RED, COLOR_GREEN``.
+
+    A zero value named ``*_UNSPECIFIED`` is left out (it means "not set": nobody means to send
+    it), and a long list is cut short with its length.
+    """
+    names = [
+        v.name for v in enum.values if not (v.number == 0 and v.name.endswith("_UNSPECIFIED"))
+    ] or [v.name for v in enum.values]
+    if len(names) > _CHOICES_SHOWN:
+        return ", ".join(names[:_CHOICES_SHOWN]) + f", ... ({len(names)} values)"
+    return ", ".join(names)
+
+
 def _parse_int(field: FieldDescriptor, text: str) -> int:
     if not _INT_RE.fullmatch(text):
-        raise ValueProblem("not an integer")
+        raise ValueProblem("expected an integer")
     value = int(text)
     low, high = _INT_RANGES[field.type]
     if not low <= value <= high:
-        raise ValueProblem(f"out of range [{low}, {high}]")
+        raise ValueProblem(expected_integer_in_range(field))
     return value
 
 
@@ -150,11 +212,10 @@ def _parse_float(field: FieldDescriptor, text: str) -> float:
     if text in _FLOAT_WORDS:
         return _FLOAT_WORDS[text]
     if not _FLOAT_RE.fullmatch(text):
-        raise ValueProblem("not a number")
+        raise ValueProblem("expected a number (or NaN, Infinity or -Infinity)")
     value = float(text)
-    limit = _FLOAT32_MAX if field.type == _T.TYPE_FLOAT else math.inf
-    if math.isinf(value) or abs(value) > limit:
-        raise ValueProblem("out of range")
+    if math.isinf(value) or abs(value) > float_limit(field):
+        raise ValueProblem(expected_number_in_range(field))
     return value
 
 
@@ -163,19 +224,20 @@ def _parse_bool(text: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ValueProblem("not a bool (true, false, 1 or 0)")
+    raise ValueProblem("expected true or false (or 1 or 0)")
 
 
-def _parse_bytes(text: str) -> bytes:
-    # Standard and URL-safe alphabets, padded or not; a mix of the two is refused.
+def decode_base64(text: str) -> bytes:
+    """Standard or URL-safe base64, padded or not (``ValueProblem`` otherwise); a mix of the
+    two alphabets is refused, as Go's decoders do."""
     url_safe = "-" in text or "_" in text
     if url_safe and ("+" in text or "/" in text):
-        raise ValueProblem("mixes standard and URL-safe base64")
+        raise ValueProblem(f"expected {EXPECTED_BASE64}, not a mix of the two alphabets")
     padded = text + "=" * (-len(text) % 4)
     try:
         return base64.b64decode(padded, altchars=b"-_" if url_safe else None, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueProblem(f"not base64: {exc}") from exc
+        raise ValueProblem(f"expected {EXPECTED_BASE64}") from exc
 
 
 def _parse_enum(field: FieldDescriptor, text: str) -> int:
@@ -185,7 +247,7 @@ def _parse_enum(field: FieldDescriptor, text: str) -> int:
         return by_name.number
     if _INT_RE.fullmatch(text) and int(text) in enum.values_by_number:
         return int(text)
-    raise ValueProblem(f"not a value of enum {enum.full_name}")
+    raise ValueProblem(f"expected one of {enum_choices(enum)} (or its number)")
 
 
 def _scalar(field: FieldDescriptor, text: str) -> Any:
@@ -197,12 +259,12 @@ def _scalar(field: FieldDescriptor, text: str) -> Any:
     if kind == _T.TYPE_ENUM:
         return _parse_enum(field, text)
     if kind == _T.TYPE_BYTES:
-        return _parse_bytes(text)
+        return decode_base64(text)
     if kind in (_T.TYPE_FLOAT, _T.TYPE_DOUBLE):
         return _parse_float(field, text)
     if kind in _INT_RANGES:
         return _parse_int(field, text)
-    raise ValueProblem("this field type cannot be set from text")
+    raise ValueProblem("this field cannot take a single value")
 
 
 def is_text_settable(field: FieldDescriptor) -> bool:
@@ -228,14 +290,18 @@ def _fill_message(target: Message, text: str) -> None:
         try:
             target.ToJsonString()  # type: ignore[attr-defined]
         except ValueError as exc:
-            raise ValueProblem(f"not a valid FieldMask: {exc}") from exc
+            raise ValueProblem(
+                "expected comma-separated field paths in proto names "
+                '(like "title,author.birth_year")'
+            ) from exc
     elif name in _JSON_STRING_TYPES:
         try:
             json_format.Parse(json.dumps(text), target)
         except (json_format.Error, ValueError, TypeError, OverflowError) as exc:
-            raise ValueProblem(f"not a valid {target.DESCRIPTOR.name}") from exc
+            what = EXPECTED_TIMESTAMP if name.endswith("Timestamp") else EXPECTED_DURATION
+            raise ValueProblem(f"expected {what}") from exc
     else:
-        raise ValueProblem(f"message {name} cannot be set from text")
+        raise ValueProblem("a message cannot take a single value: give each of its fields")
 
 
 def set_text_value(message: Message, fields: Iterable[FieldDescriptor], text: str) -> None:
@@ -249,7 +315,7 @@ def set_text_value(message: Message, fields: Iterable[FieldDescriptor], text: st
     for parent in parents:
         target = getattr(target, parent.name)
     if _is_map(leaf):
-        raise ValueProblem("map fields cannot be set from text")
+        raise ValueProblem("a map takes one parameter per entry, like name[KEY]=VALUE")
     try:
         if leaf.message_type is not None:
             if leaf.is_repeated:
@@ -272,7 +338,15 @@ def set_text_value(message: Message, fields: Iterable[FieldDescriptor], text: st
         # A str protobuf will not store (lone surrogates), or a value upb refuses.
         if isinstance(exc, ValueProblem):
             raise
-        raise ValueProblem(str(exc) or type(exc).__name__) from exc
+        raise _stored_problem(leaf) from exc
+
+
+def _stored_problem(field: FieldDescriptor) -> ValueProblem:
+    """The value passed the checks above but protobuf would not store it: said without the
+    library's own exception text."""
+    if field.type == _T.TYPE_STRING:
+        return ValueProblem("expected valid Unicode text")
+    return ValueProblem("not a value this field can hold")
 
 
 def _is_bound(names: tuple[str, ...], bound: Set[str]) -> bool:
@@ -311,6 +385,10 @@ def apply_query(
         if _is_bound(names, bound):
             continue
         leaf = fields[-1]
+        if key is None and _is_map(leaf):
+            raise GatewayError.bad_query_value(
+                name, value, f"a map takes one parameter per entry, like {name}[KEY]=VALUE"
+            )
         once = (*names, key) if key is not None else names
         if (key is not None or not leaf.is_repeated) and once in seen:
             raise GatewayError.bad_query_value(name, value, "given more than once")
@@ -347,8 +425,12 @@ def set_map_entry(message: Message, fields: Iterable[FieldDescriptor], key: str,
     for parent in parents:
         target = getattr(target, parent.name)
     try:
-        getattr(target, leaf.name)[_scalar(key_field, key)] = _scalar(value_field, text)
+        parsed_key = _scalar(key_field, key)
+    except ValueProblem as exc:
+        raise ValueProblem(f"key [{key}]: {exc}") from exc
+    try:
+        getattr(target, leaf.name)[parsed_key] = _scalar(value_field, text)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ValueProblem):
             raise
-        raise ValueProblem(str(exc) or type(exc).__name__) from exc
+        raise _stored_problem(value_field) from exc

@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-__all__ = ["cancel_and_wait", "cancelled_by_caller", "first_failure"]
+from mesh.resilience.backoff import Backoff
+
+__all__ = ["back_off", "cancel_and_wait", "cancelled_by_caller", "first_failure"]
+
+
+async def back_off(
+    backoff: Backoff,
+    say: Callable[..., object] | None = None,
+    *args: object,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    **kwargs: object,
+) -> float:
+    """Wait out `backoff`'s next delay, after `say(*args, delay, **kwargs)`: the delay comes
+    last, as in a log call whose message ends "again in %.2f s". Returns the delay.
+
+    The one step every retry loop shares; the loop itself decides when to back off and when
+    to `backoff.reset()` (after a success). `say` runs before the wait, when the failure
+    happens, and inside the caller's ``except`` block, so ``log.exception`` and
+    ``exc_info=True`` see the error. A cancellation during the wait propagates.
+
+    >>> except EtcdUnavailable as exc:
+    ...     await back_off(retry, log.warning, "etcd unavailable (%s); again in %.2f s", exc)
+    """
+    delay = backoff.next_delay()
+    if say is not None:
+        say(*args, delay, **kwargs)
+    await sleep(delay)
+    return delay
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mesh.errors import MeshError
-from mesh.server.wrap import Behaviour, Kind, WrapCache
+from mesh.server.wrap import Around, AroundInterceptor
 
 __all__ = [
     "EXPORTERS",
@@ -145,66 +146,58 @@ def _code_of(exc: BaseException | None, context: Any) -> str:
     return _CODE_NAMES.get(code, "UNKNOWN") if isinstance(code, int) else "UNKNOWN"
 
 
-class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self.metrics = metrics
-        self._wrapped = WrapCache(self._wrap_for)
+class _MethodMetrics:
+    """The server metrics of one method, their labelled children looked up once, not per
+    call; called with a call's context, it gives the scope that times that call."""
 
-    def _wrap_for(self, path: str) -> Callable[[Behaviour], Callable[..., Any]]:
-        _, service, method = [*path.split("/"), "", ""][:3]
-        return lambda behaviour: self._wrap(behaviour, service, method)
+    def __init__(self, metrics: ServerMetrics, service: str, method: str) -> None:
+        self.metrics, self.service, self.method = metrics, service, method
+        self.requests_ok = metrics.requests.labels(service, method, "OK")
+        self.latency = metrics.latency.labels(service, method)
+        self.in_flight = metrics.in_flight.labels(service)
 
-    async def intercept_service(
+    def __call__(self, context: Any) -> _Timed:
+        return _Timed(self, context)
+
+    def record(self, started: float, exc: BaseException | None, context: Any) -> None:
+        if exc is None:
+            self.requests_ok.inc()
+        else:
+            code = _code_of(exc, context)
+            self.metrics.requests.labels(self.service, self.method, code).inc()
+        self.latency.observe(time.perf_counter() - started)
+
+
+class _Timed:
+    """Around one call: in flight while it runs, then counted by its code and timed. (A
+    class, not an @asynccontextmanager: every call enters one.)"""
+
+    __slots__ = ("_context", "_method", "_started")
+
+    def __init__(self, method: _MethodMetrics, context: Any) -> None:
+        self._method = method
+        self._context = context
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
+        self._method.in_flight.inc()
+
+    async def __aexit__(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        return self._wrapped.get(details.method, await continuation(details))
+        _type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self._method.in_flight.dec()
+        self._method.record(self._started, exc, self._context)
 
-    def _wrap(self, behaviour: Behaviour, service: str, method: str) -> Callable[..., Any]:
-        m = self.metrics
-        function = behaviour.function
-        # Labelled children looked up once per method, not per call.
-        requests_ok = m.requests.labels(service, method, "OK")
-        latency = m.latency.labels(service, method)
-        in_flight = m.in_flight.labels(service)
 
-        def record(started: float, exc: BaseException | None, context: Any) -> None:
-            if exc is None:
-                requests_ok.inc()
-            else:
-                m.requests.labels(service, method, _code_of(exc, context)).inc()
-            latency.observe(time.perf_counter() - started)
+class ServerMetricsInterceptor(AroundInterceptor):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
 
-        if behaviour.kind is Kind.COROUTINE:
-
-            async def unary(request: Any, context: Any) -> Any:
-                started, failure = time.perf_counter(), None
-                in_flight.inc()
-                try:
-                    return await function(request, context)
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    in_flight.dec()
-                    record(started, failure, context)
-
-            return unary
-        if behaviour.kind is Kind.ASYNC_GENERATOR:
-
-            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                started, failure = time.perf_counter(), None
-                in_flight.inc()
-                try:
-                    async for response in function(request, context):
-                        yield response
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    in_flight.dec()
-                    record(started, failure, context)
-
-            return stream
-        return function
+    def around(self, method: str) -> Around:
+        _, service, name = [*method.split("/"), "", ""][:3]
+        return Around(scope=_MethodMetrics(self.metrics, service, name))

@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hms_tools import certs
 from hms_tools.control import ControlError, answering, serve_control
 from hms_tools.devstack import DevStack, GatewayProcess, ServiceProcess
+from hms_tools.errors import OperatorError
 from hms_tools.stackfile import CONTROL_SOCKET, STACK_FILE
 from hms_tools.supervisor import OperationFailed, Supervisor
 from mesh import tls
@@ -52,6 +53,41 @@ log = logging.getLogger(__name__)
 
 OPS_IDENTITY = "ops"
 GATEWAY_IDENTITY = "gateway"
+
+# `mesh gateway` flags the stack sets itself, and why an operator cannot: each with what to do.
+_STACK_GATEWAY_FLAGS = {
+    "--etcd": "the gateway uses the stack's etcd",
+    "--namespace": "the gateway uses the stack's namespace (mesh up --namespace)",
+    "--state-dir": "the gateway uses the stack's state (mesh up --state-dir)",
+    "--tls-dir": "the gateway uses the stack's certificates",
+    "--cert-name": f"the gateway presents the stack's {GATEWAY_IDENTITY!r} certificate",
+    "--insecure": "the stack's services accept mTLS only",
+    "--descriptor-set": "the stack's gateway learns its routes from the registry",
+    "--upstream": "the stack's gateway finds its services in the registry",
+}
+
+
+def _stack_gateway_flag(arg: str) -> str | None:
+    """The stack's own gateway flag that ``arg`` sets, if any. argparse takes any unambiguous
+    prefix of a long option (``--tls`` for ``--tls-dir``), so prefixes count too."""
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--") or len(name) < len("--x"):
+        return None
+    for flag in _STACK_GATEWAY_FLAGS:
+        if flag.startswith(name):
+            return flag
+    return None
+
+
+def _gateway_exited(gateway: GatewayProcess) -> OperatorError:
+    """The gateway process ended before it was ready: its exit status and its last words."""
+    status = gateway.proc.poll() if gateway.proc is not None else None
+    said = [line.strip() for line in gateway.log_tail(4000).splitlines() if line.strip()]
+    last = said[-1] if said else "(it printed nothing)"
+    return OperatorError(
+        f"the gateway exited before it was ready (status {status}): {last} "
+        f"(log: {gateway.log_path})"
+    )
 
 
 def discover_services() -> list[str]:
@@ -74,6 +110,10 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Start the REST gateway too (its URL goes into stack.json).
     gateway: bool = True
+    #: More `mesh gateway` arguments, passed as they are (`mesh up --gateway-arg=--strict`):
+    #: JSON options, the gate, a fixed --port. Not the flags the stack sets itself (--etcd,
+    #: --tls-dir, ...); a flag the gateway does not know fails `Stack.start` with its message.
+    gateway_args: tuple[str, ...] = ()
     #: Listen on `<state-dir>/control.sock` for `mesh restart` and `mesh scale`.
     control: bool = True
 
@@ -81,6 +121,29 @@ class StackConfig:
         for name, count in self.scale.items():
             if count < 0:
                 raise ValueError(f"scale {name}={count}: replicas must be >= 0")
+        self._check_gateway_args()
+
+    def _check_gateway_args(self) -> None:
+        if isinstance(self.gateway_args, str | bytes):
+            one = self.gateway_args
+            raise ValueError(f"gateway_args is a sequence of arguments, not a string: ({one!r},)?")
+        if not isinstance(self.gateway_args, tuple | list):
+            raise ValueError(f"gateway_args must be a tuple of strings, not {self.gateway_args!r}")
+        args = tuple(self.gateway_args)
+        if not all(isinstance(arg, str) for arg in args):
+            raise ValueError(f"gateway_args must all be strings: {args!r}")
+        object.__setattr__(self, "gateway_args", args)  # a list given: kept frozen like the rest
+        if args and not self.gateway:
+            raise ValueError("gateway_args given, but this stack starts no gateway (gateway=False)")
+        for arg in args:
+            if not arg.strip():
+                raise ValueError(f"gateway argument {arg!r}: an empty argument")
+            flag = _stack_gateway_flag(arg)
+            if flag is not None:
+                raise ValueError(
+                    f"gateway argument {arg!r}: the stack sets {flag} itself "
+                    f"({_STACK_GATEWAY_FLAGS[flag]})"
+                )
 
     def replicas(self, deployments: tuple[str, ...]) -> dict[str, int]:
         unknown = sorted(set(self.scale) - set(deployments))
@@ -213,6 +276,8 @@ class Stack:
 
     async def _start_gateway(self) -> None:
         args = [
+            *self.config.gateway_args,
+            # The stack's own last: for an option given twice argparse keeps the last one.
             f"--etcd={self.etcd_endpoint}",
             f"--namespace={self.config.namespace}",
             f"--tls-dir={self.tls_dir}",
@@ -220,9 +285,16 @@ class Stack:
         ]
         log_path = self.run_dir / "logs" / "gateway.log"
         gateway = self.gateway = GatewayProcess(args, env=self.env(), log_path=log_path).start()
-        await asyncio.to_thread(gateway.wait_url, self.config.ready_timeout)
-        # Ready means REST works: the gateway has learnt the registered services' routes.
-        await asyncio.to_thread(gateway.wait_ready, self.config.ready_timeout)
+        try:
+            await asyncio.to_thread(gateway.wait_url, self.config.ready_timeout)
+            # Ready means REST works: the gateway has learnt the registered services' routes.
+            await asyncio.to_thread(gateway.wait_ready, self.config.ready_timeout)
+        except RuntimeError:
+            # Both waits stop as soon as the process is gone; what it said is the reason (for a
+            # flag it does not take: argparse's one line, after the usage, and status 2).
+            if gateway.running:
+                raise
+            raise _gateway_exited(gateway) from None
 
     async def _handle(self, request: dict[str, Any], progress: Callable[[str], None]) -> None:
         """A control request (already checked by hms_tools.control.parse_request)."""

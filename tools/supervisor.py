@@ -38,7 +38,7 @@ from typing import Protocol
 
 from hms_tools.devstack import ServiceProcess
 from hms_tools.errors import OperatorError
-from mesh.aio import cancel_and_wait
+from mesh.aio import back_off, cancel_and_wait
 from mesh.registry import keys
 from mesh.registry.watch import Discovery
 from mesh.resilience.backoff import Backoff, BackoffPolicy
@@ -283,17 +283,10 @@ class Supervisor:
         )
         if ran >= self._stable_after:
             backoff.reset()
-        delay = backoff.next_delay()
         replica.state = ReplicaState.CRASHED
         replica.instances = []
         self._changed()
-        tail = replica.proc.log_tail(1500).rstrip()
-        self._report(
-            f"{replica.name} (pid {replica.proc.pid}) exited on its own: {exit_reason(status)} "
-            f"after {ran:.1f} s; last lines of {replica.proc.log_path}:\n{_indent(tail)}\n"
-            f"{replica.name}: restarting in {delay:.1f} s (restart {replica.restarts + 1})"
-        )
-        await asyncio.sleep(delay)
+        await back_off(backoff, self._report_crash, replica, status, ran)
         async with self._lock(replica.deployment):
             if self._stopping or self._in_slot(replica.deployment, replica.slot) is not replica:
                 return  # stopped, scaled away or replaced by a rolling restart meanwhile
@@ -305,6 +298,14 @@ class Supervisor:
             self._report(f"{new.name}: {exc}")  # its own exit, if any, is followed as a crash
             return
         self._report(f"{new.name}: back, SERVING at {_addresses(new)} (pid {new.proc.pid})")
+
+    def _report_crash(self, replica: Replica, status: int, ran: float, delay: float) -> None:
+        tail = replica.proc.log_tail(1500).rstrip()
+        self._report(
+            f"{replica.name} (pid {replica.proc.pid}) exited on its own: {exit_reason(status)} "
+            f"after {ran:.1f} s; last lines of {replica.proc.log_path}:\n{_indent(tail)}\n"
+            f"{replica.name}: restarting in {delay:.1f} s (restart {replica.restarts + 1})"
+        )
 
     async def _until_ready(self, replica: Replica) -> None:
         """Until the replica is registered and SERVING; OperationFailed if it exits first or

@@ -16,14 +16,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from mesh.authz.policy import Decision, Mode, Policy, PolicyError, is_always_allowed, load_policy
-from mesh.server.wrap import Behaviour, Kind, WrapCache
+from mesh.server.wrap import Around, AroundInterceptor, Refusal
 
 __all__ = ["AuthzInterceptor", "PolicySource", "caller_identity", "denial_message"]
 
@@ -141,30 +141,24 @@ class PolicySource:
         self._last_error = problem
 
 
-class AuthzInterceptor(grpc.aio.ServerInterceptor):
-    """Enforces a policy on every call, in all four handler shapes.
+class AuthzInterceptor(AroundInterceptor):
+    """Enforces a policy on every call, in all four handler shapes, async and sync.
 
     Give it a `Policy` (fixed) or a `PolicySource` (follows its file). Health checking and
     reflection are never wrapped: no policy can block them.
     """
 
     def __init__(self, policy: Policy | PolicySource) -> None:
+        super().__init__()
         self._current: Callable[[], Policy] = (
             policy.current if isinstance(policy, PolicySource) else lambda: policy
         )
-        # The guard reads the current policy at call time, so wrapping once per method is safe.
-        self._wrapped = WrapCache(lambda method: lambda b: self._guard(method, b))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or is_always_allowed(method):
-            return handler
-        return self._wrapped.get(method, handler)
+    def around(self, method: str) -> Around | None:
+        if is_always_allowed(method):
+            return None
+        # The refusal reads the current policy at call time, so wrapping once per method is safe.
+        return Around(refuse=lambda context: self._refuse(method, context))
 
     def refusal(self, method: str, auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
         """The message to deny a call with, or None to let it through (audit mode logs it)."""
@@ -180,53 +174,6 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         log.info("authz denied: %s [policy %s]", message, policy.source)
         return message
 
-    def _guard(self, method: str, behaviour: Behaviour) -> Callable[..., Any]:
-        # Each wrapper has the kind of what it wraps, so grpc.aio runs it the same way.
-        function = behaviour.function
-        denied = grpc.StatusCode.PERMISSION_DENIED
-
-        if behaviour.kind is Kind.ASYNC_GENERATOR:
-
-            async def guarded_async_gen(request: Any, context: Any) -> AsyncIterator[Any]:
-                message = self.refusal(method, context.auth_context())
-                if message is not None:
-                    await context.abort(denied, message)
-                    return  # abort raises; never run the behaviour if it did not
-                async for response in function(request, context):
-                    yield response
-
-            return guarded_async_gen
-
-        if behaviour.kind is Kind.COROUTINE:
-
-            async def guarded_coroutine(request: Any, context: Any) -> Any:
-                message = self.refusal(method, context.auth_context())
-                if message is not None:
-                    await context.abort(denied, message)
-                    return None
-                return await function(request, context)
-
-            return guarded_coroutine
-
-        # Sync behaviours get grpc.aio's sync context, whose abort() blocks on the event
-        # loop: it must run in the thread pool, never in the loop itself.
-        if behaviour.response_streaming:
-
-            def guarded_sync_stream(request: Any, context: Any) -> Iterator[Any]:
-                # A generator, so this body runs when grpc.aio iterates it in its thread pool.
-                message = self.refusal(method, context.auth_context())
-                if message is not None:
-                    context.abort(denied, message)  # does not raise from a sync context
-                    return
-                yield from function(request, context)
-
-            return guarded_sync_stream
-
-        def guarded_sync(request: Any, context: Any) -> Any:
-            message = self.refusal(method, context.auth_context())
-            if message is not None:
-                context.abort(denied, message)
-                return None
-            return function(request, context)
-
-        return guarded_sync
+    def _refuse(self, method: str, context: Any) -> Refusal | None:
+        message = self.refusal(method, context.auth_context())
+        return None if message is None else Refusal(grpc.StatusCode.PERMISSION_DENIED, message)

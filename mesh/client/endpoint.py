@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.aio import cancel_and_wait
+from mesh.aio import back_off, cancel_and_wait
 from mesh.client.call import rpc_error
 from mesh.registry.keys import Instance
 from mesh.resilience.backoff import Backoff, BackoffPolicy
@@ -145,4 +145,4 @@ class Endpoint:
                     return  # a server without health checking: judge it by its calls alone
                 if exc.code() == grpc.StatusCode.CANCELLED:
                     continue
-            await asyncio.sleep(backoff.next_delay())
+            await back_off(backoff)

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -26,7 +25,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from mesh.aio import cancelled_by_caller
+from mesh.aio import cancel_and_wait, cancelled_by_caller
 from mesh.client.call import CallInfo, GuardedStream, channel_closed_error, rpc_error
 from mesh.deadline import DeadlineConfig, inbound_deadline, outbound_deadline
 from mesh.resilience.budget import RetryBudget
@@ -301,11 +300,9 @@ class RetryLayer:
                         self.budget_refusals += 1
         finally:
             for task in attempts:
-                if not task.done():
-                    task.cancel()
-            for task in attempts:
-                with contextlib.suppress(BaseException):
-                    await task
+                if task.done() and not task.cancelled():
+                    task.exception()  # a losing attempt's failure is no news: mark it read
+            await cancel_and_wait(*attempts)  # lets a cancellation of our caller through
         assert last_error is not None
         raise last_error
 

@@ -29,6 +29,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from mesh.aio import back_off
 from mesh.events.subjects import Headers
 from mesh.events.subscriber import EventMeta
 from mesh.resilience.backoff import Backoff, BackoffPolicy
@@ -139,7 +140,7 @@ class IdempotentHandler(Generic[M]):
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
-                await asyncio.sleep(retry.next_delay())
+                await back_off(retry)
 
     async def __call__(self, message: M, meta: EventMeta) -> None:
         """Apply `message` unless its id was applied before."""

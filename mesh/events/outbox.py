@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
+from mesh.aio import back_off, cancel_and_wait
 from mesh.errors import Unavailable
 from mesh.events.subjects import Headers, StreamSpec, format_time
 from mesh.resilience.backoff import Backoff, BackoffPolicy
@@ -391,10 +392,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = retry.next_delay()
                 level = logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR
-                log.log(level, "outbox relay: %s; again in %.2f s", exc, delay)
-                await asyncio.sleep(delay)
+                await back_off(retry, log.log, level, "outbox relay: %s; again in %.2f s", exc)
                 continue
             retry.reset()
             if self._prune_due():
@@ -413,7 +412,5 @@ class OutboxRelay:
     async def stop(self) -> None:
         """Stop the relay (an event being published may be published again next start)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)  # lets a cancellation of our caller through
             self._task = None

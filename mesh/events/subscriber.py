@@ -2,7 +2,8 @@
 
 One durable consumer per (deployment, event type), named by `consumer_name`: replicas of a
 deployment share it, so each event goes to one replica, and a restarted replica resumes where the
-deployment stopped. Per event:
+deployment stopped. Per event, `decide` (a pure function) says what to do, and the
+subscription does it:
 
     decode fails (or ce-type names another type)  -> dead letters ("undecodable"), term
     handler returns                               -> ack
@@ -31,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import nats.errors
 from google.protobuf.message import DecodeError, Message
@@ -42,6 +43,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 
+from mesh.aio import back_off, cancel_and_wait
 from mesh.errors import Unavailable
 from mesh.events.publisher import header_value
 from mesh.events.subjects import (
@@ -55,7 +57,21 @@ from mesh.events.subjects import (
 )
 from mesh.resilience.backoff import Backoff, BackoffPolicy
 
-__all__ = ["EventMeta", "Handler", "Subscriber", "Subscription"]
+__all__ = [
+    "Ack",
+    "DeadLetter",
+    "Decision",
+    "EventMeta",
+    "Handled",
+    "Handler",
+    "HandlerFailed",
+    "Nak",
+    "Outcome",
+    "Subscriber",
+    "Subscription",
+    "Undecodable",
+    "decide",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +98,73 @@ class EventMeta:
 
 
 Handler = Callable[[M, EventMeta], Awaitable[None]]
+
+
+# -- deciding: what happened to an event, and what to do about it ------------------------------
+
+
+@dataclass(frozen=True)
+class Handled:
+    """The handler returned."""
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """The payload is not the subscribed type (it does not decode, or ce-type names another)."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class HandlerFailed:
+    """The handler raised; `error` describes the exception ("KeyError: 'x'")."""
+
+    error: str
+
+
+Outcome = Handled | Undecodable | HandlerFailed
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Done with: JetStream forgets the event for this consumer."""
+
+
+@dataclass(frozen=True)
+class Nak:
+    """Give the event back, to be redelivered after `delay` seconds, because of `error`."""
+
+    delay: float
+    error: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Store the event in the dead letters with why, then term it (never redelivered)."""
+
+    reason: Literal["undecodable", "handler-failed"]
+    error: str
+
+
+Decision = Ack | Nak | DeadLetter
+
+
+def decide(outcome: Outcome, delivery: int, spec: ConsumerSpec) -> Decision:
+    """What to do with an event after `outcome` on its `delivery`-th delivery (1 the first).
+
+    >>> decide(HandlerFailed("KeyError: 'x'"), 1, ConsumerSpec(backoff=(1.0, 5.0)))
+    Nak(delay=1.0, error="KeyError: 'x'")
+    """
+    match outcome:
+        case Handled():
+            return Ack()
+        case Undecodable(error):
+            return DeadLetter("undecodable", error)  # the same bytes would fail again
+        case HandlerFailed(error) if delivery >= spec.max_deliver:
+            return DeadLetter("handler-failed", error)  # JetStream would not redeliver it
+        case HandlerFailed(error):
+            return Nak(spec.retry_delay(delivery), error)
+    raise TypeError(f"not an outcome: {outcome!r}")
 
 
 class Subscription(Generic[M]):
@@ -128,9 +211,7 @@ class Subscription(Generic[M]):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)  # lets a cancellation of our caller through
             self._task = None
         if self._pull is not None:
             with contextlib.suppress(nats.errors.Error):
@@ -148,11 +229,13 @@ class Subscription(Generic[M]):
             except nats.errors.TimeoutError:
                 continue  # nothing to do within the poll interval
             except Exception:
-                delay = retry.next_delay()
-                log.warning(
-                    "fetch on %s failed; again in %.2f s", self.consumer, delay, exc_info=True
+                await back_off(
+                    retry,
+                    log.warning,
+                    "fetch on %s failed; again in %.2f s",
+                    self.consumer,
+                    exc_info=True,
                 )
-                await asyncio.sleep(delay)
                 continue
             retry.reset()
             await asyncio.gather(*(self._settle(msg) for msg in batch))
@@ -170,8 +253,7 @@ class Subscription(Generic[M]):
         owner = self._owner
         headers = dict(msg.headers or {})
         parent = owner.propagator.extract(headers)
-        metadata = msg.metadata
-        delivery = metadata.num_delivered
+        delivery = msg.metadata.num_delivered
         # Ours carry the id as Nats-Msg-Id; a CloudEvents publisher's ce-id is read too.
         event_id = headers.get(Headers.MSG_ID) or headers.get(Headers.ID, "")
         with owner.tracer.start_as_current_span(
@@ -189,47 +271,63 @@ class Subscription(Generic[M]):
                 "messaging.message.delivery_count": delivery,
             },
         ) as span:
-            try:
-                message = self._decode(msg.data, headers)
-            except DecodeError as exc:
-                span.set_status(trace.StatusCode.ERROR, str(exc))
-                await self._dead_letter(msg, headers, event_id, "undecodable", str(exc))
-                return
-            meta = EventMeta(
-                id=event_id,
-                type=headers.get(Headers.TYPE, self.full_name),
-                source=headers.get(Headers.SOURCE, ""),
-                time=_parse_time(headers.get(Headers.TIME)),
-                delivery_count=delivery,
-                subject=msg.subject,
-                stream_sequence=metadata.sequence.stream,
-                trace_context=parent,
-                headers=headers,
-            )
-            try:
-                async with _working(msg, owner.spec.heartbeat):
-                    await self.handler(message, meta)
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
-                if delivery >= owner.spec.max_deliver:
-                    await self._dead_letter(
-                        msg, headers, event_id, "handler-failed", _describe(exc)
-                    )
-                else:
-                    delay = owner.spec.retry_delay(delivery)
-                    log.warning(
-                        "%s: event %s failed (delivery %d of %d), retry in %.2f s: %s",
-                        self.consumer,
-                        event_id,
-                        delivery,
-                        owner.spec.max_deliver,
-                        delay,
-                        _describe(exc),
-                    )
-                    await msg.nak(delay=delay)
-                return
-            await msg.ack()
+            # Worked on (JetStream hears so) until settled; and settled with no pause after
+            # the handler (or after the dead letter is stored), so a stop() interrupts the
+            # handler or the dead-letter publish, never a finished event before its ack,
+            # nak or term.
+            async with _working(msg, owner.spec.heartbeat):
+                outcome = await self._process(msg, headers, event_id, parent, span)
+                decision = decide(outcome, delivery, owner.spec)
+                match decision:
+                    case Ack():
+                        await msg.ack()
+                    case Nak(delay, error):
+                        log.warning(
+                            "%s: event %s failed (delivery %d of %d), retry in %.2f s: %s",
+                            self.consumer,
+                            event_id,
+                            delivery,
+                            owner.spec.max_deliver,
+                            delay,
+                            error,
+                        )
+                        await msg.nak(delay=delay)
+                    case DeadLetter(reason, error):
+                        await self._dead_letter(msg, headers, event_id, reason, error)
+
+    async def _process(
+        self,
+        msg: Msg,
+        headers: dict[str, str],
+        event_id: str,
+        parent: otel_context.Context,
+        span: trace.Span,
+    ) -> Outcome:
+        """Decode the event and run the handler on it; what happened is also on the span."""
+        try:
+            message = self._decode(msg.data, headers)
+        except DecodeError as exc:
+            span.set_status(trace.StatusCode.ERROR, str(exc))
+            return Undecodable(str(exc))
+        metadata = msg.metadata
+        meta = EventMeta(
+            id=event_id,
+            type=headers.get(Headers.TYPE, self.full_name),
+            source=headers.get(Headers.SOURCE, ""),
+            time=_parse_time(headers.get(Headers.TIME)),
+            delivery_count=metadata.num_delivered,
+            subject=msg.subject,
+            stream_sequence=metadata.sequence.stream,
+            trace_context=parent,
+            headers=headers,
+        )
+        try:
+            await self.handler(message, meta)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            return HandlerFailed(_describe(exc))
+        return Handled()
 
     def _decode(self, data: bytes, headers: Mapping[str, str]) -> M:
         declared = headers.get(Headers.TYPE)
@@ -262,20 +360,18 @@ class Subscription(Generic[M]):
             Headers.DLQ_CONSUMER: self.consumer,
         }
         retry = Backoff(_RETRY)
-        async with _working(msg, owner.spec.heartbeat):
-            while True:
-                try:
-                    await owner.js.publish(self.dead_letter_subject, msg.data, headers=letter)
-                    break
-                except nats.errors.Error:
-                    delay = retry.next_delay()
-                    log.warning(
-                        "dead-lettering %s failed; again in %.2f s",
-                        letter[Headers.MSG_ID],
-                        delay,
-                        exc_info=True,
-                    )
-                    await asyncio.sleep(delay)
+        while True:
+            try:
+                await owner.js.publish(self.dead_letter_subject, msg.data, headers=letter)
+                break
+            except nats.errors.Error:
+                await back_off(
+                    retry,
+                    log.warning,
+                    "dead-lettering %s failed; again in %.2f s",
+                    letter[Headers.MSG_ID],
+                    exc_info=True,
+                )
         log.error(
             "%s: event %s dead-lettered (%s): %s",
             self.consumer,
@@ -347,9 +443,7 @@ async def _working(msg: Msg, interval: float) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 def _parse_time(text: str | None) -> datetime | None:

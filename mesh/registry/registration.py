@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from mesh.aio import cancel_and_wait, first_failure
+from mesh.aio import back_off, cancel_and_wait, first_failure
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd, EtcdError, EtcdUnavailable, LeaseLost
 from mesh.resilience.backoff import Backoff
@@ -103,14 +103,19 @@ class Registration:
                 log.warning("registry key %s deleted by someone else: writing it back", exc)
             except EtcdUnavailable as exc:
                 self._registered.clear()
-                delay = self._backoff.next_delay()
-                log.warning("etcd unavailable (%s); retrying registration in %.2f s", exc, delay)
-                await asyncio.sleep(delay)
+                await back_off(
+                    self._backoff,
+                    log.warning,
+                    "etcd unavailable (%s); retrying registration in %.2f s",
+                    exc,
+                )
             except Exception:  # a bug must not end the registration: keys would vanish
                 self._registered.clear()
-                delay = self._backoff.next_delay()
-                log.exception("registration failed unexpectedly; retrying in %.2f s", delay)
-                await asyncio.sleep(delay)
+                await back_off(
+                    self._backoff,
+                    log.exception,
+                    "registration failed unexpectedly; retrying in %.2f s",
+                )
 
     async def _register(self) -> tuple[int, int]:
         """Write every key on a live lease; keeps the current lease if etcd still has it."""

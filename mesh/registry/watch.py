@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from mesh.aio import cancel_and_wait
+from mesh.aio import back_off, cancel_and_wait
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd, EtcdUnavailable, WatchCompacted, WatchEvent
 from mesh.resilience.backoff import Backoff
@@ -139,19 +139,20 @@ class Discovery:
             except WatchCompacted as exc:
                 log.info("discovery watch compacted (%s): listing again", exc)
             except EtcdUnavailable as exc:
-                delay = self._backoff.next_delay()
-                log.warning(
+                await back_off(
+                    self._backoff,
+                    log.warning,
                     "discovery: etcd unavailable (%s); serving %d known instance(s), "
                     "retrying in %.2f s",
                     exc,
                     len(self._view),
-                    delay,
                 )
-                await asyncio.sleep(delay)
             except Exception:  # a bug must not end discovery: callers would lose instances
-                delay = self._backoff.next_delay()
-                log.exception("discovery failed unexpectedly; listing again in %.2f s", delay)
-                await asyncio.sleep(delay)
+                await back_off(
+                    self._backoff,
+                    log.exception,
+                    "discovery failed unexpectedly; listing again in %.2f s",
+                )
 
     async def _list(self) -> int:
         revision, items = await self.etcd.get_prefix(self._prefix)

@@ -1,46 +1,38 @@
 """Server interceptor that records each inbound call's deadline for the handler, so that the
-calls it makes through a MeshChannel inherit what is left (see mesh.deadline)."""
+calls it makes through a MeshChannel inherit what is left (see mesh.deadline). Sync handlers
+are left alone: they run in a thread pool, outside the mesh's async client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
-import grpc
-
 from mesh.deadline import inbound_scope
-from mesh.server.wrap import Behaviour, Kind, WrapCache
+from mesh.server.wrap import Around, AroundInterceptor
 
 __all__ = ["DeadlineInterceptor"]
 
 
-def _wrap(behaviour: Behaviour) -> Callable[..., Any]:
-    function = behaviour.function
-    if behaviour.kind is Kind.COROUTINE:
+class _Inbound:
+    """Around one call: its deadline, for the handler (mesh.deadline.inbound_scope)."""
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with inbound_scope(context.time_remaining()):
-                return await function(request, context)
+    __slots__ = ("_scope",)
 
-        return unary
-    if behaviour.kind is Kind.ASYNC_GENERATOR:
+    def __init__(self, context: Any) -> None:
+        self._scope = inbound_scope(context.time_remaining())
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            with inbound_scope(context.time_remaining()):
-                async for response in function(request, context):
-                    yield response
+    async def __aenter__(self) -> None:
+        self._scope.__enter__()
 
-        return stream
-    return function  # sync handlers run in a thread pool: outside the mesh's async client
+    async def __aexit__(
+        self, type_: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._scope.__exit__(type_, exc, tb)
 
 
-class DeadlineInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        self._wrapped = WrapCache(lambda _method: _wrap)
+_AROUND = Around(scope=_Inbound)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        return self._wrapped.get(details.method, await continuation(details))
+
+class DeadlineInterceptor(AroundInterceptor):
+    def around(self, method: str) -> Around:
+        return _AROUND

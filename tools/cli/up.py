@@ -26,6 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="DEPLOYMENT=N[,...]",
         help="replicas per deployment, e.g. eligibility=3,notify=2 (default 1 each)",
     )
+    parser.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        dest="gateway_args",
+        metavar="ARG",
+        help="pass ARG on to `mesh gateway` (repeatable; write it with '=', e.g. "
+        "--gateway-arg=--strict --gateway-arg=--port=8080); see `mesh gateway --help`",
+    )
     parser.set_defaults(func=run)
 
 
@@ -77,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         deployments=tuple(args.only),
         scale=parse_scale(args.scale) if args.scale else {},
+        gateway_args=tuple(args.gateway_args),
     )
     asyncio.run(serve(config))
     return 0

@@ -27,7 +27,7 @@ from hms_tools import certs
 from mesh import tls
 from mesh.authz import AuthzInterceptor, Policy, PolicyError, PolicySource, caller_identity
 from mesh.server import HostConfig, ServiceHost
-from mesh.server.wrap import Behaviour, Kind, kind_of, map_behaviour
+from mesh.server.wrap import Behaviour, Kind, kind_of, map_behaviour, wrap_behaviour
 from tests.backends.echo.service import EchoService
 
 NOTIFY = certs.spiffe_id("notify")  # the server's identity
@@ -539,7 +539,9 @@ def test_wrappers_keep_the_kind_they_wrap(method: str, kind: Kind) -> None:
 
     def wrap(behaviour: Behaviour) -> Callable[..., Any]:
         seen.append(behaviour)
-        return AuthzInterceptor(Policy())._guard(f"/test.Shapes/{method}", behaviour)
+        around = AuthzInterceptor(Policy()).around(f"/test.Shapes/{method}")
+        assert around is not None
+        return wrap_behaviour(behaviour, around)
 
     guarded = map_behaviour(case.handler(), wrap)
     assert seen == [Behaviour(case.behaviour, kind, *case.streaming)]
