@@ -272,9 +272,10 @@ async def failing_replica(run: Run) -> None:
     await run.hold(20.0)
     run.mark("recovered")
     await run.echo_fault(victim)
-    pool = run.channel.pools.get("hms.testing.v1.EchoService")
-    run.extra["ejections"] = pool.detector.ejections_total if pool is not None else 0
-    run.extra["retries"] = run.channel.retry_layer.retries
+    stats = run.channel.stats()
+    echo = [s for s in stats.services if s.service == "hms.testing.v1.EchoService"]
+    run.extra["ejections"] = echo[0].ejections_total if echo else 0
+    run.extra["retries"] = stats.retries
 
 
 SCENARIOS: tuple[Scenario, ...] = (

@@ -29,7 +29,7 @@ from hms_gateway.reflection import (
     via_channel,
 )
 from hms_gateway.routes import RouteTable
-from mesh.aio import cancel_and_wait
+from mesh.aio import back_off, cancel_and_wait
 from mesh.client.channel import MeshChannel
 from mesh.registry.watch import Change, ChangeKind, Discovery
 from mesh.resilience.backoff import Backoff, BackoffPolicy
@@ -155,19 +155,19 @@ class RegistryLearner:
                 if endpoints:
                     self.table.set_service(service, endpoints)
             except (ReflectionError, ValueError, grpc.aio.AioRpcError) as exc:
-                delay = backoff.next_delay()
                 why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 # A server that never serves reflection would otherwise warn every few seconds.
-                level = logging.WARNING if backoff.attempt % _WARN_EVERY == 1 else logging.DEBUG
-                log.log(
+                attempt = backoff.attempt + 1
+                level = logging.WARNING if attempt % _WARN_EVERY == 1 else logging.DEBUG
+                await back_off(
+                    backoff,
+                    log.log,
                     level,
                     "cannot learn the routes of %s (attempt %d: %s); again in %.1f s",
                     service,
-                    backoff.attempt,
+                    attempt,
                     why,
-                    delay,
                 )
-                await asyncio.sleep(delay)
                 continue
             self._learnt.setdefault(service, set()).add(version)
             if endpoints:

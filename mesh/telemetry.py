@@ -116,22 +116,22 @@ class ChannelCollector(Collector):
         self.channel = channel
 
     def collect(self) -> Iterable[Any]:
-        retry = self.channel.retry_layer
+        stats = self.channel.stats()
         retries = CounterMetricFamily("mesh_client_retries", "Retries and hedges sent")
-        retries.add_metric([], retry.retries)
+        retries.add_metric([], stats.retries)
         refused = CounterMetricFamily(
             "mesh_client_retry_budget_refusals", "Retries not sent: budget exhausted"
         )
-        refused.add_metric([], retry.budget_refusals)
+        refused.add_metric([], stats.budget_refusals)
         ejections = CounterMetricFamily(
             "mesh_client_ejections", "Instances ejected by outlier detection", labels=["service"]
         )
         endpoints = GaugeMetricFamily(
             "mesh_client_endpoints", "Known instances", labels=["service"]
         )
-        for service, pool in list(self.channel.pools.items()):
-            ejections.add_metric([service], pool.detector.ejections_total)
-            endpoints.add_metric([service], len(pool.endpoints))
+        for service in stats.services:
+            ejections.add_metric([service.service], service.ejections_total)
+            endpoints.add_metric([service.service], service.instances)
         return [retries, refused, ejections, endpoints]
 
 

@@ -1,10 +1,11 @@
 """Server interceptor that turns handler exceptions into gRPC statuses.
 
-A `MeshError` answers with its own code and message. Any other exception is a bug: it is
-logged with its traceback and answered INTERNAL with a generic message, so internals never
-leak to callers. Behaviours that return or yield are covered; a coroutine that writes its
-stream with ``context.write()`` keeps its errors, and sync behaviours are left alone (they
-run in the thread pool). `mesh.server.wrap` adapts this to grpc.aio's handler shapes.
+A `MeshError` answers with its own code, message and google.rpc details. Any other exception
+is a bug: it is logged with its traceback and answered INTERNAL with a generic message, so
+internals never leak to callers. Behaviours that return or yield are covered; a coroutine
+that writes its stream with ``context.write()`` keeps its errors, and sync behaviours are left
+alone (they run in the thread pool). `mesh.server.wrap` adapts this to grpc.aio's handler
+shapes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     if isinstance(exc, MeshError):
-        await context.abort(exc.code, exc.message)
+        # Its details (BadRequest field violations, ...) ride as grpc-status-details-bin.
+        await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
     log.exception("unhandled error in %s", method)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 

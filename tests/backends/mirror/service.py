@@ -39,7 +39,7 @@ def _metadata_seen(context: Any) -> list[mirror_pb2.MetadataEntry]:
 def _status(number: int) -> grpc.StatusCode:
     code = _STATUS_BY_NUMBER.get(number)
     if code is None or code is grpc.StatusCode.OK:
-        raise InvalidArgument(f"fail_code {number} is not a gRPC error code (1..16)")
+        raise InvalidArgument.field("fail_code", f"{number} is not a gRPC error code (1..16)")
     return code
 
 

@@ -29,7 +29,10 @@ async def test_events_written_during_an_outage_are_applied_once_in_order(
         aggregates=AGGREGATES,
         outage=OUTAGE,
         report=lines.append,
-        drain_timeout=40.0,
+        # Usually ~10 s. When nats-py drops fetched messages as NATS goes down, they return only
+        # after the ack wait (30 s), and their successors, refused as NotYet, come back on the
+        # retry schedule (1, 5, 30 s): the worst case is about 66 s (docs/events.md).
+        drain_timeout=90.0,
     )
 
     assert figures["applied"] == EVENTS, figures
