@@ -38,9 +38,18 @@ $(GEN_STAMP): $(PROTOS) $(STAMP)
 	mkdir -p .build/buf-deps/google/api
 	cp $(GOOGLEAPIS)/google/api/*.proto .build/buf-deps/google/api/
 
-lint: install .build/buf-deps/google/api/annotations.proto
+# mypy cannot follow the editable install's import hook from hms_gateway to gateway/: it reads
+# the package through a symlink of that name.
+.build/typing/hms_gateway:
+	mkdir -p .build/typing
+	ln -sfn $(CURDIR)/gateway .build/typing/hms_gateway
+
+# mypy --strict over the library and the gateway ([tool.mypy] in pyproject.toml); gen/ holds
+# the generated hms.* modules and their .pyi stubs.
+lint: install .build/buf-deps/google/api/annotations.proto .build/typing/hms_gateway
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	MYPYPATH=.build/typing:gen $(BIN)/mypy -p mesh -p hms_gateway
 	$(BIN)/buf lint
 
 # Compares the working tree's contracts with those on main. main's tree has no copy of the

@@ -40,7 +40,9 @@ class Request:
         raw = scope.get("raw_path")
         self.path: str = raw.decode("latin-1") if raw else scope["path"]
         self.query: bytes = scope.get("query_string", b"")
-        self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        self.headers: list[tuple[str, str]] = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+        ]
         client = scope.get("client")
         self.client: str | None = client[0] if client else None
         self.receive = receive

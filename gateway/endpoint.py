@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, message_factory
@@ -24,7 +25,15 @@ from hms_gateway.transcode import RequestMapping
 from mesh.client.call import CallKind
 from mesh.resilience.retry import Idempotency
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.extension_dict import _ExtensionFieldDescriptor
+
 __all__ = ["Endpoint", "endpoints_of", "http_rule_of"]
+
+# The `google.api.http` extension of MethodOptions. protoc's annotations_pb2.pyi declares it a
+# plain FieldDescriptor; types-protobuf's Extensions API takes the typed extension handle it is.
+_HTTP: _ExtensionFieldDescriptor[descriptor_pb2.MethodOptions, http_pb2.HttpRule]
+_HTTP = annotations_pb2.http  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +62,9 @@ def http_rule_of(method: MethodDescriptor) -> http_pb2.HttpRule | None:
     pool, where importing ``annotations_pb2`` registered it.
     """
     options = _method_options(method)
-    if not options.HasExtension(annotations_pb2.http):
+    if not options.HasExtension(_HTTP):
         return None
-    return options.Extensions[annotations_pb2.http]
+    return options.Extensions[_HTTP]
 
 
 def _method_options(method: MethodDescriptor) -> descriptor_pb2.MethodOptions:

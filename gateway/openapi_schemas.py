@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from hms_gateway.query import enum_type_of, message_type_of
 from hms_gateway.transcode import JsonOptions
 
 __all__ = [
@@ -124,7 +125,7 @@ def is_map(fd: FieldDescriptor) -> bool:
 
 
 def _enum_schema(fd: FieldDescriptor, options: JsonOptions) -> dict[str, Any]:
-    values = fd.enum_type.values
+    values = enum_type_of(fd).values
     if options.enums_as_ints:
         numbers = list(dict.fromkeys(v.number for v in values))
         return {"type": "integer", "format": "int32", "enum": numbers}
@@ -177,7 +178,7 @@ class Schemas:
     def field(self, fd: FieldDescriptor) -> dict[str, Any]:
         """The JSON schema of one field's value, repeated and map fields included."""
         if is_map(fd):
-            value = fd.message_type.fields_by_name["value"]
+            value = message_type_of(fd).fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
         if fd.is_repeated:
             return {"type": "array", "items": self.single(fd)}

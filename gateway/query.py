@@ -46,7 +46,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Set
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -62,13 +62,16 @@ __all__ = [
     "ValueProblem",
     "apply_query",
     "decode_base64",
+    "descriptor_of",
     "enum_choices",
+    "enum_type_of",
     "expected_integer_in_range",
     "expected_number_in_range",
     "float_limit",
     "int_range",
     "is_integer_field",
     "is_text_settable",
+    "message_type_of",
     "resolve_field_path",
     "set_text_value",
 ]
@@ -115,6 +118,32 @@ _WRAPPERS = frozenset(
 # Parsed from their JSON string form by json_format.
 _JSON_STRING_TYPES = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration"})
 _FIELD_MASK = "google.protobuf.FieldMask"
+
+
+def descriptor_of(message: Message | type[Message]) -> Descriptor:
+    """``message.DESCRIPTOR``, as the ``descriptor.Descriptor`` it is used as.
+
+    types-protobuf types it as that class or upb's own Descriptor; upb's has the same interface
+    (protobuf makes ``isinstance(d, Descriptor)`` hold for it), and the rest of the stubs take
+    and give ``descriptor.Descriptor`` and its fields.
+    """
+    return cast(Descriptor, message.DESCRIPTOR)
+
+
+def message_type_of(field: FieldDescriptor) -> Descriptor:
+    """The message type of a message (or map) field; TypeError for any other field."""
+    nested = field.message_type
+    if nested is None:
+        raise TypeError(f"{field.full_name} is not a message field")
+    return nested
+
+
+def enum_type_of(field: FieldDescriptor) -> EnumDescriptor:
+    """The enum type of an enum field; TypeError for any other field."""
+    enum = field.enum_type
+    if enum is None:
+        raise TypeError(f"{field.full_name} is not an enum field")
+    return enum
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -241,7 +270,7 @@ def decode_base64(text: str) -> bytes:
 
 
 def _parse_enum(field: FieldDescriptor, text: str) -> int:
-    enum = field.enum_type
+    enum = enum_type_of(field)
     by_name = enum.values_by_name.get(text)
     if by_name is not None:
         return by_name.number
@@ -279,9 +308,12 @@ def is_text_settable(field: FieldDescriptor) -> bool:
 
 
 def _fill_message(target: Message, text: str) -> None:
-    name = target.DESCRIPTOR.full_name
+    # `target` is a wrapper or a FieldMask of the request's own pool (a class protobuf builds at
+    # run time, perhaps from reflection): its fields are not attributes of Message's stub.
+    descriptor = descriptor_of(target)
+    name = descriptor.full_name
     if name in _WRAPPERS:
-        value_field = target.DESCRIPTOR.fields_by_name["value"]
+        value_field = descriptor.fields_by_name["value"]
         target.value = _scalar(value_field, text)  # type: ignore[attr-defined]
     elif name == _FIELD_MASK:
         # grpc-gateway splits the text on commas and keeps the paths as given; a path the JSON
@@ -371,7 +403,7 @@ def apply_query(
     >>> req.message
     'hi'
     """
-    descriptor = message.DESCRIPTOR
+    descriptor = descriptor_of(message)
     seen: set[tuple[str, ...]] = set()  # singular fields set so far (map entries by key)
     for name, value in params:
         path, key = _map_key(name)
@@ -417,8 +449,9 @@ def set_map_entry(message: Message, fields: Iterable[FieldDescriptor], key: str,
     *parents, leaf = fields
     if not _is_map(leaf):
         raise ValueProblem("only a map field takes [key]")
-    key_field = leaf.message_type.fields_by_name["key"]
-    value_field = leaf.message_type.fields_by_name["value"]
+    entry = message_type_of(leaf)
+    key_field = entry.fields_by_name["key"]
+    value_field = entry.fields_by_name["value"]
     if value_field.message_type is not None:
         raise ValueProblem("a map of messages cannot be set from the query")
     target = message

@@ -14,7 +14,7 @@ v1 when the server answers UNIMPLEMENTED.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable
 from typing import Any
 
 import grpc
@@ -95,7 +95,8 @@ async def fetch_service(open_stream: Opener, service: str) -> ServiceDescriptor:
             return pool.FindServiceByName(service)
         except KeyError:
             raise ReflectionError(f"{service}: reflection returned files without it") from None
-    raise ReflectionError(f"{service}: server reflection is not served ({last.details()})")  # type: ignore[union-attr]
+    assert last is not None  # _METHODS is not empty, and each one tried failed UNIMPLEMENTED
+    raise ReflectionError(f"{service}: server reflection is not served ({last.details()})")
 
 
 async def _fetch_files(
@@ -136,7 +137,7 @@ async def _fetch_files(
 
 
 def _missing(
-    protos: Iterable[descriptor_pb2.FileDescriptorProto], have: dict[str, object]
+    protos: Iterable[descriptor_pb2.FileDescriptorProto], have: Container[str]
 ) -> list[str]:
     return sorted({dep for proto in protos for dep in proto.dependency if dep not in have})
 

@@ -107,7 +107,8 @@ class Router(Generic[P]):
 
     def remove_payloads(self, predicate: Callable[[P], bool]) -> list[Route[P]]:
         """Drop every route whose payload satisfies ``predicate``; return the removed routes."""
-        kept, removed = [], []
+        kept: list[tuple[tuple[int, ...], int, Route[P]]] = []
+        removed: list[tuple[tuple[int, ...], int, Route[P]]] = []
         for entry in self._entries:
             (removed if predicate(entry[2].payload) else kept).append(entry)
         self._entries = kept

@@ -57,13 +57,16 @@ from hms_gateway.query import (
     ValueProblem,
     apply_query,
     decode_base64,
+    descriptor_of,
     enum_choices,
+    enum_type_of,
     expected_integer_in_range,
     expected_number_in_range,
     float_limit,
     int_range,
     is_integer_field,
     is_text_settable,
+    message_type_of,
     resolve_field_path,
     set_text_value,
 )
@@ -197,7 +200,7 @@ class RequestMapping:
         if self.body == "*":
             sent = self._read_body(request, None, body or b"", options, content_type)
         elif self.body:
-            field = request.DESCRIPTOR.fields_by_name[self.body]
+            field = descriptor_of(request).fields_by_name[self.body]
             sent = self._read_body(request, field, body or b"", options, content_type)
             bound.add(self.body)
         if self.body != "*":
@@ -216,9 +219,12 @@ class RequestMapping:
         options: JsonOptions,
         content_type: str,
     ) -> Any:
-        target_type = field.message_type if field is not None else request.DESCRIPTOR
+        descriptor = descriptor_of(request)
+        target_type = field.message_type if field is not None else descriptor
         if target_type is not None and target_type.full_name == HTTP_BODY:
-            target = request if field is None else getattr(request, field.name)
+            # An HttpBody of the request's own pool (a class protobuf builds at run time): its
+            # fields are not attributes of Message's stub.
+            target: Message = request if field is None else getattr(request, field.name)
             target.data = body  # type: ignore[attr-defined]
             target.content_type = content_type  # type: ignore[attr-defined]
             return None
@@ -229,11 +235,11 @@ class RequestMapping:
             raise GatewayError.bad_json(f"expected a JSON object, got {_got(sent)}")
         # Any's "@type" is looked up where the request's own types are (a private pool for
         # routes learnt by reflection), not in the process's default pool.
-        pool = request.DESCRIPTOR.file.pool
+        pool = descriptor.file.pool
         check = _BodyCheck(pool, strict=options.strict)
         try:
             if field is None:
-                check.message(request.DESCRIPTOR, sent, "", 0)
+                check.message(descriptor, sent, "", 0)
             elif sent is not None:
                 check.field(field, sent, "", 1)  # the request itself is the first level
         except _Refusal as refusal:
@@ -342,7 +348,10 @@ _VALUE = "google.protobuf.Value"
 _STRUCT = "google.protobuf.Struct"
 _LIST_VALUE = "google.protobuf.ListValue"
 # The types json_format reads from a JSON string, with a scratch message to try it on.
-_STRING_FORMS: dict[str, tuple[type[Message], str]] = {
+_STRING_FORMS: dict[
+    str,
+    tuple[type[timestamp_pb2.Timestamp | duration_pb2.Duration | field_mask_pb2.FieldMask], str],
+] = {
     "google.protobuf.Timestamp": (timestamp_pb2.Timestamp, EXPECTED_TIMESTAMP),
     "google.protobuf.Duration": (duration_pb2.Duration, EXPECTED_DURATION),
     "google.protobuf.FieldMask": (
@@ -429,7 +438,7 @@ def _expected(field: FieldDescriptor) -> str:
     if nested is not None:
         return _expected_message(nested)
     if field.type == _T.TYPE_ENUM:
-        return f"one of {enum_choices(field.enum_type)} (a name or its number)"
+        return f"one of {enum_choices(enum_type_of(field))} (a name or its number)"
     if is_integer_field(field):
         return _EXPECTED_INTEGER
     return _EXPECTED_SCALAR[field.type]
@@ -545,8 +554,9 @@ class _BodyCheck:
     def map(self, field: FieldDescriptor, value: Any, path: str, depth: int) -> None:
         if not isinstance(value, dict):
             raise _Refusal(path, f"expected an object, got {_got(value)}")
-        key_field = field.message_type.fields_by_name["key"]
-        value_field = field.message_type.fields_by_name["value"]
+        entry = message_type_of(field)
+        key_field = entry.fields_by_name["key"]
+        value_field = entry.fields_by_name["value"]
         for key, item in value.items():
             self.map_key(key_field, key, path)
             if value_field.message_type is not None:
@@ -573,7 +583,7 @@ class _BodyCheck:
     def element(self, field: FieldDescriptor, value: Any, path: str, depth: int) -> None:
         """A message in an array or a map: null only for a Value (a scalar's null is refused
         by :meth:`scalar`)."""
-        nested = field.message_type
+        nested = message_type_of(field)
         if value is None and nested.full_name != _VALUE:
             raise _Refusal(path, f"expected {_expected(field)}, got null")
         self.message(nested, value, path, depth)
@@ -628,8 +638,15 @@ class _BodyCheck:
         raise _Refusal(path, f"expected {_expected(field)}, got {_got(value)}")
 
     def enum(self, field: FieldDescriptor, value: Any, path: str) -> None:
-        enum = field.enum_type
+        enum = enum_type_of(field)
         if isinstance(value, str):
+            if _SURROGATE.search(value):
+                # No enum value has one, and json_format cannot even look it up: refused in
+                # both modes rather than discarded.
+                raise _Refusal(
+                    path,
+                    f"unknown value {_quoted(value)} (expected one of {enum_choices(enum)})",
+                )
             if value in enum.values_by_name:
                 return
             if not _DIGITS.fullmatch(value):
@@ -656,7 +673,7 @@ class _BodyCheck:
         scratch_class, expected = _STRING_FORMS[descriptor.full_name]
         if isinstance(value, str):
             try:
-                scratch_class().FromJsonString(value)  # type: ignore[attr-defined]
+                scratch_class().FromJsonString(value)
             except (ValueError, TypeError, ArithmeticError):
                 pass
             else:
@@ -665,10 +682,10 @@ class _BodyCheck:
 
     def value(self, descriptor: Descriptor, value: Any, path: str, depth: int) -> None:
         if isinstance(value, dict):
-            struct = descriptor.fields_by_name["struct_value"].message_type
+            struct = message_type_of(descriptor.fields_by_name["struct_value"])
             self.message(struct, value, path, depth)
         elif isinstance(value, list):
-            values = descriptor.fields_by_name["list_value"].message_type
+            values = message_type_of(descriptor.fields_by_name["list_value"])
             self.message(values, value, path, depth)
         elif isinstance(value, str):
             if _SURROGATE.search(value):
@@ -691,16 +708,17 @@ class _BodyCheck:
     def struct(self, descriptor: Descriptor, value: Any, path: str, depth: int) -> None:
         if not isinstance(value, dict):
             raise _Refusal(path, f"expected an object, got {_got(value)}")
-        item_type = descriptor.fields_by_name["fields"].message_type.fields_by_name["value"]
+        entry = message_type_of(descriptor.fields_by_name["fields"])
+        item_type = message_type_of(entry.fields_by_name["value"])
         for key, item in value.items():
             if _SURROGATE.search(key):
                 raise _Refusal(path, f"expected keys of valid Unicode, got key {_quoted(key)}")
-            self.message(item_type.message_type, item, _entry(path, key), depth)
+            self.message(item_type, item, _entry(path, key), depth)
 
     def list_value(self, descriptor: Descriptor, value: Any, path: str, depth: int) -> None:
         if not isinstance(value, list):
             raise _Refusal(path, f"expected an array, got {_got(value)}")
-        item_type = descriptor.fields_by_name["values"].message_type
+        item_type = message_type_of(descriptor.fields_by_name["values"])
         for index, item in enumerate(value):
             self.message(item_type, item, f"{path}[{index}]", depth)
 
@@ -805,7 +823,7 @@ def _unexpected_refusal(exc: BaseException) -> GatewayError:
 
 def _set_path_value(request: Message, path: str, value: str) -> None:
     try:
-        fields = resolve_field_path(request.DESCRIPTOR, path)
+        fields = resolve_field_path(descriptor_of(request), path)
     except UnknownField:
         raise GatewayError.bad_path_value(path, value, "no such field") from None
     leaf = fields[-1]
@@ -821,15 +839,18 @@ def _set_path_value(request: Message, path: str, value: str) -> None:
 
 
 def _fill_update_mask(request: Message, body_field: str, sent: Any) -> None:
-    mask_field = request.DESCRIPTOR.fields_by_name.get("update_mask")
+    descriptor = descriptor_of(request)
+    mask_field = descriptor.fields_by_name.get("update_mask")
     if mask_field is None or mask_field.message_type is None:
         return
     if mask_field.message_type.full_name != _FIELD_MASK or mask_field.is_repeated:
         return
+    # The request's class is built at run time: update_mask (checked above to be a FieldMask)
+    # is not an attribute of Message's stub.
     mask = request.update_mask  # type: ignore[attr-defined]
     if mask.paths or not isinstance(sent, dict):
         return
-    target = request.DESCRIPTOR.fields_by_name[body_field].message_type
+    target = descriptor.fields_by_name[body_field].message_type
     if target is None:
         return
     mask.paths.extend(_mask_paths(target, sent, ""))
@@ -845,14 +866,13 @@ def _mask_paths(descriptor: Descriptor, sent: dict[str, Any], prefix: str) -> li
             continue  # discarded (or refused in strict mode) when the body was parsed
         path = prefix + field.name
         nested = field.message_type
-        recurse = (
+        if (
             isinstance(value, dict)
             and value
             and nested is not None
             and not field.is_repeated
             and not nested.full_name.startswith("google.protobuf.")
-        )
-        if recurse:
+        ):
             paths.extend(_mask_paths(nested, value, path + "."))
         else:
             paths.append(path)
@@ -882,10 +902,11 @@ def render_response(
         "use_integers_for_enums": options.enums_as_ints,
     }
     value: Any
+    descriptor = descriptor_of(message)
     if response_body:
-        field = message.DESCRIPTOR.fields_by_name.get(response_body)
+        field = descriptor.fields_by_name.get(response_body)
         if field is None:
-            raise ValueError(f"{message.DESCRIPTOR.full_name} has no field {response_body!r}")
+            raise ValueError(f"{descriptor.full_name} has no field {response_body!r}")
         if field.message_type is not None and not field.is_repeated:
             sub = getattr(message, field.name)
             if field.message_type.full_name == HTTP_BODY:
@@ -896,7 +917,9 @@ def render_response(
                 message, **{**kwargs, "always_print_fields_with_no_presence": True}
             )
             value = whole.get(field.name if options.use_proto_names else field.json_name)
-    elif message.DESCRIPTOR.full_name == HTTP_BODY:
+    elif descriptor.full_name == HTTP_BODY:
+        # An HttpBody, perhaps of a pool learnt by reflection: its class is built at run time
+        # and its fields are not attributes of Message's stub.
         return bytes(message.data), message.content_type or _OCTET_STREAM  # type: ignore[attr-defined]
     else:
         value = json_format.MessageToDict(message, **kwargs)

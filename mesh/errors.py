@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
@@ -115,7 +116,11 @@ class MeshError(Exception):
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         message = (error.details() if hasattr(error, "details") else None) or ""
         details: list[Message] = []
-        trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+        # (key, value) pairs: grpc's are namedtuples, grpc.aio's plain tuples (types-grpcio
+        # declares the former as objects with .key and .value only).
+        trailers: Iterable[Any] | None = (
+            error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+        )
         for key, value in trailers or ():
             if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
                 with contextlib.suppress(DecodeError):
@@ -127,7 +132,9 @@ class MeshError(Exception):
         for detail in self.details:
             if isinstance(detail, kind):
                 return detail
-            if isinstance(detail, any_pb2.Any) and detail.Is(kind.DESCRIPTOR):
+            # types-protobuf types DESCRIPTOR as descriptor.Descriptor or upb's, whose
+            # interface is the same; Any.Is is declared to take the former.
+            if isinstance(detail, any_pb2.Any) and detail.Is(cast(Descriptor, kind.DESCRIPTOR)):
                 found = kind()
                 detail.Unpack(found)
                 return found

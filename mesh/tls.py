@@ -103,7 +103,11 @@ class CertificateReloader:
     def credentials(self) -> grpc.ServerCredentials:
         """Server credentials that require a client certificate signed by the mesh CA."""
         return grpc.dynamic_ssl_server_credentials(
-            self.initial, self, require_client_authentication=True
+            self.initial,
+            # grpcio's fetcher returns None for "no change", as its docstring says; types-grpcio
+            # declares it as always returning a configuration.
+            self,  # type: ignore[arg-type]
+            require_client_authentication=True,
         )
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:

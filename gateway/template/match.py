@@ -157,12 +157,12 @@ class Matcher:
         self._verb = None if template.verb is None else _normalize(template.verb)
         bindings = []
         index = 0
-        for seg in template.segments:
-            if isinstance(seg, Variable):
-                deep = isinstance(seg.segments[-1], DeepWildcard)
-                end = None if deep else index + len(seg.segments)
-                bindings.append(_Binding(seg.name, index, end, seg.multi_segment))
-                index += len(seg.segments)
+        for segment in template.segments:
+            if isinstance(segment, Variable):
+                deep = isinstance(segment.segments[-1], DeepWildcard)
+                end = None if deep else index + len(segment.segments)
+                bindings.append(_Binding(segment.name, index, end, segment.multi_segment))
+                index += len(segment.segments)
             else:
                 index += 1
         self._bindings = tuple(bindings)

@@ -137,7 +137,8 @@ class Endpoint:
         while True:
             try:
                 stub = health_pb2_grpc.HealthStub(self.channel())
-                async for answer in stub.Watch(request):
+                # types-grpcio-health-checking declares HealthStub without its methods.
+                async for answer in stub.Watch(request):  # type: ignore[attr-defined]
                     self.serving = answer.status == health_pb2.HealthCheckResponse.SERVING
                     backoff.reset()
             except grpc.aio.AioRpcError as exc:

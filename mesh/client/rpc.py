@@ -15,7 +15,7 @@ has empty metadata and the refusal's code and details.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -24,6 +24,16 @@ from mesh.client.call import CallInfo
 __all__ = ["MeshCall"]
 
 _EMPTY = grpc.aio.Metadata()
+
+
+class _Settled(Protocol):
+    """What `MeshCall` reads of the grpc.aio call that decided it (a `grpc.aio.Call`, or the
+    `GuardedStream` around a streaming one)."""
+
+    async def initial_metadata(self) -> grpc.aio.Metadata: ...
+    async def trailing_metadata(self) -> grpc.aio.Metadata: ...
+    async def code(self) -> grpc.StatusCode: ...
+    async def details(self) -> str: ...
 
 
 class MeshCall:
@@ -94,20 +104,22 @@ class MeshCall:
         rpc = self._info.rpc
         return bool(rpc.cancel()) if rpc is not None else False
 
-    async def _settled(self) -> Any:
+    async def _settled(self) -> _Settled | None:
         """The grpc.aio call that decided this one, once it is known; None if none was made."""
         if self._info.kind.response_streaming:
             if self._error is None:
                 try:
-                    return await self._open()
+                    stream: _Settled = await self._open()
                 except grpc.aio.AioRpcError:
                     return None
+                return stream
             return None
         try:
             await self._unary()
         except grpc.aio.AioRpcError:
             return None
-        return self._info.rpc
+        rpc: _Settled | None = self._info.rpc
+        return rpc
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
         rpc = await self._settled()

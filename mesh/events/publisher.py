@@ -212,7 +212,7 @@ class Publisher:
         batch = list(messages)
         ids: list[str | None] = [None] * len(batch)
         if event_ids is not None:
-            ids = list(event_ids)  # type: ignore[arg-type]
+            ids = list(event_ids)
             if len(ids) != len(batch):
                 raise ValueError(f"{len(ids)} event ids for {len(batch)} messages")
         acks: list[PubAck | None] = [None] * len(batch)

@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -205,16 +205,28 @@ class StreamSpec:
             raise ValueError(f"stream {self.name}: replicas must be >= 1, got {self.replicas}")
 
 
-def events_stream(prefix: str = DEFAULT_PREFIX, **limits: float | int | str) -> StreamSpec:
+class StreamLimits(TypedDict, total=False):
+    """The settings of a `StreamSpec` that `events_stream` and `dead_letter_stream` take."""
+
+    max_age: float
+    duplicate_window: float
+    max_msgs: int
+    max_bytes: int
+    retention: Retention
+    storage: Storage
+    replicas: int
+
+
+def events_stream(prefix: str = DEFAULT_PREFIX, **limits: Unpack[StreamLimits]) -> StreamSpec:
     """The stream holding every event under `prefix` (`HMS_EVENTS` on `hms.events.>`)."""
     _check_prefix(prefix)
-    return StreamSpec(stream_name(prefix, "events"), (f"{prefix}.events.>",), **limits)  # type: ignore[arg-type]
+    return StreamSpec(stream_name(prefix, "events"), (f"{prefix}.events.>",), **limits)
 
 
-def dead_letter_stream(prefix: str = DEFAULT_PREFIX, **limits: float | int | str) -> StreamSpec:
+def dead_letter_stream(prefix: str = DEFAULT_PREFIX, **limits: Unpack[StreamLimits]) -> StreamSpec:
     """The stream holding dead letters under `prefix` (`HMS_DLQ` on `hms.dlq.>`)."""
     _check_prefix(prefix)
-    return StreamSpec(stream_name(prefix, "dlq"), (f"{prefix}.dlq.>",), **limits)  # type: ignore[arg-type]
+    return StreamSpec(stream_name(prefix, "dlq"), (f"{prefix}.dlq.>",), **limits)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import nats.errors
 from google.protobuf.message import DecodeError, Message
@@ -412,14 +412,14 @@ class Subscriber:
         self.poll = poll
         self.tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
         self.propagator = propagator or propagate.get_global_textmap()
-        self._subscriptions: list[Subscription[Message]] = []
+        self._subscriptions: list[Subscription[Any]] = []  # of any message types
 
     async def subscribe(self, message_type: type[M], handler: Handler[M]) -> Subscription[M]:
         """Deliver events of `message_type` to `handler(message, meta)` until `close()`."""
         name = consumer_name(self.deployment, message_type.DESCRIPTOR.full_name)
         subscription = Subscription(self, message_type, handler, name)
         await subscription.start()
-        self._subscriptions.append(subscription)  # type: ignore[arg-type]
+        self._subscriptions.append(subscription)
         return subscription
 
     async def close(self) -> None:

@@ -173,7 +173,8 @@ class Etcd:
             response = await kv.Txn(rpc.TxnRequest(success=ops), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
-        return response.header.revision
+        revision: int = response.header.revision
+        return revision
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         return await self.put_all([(key, value)], lease)
@@ -184,7 +185,8 @@ class Etcd:
             response = await kv.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
-        return response.deleted
+        deleted: int = response.deleted
+        return deleted
 
     async def compact(self, revision: int) -> None:
         kv, _, _ = self._stubs()
@@ -202,7 +204,8 @@ class Etcd:
             raise _translate(exc) from exc
         if response.error:
             raise EtcdUnavailable(f"etcd refused the lease: {response.error}")
-        return response.ID
+        lease_id: int = response.ID
+        return lease_id
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds left on the lease; -1 when it does not exist."""
@@ -212,7 +215,8 @@ class Etcd:
             response = await lease.LeaseTimeToLive(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
-        return response.TTL
+        ttl: int = response.TTL
+        return ttl
 
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease: every key on it is deleted at once. A missing lease is not an error."""

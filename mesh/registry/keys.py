@@ -141,7 +141,7 @@ class Instance:
 
 
 # Field name -> accepted JSON type, for the schema check in decode().
-_FIELDS: dict[str, type | tuple[type, ...]] = {
+_FIELDS: dict[str, type] = {
     "address": str,
     "deployment": str,
     "version": str,

@@ -25,7 +25,9 @@ __all__ = ["ErrorInterceptor"]
 log = logging.getLogger(__name__)
 
 
-async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _abort_for(
+    exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> None:
     if isinstance(exc, MeshError):
         # Its details (BadRequest field violations, ...) ride as grpc-status-details-bin.
         await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())

@@ -93,8 +93,8 @@ class Behaviour:
 
 
 def map_behaviour(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour], Callable[..., Any]]
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], wrap: Callable[[Behaviour], Callable[..., Any]]
+) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` with its behaviour replaced by `wrap(behaviour)`, whichever of the four
     shapes it has. `wrap` may return the function unchanged to leave a shape alone."""
     streaming = bool(handler.request_streaming), bool(handler.response_streaming)
@@ -106,7 +106,10 @@ def map_behaviour(
     wrapped = wrap(behaviour)
     if wrapped is function:
         return handler
-    return handler._replace(**{field: wrapped})
+    # grpc's handlers are namedtuples (grpc.*_rpc_method_handler makes them); types-grpcio
+    # declares only the RpcMethodHandler interface, without the namedtuple's _replace.
+    replaced: grpc.RpcMethodHandler[Any, Any] = handler._replace(**{field: wrapped})  # type: ignore[attr-defined]
+    return replaced
 
 
 class WrapCache:
@@ -116,9 +119,13 @@ class WrapCache:
 
     def __init__(self, wrap_for: Callable[[str], Callable[[Behaviour], Callable[..., Any]]]):
         self._wrap_for = wrap_for
-        self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._cache: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
-    def get(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
+    def get(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler is None:
             return None
         found = self._cache.get(method)
@@ -262,7 +269,9 @@ class AroundInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         return self._wrapped.get(details.method, await continuation(details))

@@ -28,6 +28,7 @@ from mesh import tls
 from mesh.authz import AuthzInterceptor, Policy, PolicyError, PolicySource, caller_identity
 from mesh.server import HostConfig, ServiceHost
 from mesh.server.wrap import Behaviour, Kind, kind_of, map_behaviour, wrap_behaviour
+from mesh.testing import VirtualClock
 from tests.backends.echo.service import EchoService
 
 NOTIFY = certs.spiffe_id("notify")  # the server's identity
@@ -53,19 +54,6 @@ ALLOW_OPS_TOO = f"""
 callers = ["{ELIGIBILITY}", "{OPS}"]
 methods = ["/hms.testing.v1.EchoService/*"]
 """
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def write_policy(path: Path, text: str) -> None:
@@ -283,7 +271,7 @@ async def test_installed_on_the_service_host(tls_dir: Path, policy_file: Path) -
 async def test_edited_policy_takes_effect_without_restart(
     tls_dir: Path, policy_file: Path, start_server: StartServer
 ) -> None:
-    clock = FakeClock()
+    clock = VirtualClock(0.0)
     source = PolicySource(policy_file, clock=clock)  # looks at the file once a second
     port = await start_server(AuthzInterceptor(source))
     assert await echo(port, tls_dir, "ops") == (
@@ -330,7 +318,7 @@ async def test_broken_edit_keeps_the_previous_policy(
 def test_policy_source_keeps_policy_while_file_is_missing(
     policy_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = FakeClock()
+    clock = VirtualClock(0.0)
     source = PolicySource(policy_file, check_interval=1.0, clock=clock)
     before = source.current()
     policy_file.unlink()
@@ -348,7 +336,7 @@ def test_policy_source_keeps_policy_while_file_is_missing(
 
 
 def test_policy_source_does_not_reparse_an_unchanged_file(policy_file: Path) -> None:
-    clock = FakeClock()
+    clock = VirtualClock(0.0)
     source = PolicySource(policy_file, clock=clock)
     first = source.current()
     for _ in range(3):

@@ -10,54 +10,10 @@ import pytest
 
 from hms.testing.v1 import echo_pb2
 from mesh.errors import FailedPrecondition, InvalidArgument
+from mesh.testing import Aborted, FakeContext, FakeSleep
 from tests.backends.echo.service import EchoService
 
 METHODS = [pytest.param("Echo", id="Echo"), pytest.param("EchoOnce", id="EchoOnce")]
-
-
-class Aborted(Exception):
-    """What FakeContext.abort raises, as grpc.aio's raises AbortError."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(code, details)
-        self.code = code
-        self.details = details
-
-
-class FakeContext:
-    """Only what EchoService uses of grpc.aio.ServicerContext."""
-
-    def __init__(
-        self,
-        time_remaining: float | None = None,
-        metadata: Sequence[tuple[str, str | bytes]] = (),
-    ) -> None:
-        self.remaining = time_remaining
-        self.metadata = tuple(metadata)
-        self.aborted: list[tuple[grpc.StatusCode, str]] = []
-
-    def time_remaining(self) -> float | None:
-        return self.remaining
-
-    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        return self.metadata
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        self.aborted.append((code, details))
-        raise Aborted(code, details)
-
-
-class FakeSleep:
-    """Records the delays asked for; advances the context's deadline instead of waiting."""
-
-    def __init__(self, context: FakeContext | None = None) -> None:
-        self.context = context
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        if self.context is not None and self.context.remaining is not None:
-            self.context.remaining -= seconds
 
 
 async def call(
@@ -83,7 +39,7 @@ async def test_echoes_the_message_and_who_served_it(method: str) -> None:
         previous_attempts=0,
         hops=[echo_pb2.Hop(served_by="echo-a", deadline_left_ms=-1)],
     )
-    assert sleep.calls == []
+    assert sleep.delays == []
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -105,9 +61,9 @@ async def test_reports_the_deadline_left(
 @pytest.mark.parametrize("method", METHODS)
 async def test_delay_sleeps_and_deadline_is_read_on_arrival(method: str) -> None:
     context = FakeContext(time_remaining=2.0)
-    sleep = FakeSleep(context)
+    sleep = FakeSleep(context.clock)
     response = await call(method, echo_pb2.EchoRequest(delay_ms=250), context, sleep)
-    assert sleep.calls == [0.25]
+    assert sleep.delays == [0.25]
     assert response.deadline_left_ms == 2000
 
 
@@ -152,7 +108,7 @@ async def test_delay_comes_before_the_failure(method: str) -> None:
     sleep = FakeSleep()
     with pytest.raises(Aborted):
         await call(method, echo_pb2.EchoRequest(delay_ms=30, fail_code=14), context, sleep)
-    assert sleep.calls == [0.03]
+    assert sleep.delays == [0.03]
     assert context.aborted == [(grpc.StatusCode.UNAVAILABLE, "echo asked to fail with UNAVAILABLE")]
 
 
@@ -178,7 +134,7 @@ async def test_rejects_invalid_input_without_sleeping_or_aborting(
     assert [f for f, _ in caught.value.violations] == [field]
     assert caught.value.message.startswith(f"{field}: ")
     assert context.aborted == []
-    assert sleep.calls == []
+    assert sleep.delays == []
 
 
 async def test_default_sleep_is_asyncio_sleep() -> None:
@@ -281,7 +237,7 @@ async def test_set_fault_refuses_bad_values_naming_the_field_and_keeps_the_old_f
     assert bad in caught.value.message
     # The fault in force before the refused request still holds.
     assert await outcome(service, "Echo") == "ok"
-    assert sleep.calls == [0.005]
+    assert sleep.delays == [0.005]
 
 
 @pytest.mark.parametrize(
@@ -314,11 +270,11 @@ async def test_fault_delay_is_added_to_the_request_delay(
     method: str, fault_ms: int, request_ms: int, expected: list[float]
 ) -> None:
     context = FakeContext(time_remaining=2.0)
-    sleep = FakeSleep(context)
+    sleep = FakeSleep(context.clock)
     service = faulty(sleep=sleep)
     await service.SetFault(echo_pb2.SetFaultRequest(delay_ms=fault_ms), object())
     response = await getattr(service, method)(echo_pb2.EchoRequest(delay_ms=request_ms), context)
-    assert sleep.calls == expected
+    assert sleep.delays == expected
     assert response.deadline_left_ms == 2000  # still read on arrival
 
 
@@ -329,7 +285,7 @@ async def test_fault_delay_holds_up_every_stream_answer() -> None:
     request = echo_pb2.EchoRequest(message="m", count=3, delay_ms=10)
     replies = [r.message async for r in service.EchoStream(request, FakeContext())]
     assert replies == ["m 1", "m 2", "m 3"]
-    assert sleep.calls == [0.02, 0.01] * 3
+    assert sleep.delays == [0.02, 0.01] * 3
 
 
 async def test_fault_delay_applies_where_it_is_set_not_at_the_last_hop() -> None:
@@ -347,7 +303,7 @@ async def test_fault_delay_applies_where_it_is_set_not_at_the_last_hop() -> None
     service = EchoService("echo-a", sleep=sleep, forward=forward)
     await service.SetFault(echo_pb2.SetFaultRequest(delay_ms=40), object())
     await service.Echo(echo_pb2.EchoRequest(delay_ms=10, forward_hops=1), FakeContext())
-    assert sleep.calls == [0.04]  # the request's own delay is the last hop's
+    assert sleep.delays == [0.04]  # the request's own delay is the last hop's
     assert [(r.delay_ms, r.forward_hops) for r in seen] == [(10, 0)]
 
 
@@ -399,7 +355,7 @@ async def test_fault_delay_comes_before_the_failure_and_the_request_delay_never(
     await service.SetFault(fault, object())
     with pytest.raises(Aborted):
         await getattr(service, method)(echo_pb2.EchoRequest(delay_ms=500), context)
-    assert sleep.calls == [0.03]
+    assert sleep.delays == [0.03]
     assert context.aborted == [
         (grpc.StatusCode.UNAVAILABLE, "echo-a is switched to fail with UNAVAILABLE")
     ]
@@ -414,7 +370,7 @@ async def test_a_bad_request_is_refused_before_the_fault_applies(method: str) ->
     await service.SetFault(fault, object())
     with pytest.raises(InvalidArgument):
         await getattr(service, method)(echo_pb2.EchoRequest(delay_ms=-1), FakeContext())
-    assert sleep.calls == []
+    assert sleep.delays == []
     assert rand.used == 0
 
 
@@ -429,7 +385,7 @@ async def test_an_all_zero_set_fault_switches_back_to_healthy(method: str) -> No
     healthy = await service.SetFault(echo_pb2.SetFaultRequest(), object())
     assert healthy == echo_pb2.SetFaultResponse(served_by="echo-a")
     assert [await outcome(service, method) for _ in range(3)] == ["ok"] * 3
-    assert sleep.calls == [0.03]  # only the call made under the fault
+    assert sleep.delays == [0.03]  # only the call made under the fault
     assert rand.used == 1
 
 
@@ -460,7 +416,7 @@ async def test_set_failure_is_set_fault_failing_every_call_without_delay(
     switched = await service.SetFailure(echo_pb2.SetFailureRequest(code=code), object())
     assert switched == echo_pb2.SetFailureResponse(served_by="echo-a", code=code)
     assert [await outcome(service, "Echo") for _ in range(3)] == [expected] * 3
-    assert sleep.calls == []
+    assert sleep.delays == []
     assert rand.used == 0
 
 

@@ -5,7 +5,6 @@ checked against a fake endpoint whose multicallable records what it was given.""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -13,8 +12,8 @@ import pytest
 
 from mesh.client.call import CallInfo, CallKind, GuardedStream, rpc_error, service_of
 from mesh.client.middleware import Handler, build_chain, never_sent, remaining, transport
-from mesh.registry.keys import Instance
 from mesh.resilience.retry import Idempotency
+from mesh.testing import FakeEndpoint, FakeMulticallable, FakeRpc, SentCall
 
 Code = grpc.StatusCode
 METHOD = "/hms.test.v1.Echo/Say"
@@ -120,53 +119,6 @@ async def test_build_chain_errors_unwind_through_every_outer_layer() -> None:
 # -- transport -----------------------------------------------------------------------------
 
 
-@dataclass
-class Sent:
-    request: Any
-    timeout: float | None
-    metadata: list[tuple[str, str | bytes]]
-    wait_for_ready: bool | None
-
-
-class FakeMulticallable:
-    """Records each call; answers with the next outcome (a response or an exception)."""
-
-    def __init__(self, *outcomes: Any) -> None:
-        self.outcomes = list(outcomes)
-        self.sent: list[Sent] = []
-
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None,
-        metadata: list[tuple[str, str | bytes]],
-        wait_for_ready: bool | None,
-    ) -> Any:
-        self.sent.append(Sent(request, timeout, list(metadata), wait_for_ready))
-        return self._answer(self.outcomes.pop(0))
-
-    @staticmethod
-    async def _answer(outcome: Any) -> Any:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-
-class FakeEndpoint:
-    """Stands in for `mesh.client.endpoint.Endpoint` as the transport uses it."""
-
-    def __init__(self, multicallable: Any, key: str = "i-1") -> None:
-        self.key = key
-        self.instance = Instance(service_of(METHOD), key, "10.0.0.1:50051", "echo")
-        self.multicallable = multicallable
-        self.asked: list[tuple[str, str]] = []
-
-    def callable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
-        self.asked.append((kind, method))
-        return self.multicallable
-
-
 def server_error(
     code: Code, details: str = "boom", trailers: tuple[tuple[str, str], ...] = ()
 ) -> grpc.aio.AioRpcError:
@@ -189,7 +141,7 @@ async def test_transport_first_attempt_sends_the_callers_request_as_is() -> None
     assert await transport(call) == "response"
 
     assert endpoint.asked == [("unary_unary", METHOD)]
-    assert multicallable.sent == [Sent(b"request", None, [("x-caller", "test")], True)]
+    assert multicallable.sent == [SentCall(b"request", None, [("x-caller", "test")], True)]
     assert call.sent is True
 
 
@@ -260,19 +212,16 @@ async def test_transport_connection_failure_is_not_sent() -> None:
     ],
 )
 async def test_transport_streaming_returns_the_call_unawaited(kind: CallKind) -> None:
-    class StreamingMulticallable(FakeMulticallable):
-        def __call__(self, request: Any, **kwargs: Any) -> Any:
-            self.sent.append(Sent(request, **kwargs))
-            return "the-streaming-call"
-
-    multicallable = StreamingMulticallable()
+    rpc = FakeRpc(["a message"])
+    multicallable = FakeMulticallable(rpc)
     endpoint = FakeEndpoint(multicallable)
     call = make_call(kind=kind)
     call.endpoint = endpoint
 
     stream = await transport(call)
     assert isinstance(stream, GuardedStream)
-    assert stream._rpc == "the-streaming-call"
+    assert stream._rpc is rpc
+    assert rpc.messages == ["a message"], "nothing was read"
     assert endpoint.asked == [(kind.value, METHOD)]
     assert call.sent is True
 

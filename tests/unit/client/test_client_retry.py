@@ -16,7 +16,7 @@ from mesh.client.middleware import Handler, RetryLayer, build_chain, transport
 from mesh.resilience.backoff import BackoffPolicy
 from mesh.resilience.budget import RetryBudget
 from mesh.resilience.retry import Idempotency, RetryPolicy
-from mesh.testing import VirtualClock
+from mesh.testing import FakeEndpoint, FakeMulticallable, FakeSleep, VirtualClock
 
 Code = grpc.StatusCode
 IDEM, NSE, UNK = Idempotency.IDEMPOTENT, Idempotency.NO_SIDE_EFFECTS, Idempotency.UNKNOWN
@@ -24,18 +24,6 @@ METHOD = "/hms.test.v1.Echo/Say"
 PUSHBACK = "grpc-retry-pushback-ms"
 NO_JITTER = BackoffPolicy(base=0.1, cap=1.0, multiplier=2.0, jitter=0.0)
 POLICY = RetryPolicy(max_attempts=3, backoff=NO_JITTER)  # UNAVAILABLE only
-
-
-class FakeSleep:
-    """Records each delay and moves the virtual clock on by it."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        self.clock = clock
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        self.clock.advance(seconds)
 
 
 @dataclass(frozen=True)
@@ -368,35 +356,6 @@ async def test_streaming_honours_max_attempts_one() -> None:
 # -- RetryLayer and transport together: the attempt number reaches the wire ----------------
 
 
-class FakeMulticallable:
-    """Answers with the next outcome; records the metadata and timeout of each call."""
-
-    def __init__(self, *outcomes: Any) -> None:
-        self.outcomes = list(outcomes)
-        self.metadata: list[list[tuple[str, Any]]] = []
-        self.timeouts: list[float | None] = []
-
-    def __call__(self, request: Any, *, timeout: Any, metadata: Any, wait_for_ready: Any) -> Any:
-        self.metadata.append(list(metadata))
-        self.timeouts.append(timeout)
-        return self._answer(self.outcomes.pop(0))
-
-    @staticmethod
-    async def _answer(outcome: Any) -> Any:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-
-class FakeEndpoint:
-    def __init__(self, multicallable: FakeMulticallable) -> None:
-        self.key = "i-1"
-        self.multicallable = multicallable
-
-    def callable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
-        return self.multicallable
-
-
 class UseEndpoint:
     """Stands in for PickLayer: every attempt goes to the one fake endpoint."""
 
@@ -427,8 +386,9 @@ async def test_retries_send_grpc_previous_rpc_attempts() -> None:
     assert await chain(make_call()) == "ok"
 
     previous = [
-        [v for k, v in md if k == "grpc-previous-rpc-attempts"] for md in multicallable.metadata
+        [v for k, v in sent.metadata if k == "grpc-previous-rpc-attempts"]
+        for sent in multicallable.sent
     ]
     assert previous == [[], ["1"], ["2"]]
     assert sleep.delays == pytest.approx([0.1, 0.03]), "the pushback trailer reached the layer"
-    assert multicallable.timeouts == [None, None, None]
+    assert [sent.timeout for sent in multicallable.sent] == [None, None, None]

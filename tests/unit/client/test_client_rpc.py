@@ -14,6 +14,7 @@ from mesh.client import ClientConfig, MeshChannel
 from mesh.client.call import CallInfo, CallKind, rpc_error, service_of
 from mesh.client.rpc import MeshCall
 from mesh.resilience.retry import Idempotency
+from mesh.testing import FakeRpc
 
 METHOD = "/hms.test.v1.Echo/Say"
 Code = grpc.StatusCode
@@ -32,40 +33,9 @@ def info(kind: CallKind = CallKind.UNARY_UNARY) -> CallInfo:
     )
 
 
-class FakeRpc:
+def attempt_rpc(messages: list[Any] | None = None) -> FakeRpc:
     """The grpc.aio call of the attempt that answered."""
-
-    def __init__(self, messages: list[Any] | None = None) -> None:
-        self.messages = list(messages or [])
-        self.cancelled = False
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata(("x-initial", "1"))
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata(("x-trailing", "2"))
-
-    async def code(self) -> grpc.StatusCode:
-        return Code.OK
-
-    async def details(self) -> str:
-        return ""
-
-    async def read(self) -> Any:
-        if self.cancelled:
-            raise asyncio.CancelledError
-        return self.messages.pop(0) if self.messages else grpc.aio.EOF
-
-    def __aiter__(self) -> Any:
-        return self._iterate()
-
-    async def _iterate(self) -> Any:
-        for message in self.messages:
-            yield message
-
-    def cancel(self) -> bool:
-        self.cancelled = True
-        return True
+    return FakeRpc(messages or [], initial=[("x-initial", "1")], trailing=[("x-trailing", "2")])
 
 
 def answering(response: Any, rpc: FakeRpc | None = None) -> Any:
@@ -73,7 +43,7 @@ def answering(response: Any, rpc: FakeRpc | None = None) -> Any:
 
     async def start(call: CallInfo) -> Any:
         starts.append(call)
-        call.rpc = rpc or FakeRpc()
+        call.rpc = rpc or attempt_rpc()
         return response
 
     start.starts = starts  # type: ignore[attr-defined]
@@ -134,7 +104,7 @@ async def test_metadata_first_waits_for_the_answer() -> None:
 
 @pytest.mark.parametrize("iterate", [True, False], ids=["async-for", "read"])
 async def test_a_response_stream(iterate: bool) -> None:
-    rpc = FakeRpc(["a", "b"])
+    rpc = attempt_rpc(["a", "b"])
     call = MeshCall(info(CallKind.UNARY_STREAM), answering(rpc))
     if iterate:
         got = [m async for m in call]
@@ -158,12 +128,12 @@ async def test_a_refused_stream_raises_on_first_read_and_reports_it() -> None:
 
 
 async def test_cancel_before_the_stream_opens_cancels_it_once_open() -> None:
-    rpc = FakeRpc(["a"])
+    rpc = attempt_rpc(["a"])
     call = MeshCall(info(CallKind.UNARY_STREAM), answering(rpc))
     assert call.cancel() is False  # nothing under way yet
     with pytest.raises(asyncio.CancelledError):
         await call.read()
-    assert rpc.cancelled
+    assert rpc.cancelled()
 
 
 async def test_channel_call_is_what_a_stub_would_make() -> None:
@@ -172,7 +142,7 @@ async def test_channel_call_is_what_a_stub_would_make() -> None:
 
     async def chain(call: CallInfo) -> Any:
         seen.append(call)
-        call.rpc = FakeRpc()
+        call.rpc = attempt_rpc()
         return "ok"
 
     channel._chain = chain  # the chain is what this test replaces: no etcd, no instance

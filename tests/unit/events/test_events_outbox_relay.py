@@ -16,7 +16,7 @@ from mesh.errors import Unavailable
 from mesh.events.outbox import Outbox, OutboxRelay
 from mesh.events.subjects import Headers, events_stream
 from mesh.resilience.backoff import BackoffPolicy
-from mesh.testing import eventually
+from mesh.testing import VirtualWallClock, eventually
 
 FAST = BackoffPolicy(base=0.001, cap=0.01)
 
@@ -192,19 +192,11 @@ def test_relay_validates(tmp_path: Path, kwargs: dict[str, float], error: str) -
         )  # type: ignore[arg-type]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 async def test_sent_rows_are_pruned_after_keep_sent_and_unsent_rows_never(tmp_path: Path) -> None:
     db = tmp_path / "svc.sqlite3"
     outbox = Outbox(db)
     fill(db, outbox, 5)
-    clock = Clock()
+    clock = VirtualWallClock(datetime(2026, 1, 1, tzinfo=UTC))
     publisher = FakePublisher()
     publisher.fail_at = {4}  # events 4 and 5 stay unsent
     relay = OutboxRelay(

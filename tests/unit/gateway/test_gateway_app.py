@@ -25,6 +25,7 @@ from hms_gateway.routes import RouteTable
 from mesh.client.call import CallInfo, CallKind, service_of
 from mesh.client.rpc import MeshCall
 from mesh.resilience.retry import Idempotency
+from mesh.testing import FakeRpc
 
 _ECHO = "hms.testing.v1.EchoService"
 _MIRROR = "hms.testing.v1.MirrorService"
@@ -40,42 +41,6 @@ def _error(
     return grpc.aio.AioRpcError(
         code, grpc.aio.Metadata(*initial), grpc.aio.Metadata(*trailing), details=details
     )
-
-
-class FakeRpc:
-    """What call.rpc holds after a unary call: the response metadata."""
-
-    def __init__(self, initial: Metadata = (), trailing: Metadata = ()) -> None:
-        self.initial = initial
-        self.trailing = trailing
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata(*self.initial)
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata(*self.trailing)
-
-
-class FakeStream:
-    """A server-streaming call: messages, then EOF; an exception in the list is raised."""
-
-    def __init__(self, items: Sequence[Any], initial: Metadata = ()) -> None:
-        self.items = list(items)
-        self.initial = initial
-        self.cancelled = 0
-
-    async def read(self) -> Any:
-        item = self.items.pop(0) if self.items else grpc.aio.EOF
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata(*self.initial)
-
-    def cancel(self) -> bool:
-        self.cancelled += 1
-        return True
 
 
 Handler = Callable[[CallInfo], Awaitable[Any]]
@@ -119,7 +84,7 @@ async def _echo_back(call: CallInfo) -> Any:
 
 def _answer(response: Any, initial: Metadata = (), trailing: Metadata = ()) -> Handler:
     async def handler(call: CallInfo) -> Any:
-        call.rpc = FakeRpc(initial, trailing)
+        call.rpc = FakeRpc(initial=initial, trailing=trailing)
         return response
 
     return handler
@@ -132,7 +97,7 @@ def _fail(error: BaseException) -> Handler:
     return handler
 
 
-def _stream(stream: FakeStream) -> Handler:
+def _stream(stream: FakeRpc) -> Handler:
     async def handler(call: CallInfo) -> Any:
         return stream
 
@@ -614,7 +579,7 @@ def _lines(response: httpx.Response) -> list[dict[str, Any]]:
 
 
 async def test_stream_ndjson() -> None:
-    stream = FakeStream([*_replies(2), grpc.aio.EOF], initial=[("etag", "1")])
+    stream = FakeRpc([*_replies(2), grpc.aio.EOF], initial=[("etag", "1")])
     channel = FakeChannel(_stream(stream))
     response = await _request(_gateway(channel), "GET", "/v1/stream?count=2")
     assert response.status_code == 200
@@ -629,7 +594,7 @@ async def test_stream_ndjson() -> None:
 
 
 async def test_stream_empty() -> None:
-    channel = FakeChannel(_stream(FakeStream([])))
+    channel = FakeChannel(_stream(FakeRpc([])))
     response = await _request(_gateway(channel), "GET", "/v1/stream")
     assert response.status_code == 200
     assert response.content == b""
@@ -643,7 +608,7 @@ async def test_stream_empty() -> None:
     ],
 )
 async def test_stream_sse(accept: str) -> None:
-    channel = FakeChannel(_stream(FakeStream(_replies(2))))
+    channel = FakeChannel(_stream(FakeRpc(_replies(2))))
     response = await _request(_gateway(channel), "GET", "/v1/stream", headers={"Accept": accept})
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream"
@@ -673,7 +638,7 @@ async def test_stream_sse(accept: str) -> None:
 )
 async def test_stream_error_mid_stream(accept: str | None, expected_tail: bytes) -> None:
     items = [*_replies(1), _error(grpc.StatusCode.INTERNAL, "boom")]
-    channel = FakeChannel(_stream(FakeStream(items)))
+    channel = FakeChannel(_stream(FakeRpc(items)))
     headers = {} if accept is None else {"Accept": accept}
     response = await _request(_gateway(channel), "GET", "/v1/stream", headers=headers)
     assert response.status_code == 200  # already sent when the error came
@@ -683,16 +648,14 @@ async def test_stream_error_mid_stream(accept: str | None, expected_tail: bytes)
 
 async def test_stream_mid_stream_unavailable_is_named() -> None:
     items = [*_replies(1), _error(grpc.StatusCode.UNAVAILABLE, "gone")]
-    response = await _request(
-        _gateway(FakeChannel(_stream(FakeStream(items)))), "GET", "/v1/stream"
-    )
+    response = await _request(_gateway(FakeChannel(_stream(FakeRpc(items)))), "GET", "/v1/stream")
     assert _lines(response)[-1] == {
         "error": {"code": 14, "message": f"{_MIRROR} is unavailable: gone", "details": []}
     }
 
 
 async def test_stream_error_before_first_message_is_plain() -> None:
-    stream = FakeStream([_error(grpc.StatusCode.NOT_FOUND, "no stream")])
+    stream = FakeRpc([_error(grpc.StatusCode.NOT_FOUND, "no stream")])
     response = await _request(_gateway(FakeChannel(_stream(stream))), "GET", "/v1/stream")
     assert response.status_code == 404
     assert _status(response) == {"code": 5, "message": "no stream", "details": []}

@@ -11,23 +11,13 @@ from hypothesis import strategies as st
 
 from hms_gateway.errors import GatewayError
 from hms_gateway.ratelimit import RateLimit, RateLimiter
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from mesh.testing import VirtualClock
 
 
 def _limiter(
     rate: float = 2.0, burst: int = 3, max_clients: int = 100
-) -> tuple[RateLimiter, FakeClock]:
-    clock = FakeClock()
+) -> tuple[RateLimiter, VirtualClock]:
+    clock = VirtualClock()
     return RateLimiter(RateLimit(rate=rate, burst=burst, max_clients=max_clients), clock), clock
 
 

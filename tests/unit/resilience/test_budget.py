@@ -10,16 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.resilience.budget import RetryBudget, RetryBudgetConfig
-
-
-class Clock:
-    """Virtual monotonic time."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from mesh.testing import VirtualClock
 
 
 def drain(budget: RetryBudget, limit: int = 10_000) -> int:
@@ -47,7 +38,7 @@ def drain(budget: RetryBudget, limit: int = 10_000) -> int:
     ],
 )
 def test_withdrawals_allowed(settings_: dict[str, Any], requests: int, allowed: int) -> None:
-    budget = RetryBudget(Clock(), **settings_)
+    budget = RetryBudget(VirtualClock(0.0), **settings_)
     for _ in range(requests):
         budget.record_request()
     assert drain(budget) == allowed
@@ -69,7 +60,7 @@ def test_withdrawals_allowed(settings_: dict[str, Any], requests: int, allowed: 
 def test_deposits_and_withdrawals_expire_after_the_window(
     advance: float, new_requests: int, allowed: int
 ) -> None:
-    clock = Clock()
+    clock = VirtualClock(0.0)
     budget = RetryBudget(clock, min_per_second=1.0)
     for _ in range(100):
         budget.record_request()
@@ -90,7 +81,7 @@ def test_deposits_and_withdrawals_expire_after_the_window(
     ],
 )
 def test_expiry_is_per_bucket(deposit_at: float, check_at: float, allowed: int) -> None:
-    clock = Clock(deposit_at)
+    clock = VirtualClock(deposit_at)
     budget = RetryBudget(clock, min_per_second=0.0)  # 10 buckets of 1 s
     for _ in range(100):
         budget.record_request()
@@ -99,7 +90,7 @@ def test_expiry_is_per_bucket(deposit_at: float, check_at: float, allowed: int) 
 
 
 def test_idle_client_gets_the_floor_each_window() -> None:
-    clock = Clock()
+    clock = VirtualClock(0.0)
     budget = RetryBudget(clock, min_per_second=1.0, window=10.0)
     assert drain(budget) == 10
     clock.now = 5.0
@@ -109,7 +100,7 @@ def test_idle_client_gets_the_floor_each_window() -> None:
 
 
 def test_steady_load_buys_ratio_times_rate() -> None:
-    clock = Clock()
+    clock = VirtualClock(0.0)
     budget = RetryBudget(clock, min_per_second=0.0)  # 10 calls/s -> 2 retries/s
     taken = []
     for second in range(100):
@@ -121,7 +112,7 @@ def test_steady_load_buys_ratio_times_rate() -> None:
 
 
 def test_refused_withdrawal_takes_nothing() -> None:
-    budget = RetryBudget(Clock(), min_per_second=0.0)
+    budget = RetryBudget(VirtualClock(0.0), min_per_second=0.0)
     for _ in range(4):
         budget.record_request()
     assert not budget.try_withdraw()
@@ -131,7 +122,7 @@ def test_refused_withdrawal_takes_nothing() -> None:
 
 
 def test_clock_stepping_back_does_not_revive_expired_tokens() -> None:
-    clock = Clock()
+    clock = VirtualClock(0.0)
     budget = RetryBudget(clock, min_per_second=0.0)
     for _ in range(100):
         budget.record_request()
@@ -143,7 +134,7 @@ def test_clock_stepping_back_does_not_revive_expired_tokens() -> None:
 
 
 def test_config_defaults_and_reserve() -> None:
-    budget = RetryBudget(Clock())
+    budget = RetryBudget(VirtualClock(0.0))
     assert budget.config == RetryBudgetConfig(0.2, 10.0, 10.0, 10)
     assert budget.config.reserve == 100.0
     assert budget.balance() == 100.0
@@ -173,7 +164,7 @@ def test_invalid_config_raises_value_error_naming_the_field(
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
         RetryBudgetConfig(**fields)
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
-        RetryBudget(Clock(), **fields)
+        RetryBudget(VirtualClock(0.0), **fields)
 
 
 # Times on a 1/16 s grid and bucket widths that are powers of two: exact float arithmetic, so
@@ -199,7 +190,7 @@ def test_withdrawals_in_any_window_are_bounded(
 ) -> None:
     """In any interval of window - window/buckets, withdrawals <= floor + ratio * deposits made
     from one window before the interval up to its end (see the module docstring)."""
-    clock = Clock()
+    clock = VirtualClock(0.0)
     budget = RetryBudget(
         clock,
         ratio=config.ratio,

@@ -10,17 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.resilience.ewma import EwmaConfig, PeakEwma
-
-
-class Clock:
-    """Virtual monotonic time."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
+from mesh.testing import VirtualClock
 
 E = math.exp(-1.0)  # the weight left after one decay time constant
 
@@ -52,7 +42,7 @@ E = math.exp(-1.0)  # the weight left after one decay time constant
     ],
 )
 def test_estimate(steps: list[tuple[float, float | None]], expected: Any) -> None:
-    clock = Clock()
+    clock = VirtualClock(100.0)
     ewma = PeakEwma(clock)
     for advance, rtt in steps:
         clock.now += advance
@@ -62,7 +52,7 @@ def test_estimate(steps: list[tuple[float, float | None]], expected: Any) -> Non
 
 
 def test_reads_do_not_change_state() -> None:
-    clock = Clock()
+    clock = VirtualClock(100.0)
     read, unread = PeakEwma(clock), PeakEwma(clock)
     for ewma in (read, unread):
         ewma.observe(0.5)
@@ -85,11 +75,11 @@ def test_reads_do_not_change_state() -> None:
     ],
 )
 def test_cost_scales_with_outstanding(outstanding: int, expected: float) -> None:
-    assert PeakEwma(Clock()).cost(outstanding) == pytest.approx(expected)
+    assert PeakEwma(VirtualClock(100.0)).cost(outstanding) == pytest.approx(expected)
 
 
 def test_cost_uses_decayed_estimate() -> None:
-    clock = Clock()
+    clock = VirtualClock(100.0)
     ewma = PeakEwma(clock)
     ewma.observe(0.4)
     clock.now += 10.0
@@ -97,7 +87,7 @@ def test_cost_uses_decayed_estimate() -> None:
 
 
 def test_penalized_instance_becomes_attractive_again_when_left_alone() -> None:
-    clock = Clock()
+    clock = VirtualClock(100.0)
     penalized, healthy = PeakEwma(clock), PeakEwma(clock)
     penalized.penalize()
     healthy.observe(0.030)
@@ -109,7 +99,7 @@ def test_penalized_instance_becomes_attractive_again_when_left_alone() -> None:
 
 
 def test_custom_penalty_seed_and_decay() -> None:
-    clock = Clock()
+    clock = VirtualClock(100.0)
     ewma = PeakEwma(clock, seed=0.1, decay=2.0, penalty=3.0)
     assert ewma.config == EwmaConfig(seed=0.1, decay=2.0, penalty=3.0)
     assert ewma.estimate() == pytest.approx(0.1)
@@ -140,7 +130,7 @@ def test_invalid_config_raises_value_error_naming_the_field(
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
         EwmaConfig(**fields)
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
-        PeakEwma(Clock(), **fields)
+        PeakEwma(VirtualClock(100.0), **fields)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +144,7 @@ def test_invalid_config_raises_value_error_naming_the_field(
     ],
 )
 def test_invalid_rtt_is_refused_and_changes_nothing(rtt: Any) -> None:
-    ewma = PeakEwma(Clock())
+    ewma = PeakEwma(VirtualClock(100.0))
     with pytest.raises(ValueError, match="rtt"):
         ewma.observe(rtt)
     assert ewma.estimate() == 0.030
@@ -166,7 +156,7 @@ def test_invalid_rtt_is_refused_and_changes_nothing(rtt: Any) -> None:
 )
 def test_invalid_outstanding_is_refused(outstanding: Any) -> None:
     with pytest.raises(ValueError, match="outstanding"):
-        PeakEwma(Clock()).cost(outstanding)
+        PeakEwma(VirtualClock(100.0)).cost(outstanding)
 
 
 steps = st.lists(st.tuples(st.floats(0.0, 1000.0), st.none() | st.floats(0.0, 100.0)), max_size=50)
@@ -175,7 +165,7 @@ steps = st.lists(st.tuples(st.floats(0.0, 1000.0), st.none() | st.floats(0.0, 10
 @settings(database=None, derandomize=True, max_examples=300)
 @given(steps=steps, outstanding=st.integers(0, 1000))
 def test_estimate_bounds(steps: list[tuple[float, float | None]], outstanding: int) -> None:
-    clock = Clock()
+    clock = VirtualClock(100.0)
     ewma = PeakEwma(clock)
     highest = 0.030
     for advance, rtt in steps:

@@ -12,18 +12,13 @@ from hms.eligibility.v1 import eligibility_pb2
 from hms_services.eligibility.rules import RULES, RULES_BY_ID, format_pence, income_limit_pence
 from hms_services.eligibility.service import EligibilityService
 from mesh.errors import InvalidArgument, NotFound
+from mesh.testing import FakeContext
 
 ALL_IDS = [r.rule_id for r in RULES]
 
 
-class FakeContext:
-    """The handlers use nothing of the context; this stands in for grpc.aio's."""
-
-    async def abort(self, code: Any, details: str = "") -> None:
-        raise AssertionError(f"handlers must raise mesh errors, not abort ({code}, {details})")
-
-
-CONTEXT: Any = FakeContext()
+# The handlers use nothing of the context, and raise mesh errors rather than abort.
+CONTEXT = FakeContext(allow_abort=False)
 
 
 def check_request(**overrides: Any) -> eligibility_pb2.CheckRequest:

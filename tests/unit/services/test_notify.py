@@ -16,31 +16,13 @@ from hms.notify.v1 import notify_pb2
 from hms_services.notify.service import NotifyService
 from hms_services.notify.store import Cursor, Notification, NotificationStore
 from mesh.errors import AlreadyExists, InvalidArgument
+from mesh.testing import FakeContext, VirtualWallClock
 
 T0 = datetime.datetime(2024, 5, 1, 9, 30, tzinfo=datetime.UTC)
 
 
-class FakeContext:
-    """The handlers use nothing of the context; this stands in for grpc.aio's."""
-
-    async def abort(self, code: Any, details: str = "") -> None:
-        raise AssertionError(f"handlers must raise mesh errors, not abort ({code}, {details})")
-
-
-CONTEXT: Any = FakeContext()
-
-
-class SteppingClock:
-    """Each call returns the next instant, `step` apart; `step=0` makes ties on purpose."""
-
-    def __init__(self, start: datetime.datetime = T0, step_us: int = 1_000) -> None:
-        self.now = start
-        self.step = datetime.timedelta(microseconds=step_us)
-
-    def __call__(self) -> datetime.datetime:
-        now = self.now
-        self.now += self.step
-        return now
+# The handlers use nothing of the context, and raise mesh errors rather than abort.
+CONTEXT = FakeContext(allow_abort=False)
 
 
 def counting_ids() -> Any:
@@ -120,7 +102,11 @@ async def test_send_rejects_invalid_input(
 
 
 async def test_send_records_and_returns_the_notification(store: NotificationStore) -> None:
-    service = NotifyService(store, clock=SteppingClock(), new_id=counting_ids())
+    service = NotifyService(
+        store,
+        clock=VirtualWallClock(T0, step=datetime.timedelta(milliseconds=1)),
+        new_id=counting_ids(),
+    )
     sent = (await service.Send(send_request(), CONTEXT)).notification
     assert sent.notification_id == "id-0001"
     assert sent.create_time.ToDatetime(tzinfo=datetime.UTC) == T0

@@ -1,57 +1,16 @@
-"""Fakes for unit tests: the one testing module, each fake behind the same interface as the
-real thing, so that code under test cannot tell them apart.
-
-`FakeEtcd` stands in for `mesh.registry.etcd.Etcd`: the same async methods, the same results
-and the same three exceptions (`EtcdUnavailable`, `LeaseLost`, `WatchCompacted`), on an
-in-memory MVCC-ish store instead of a server:
-
-- one global revision (1 on an empty store, +1 per write transaction, as in etcd);
-- a history of events, so that `watch(prefix, start_revision)` replays from that revision and
-  then follows live writes; `compact(revision)` drops history up to `revision`;
-- leases with keys attached: revoking or expiring a lease deletes its keys in one revision and
-  emits their DELETE events.
-
-What it leaves out, on purpose, so that tests stay fast and deterministic:
-
-- No clock. Leases never expire by themselves; a test expires one with `expire_lease(id)`.
-  `time_to_live` answers the granted TTL while the lease exists and -1 once it is gone.
-- `keepalive(lease_id, interval)` ignores `interval`: it answers once at once (the lease's TTL,
-  or LeaseLost if the lease does not exist), then sleeps until something happens to the lease
-  or to the server, and then raises what the real stream would: `LeaseLost` when the lease was
-  revoked, expired or wiped, `EtcdUnavailable` when the server went down. A healthy lease thus
-  costs no timer at all.
-- `watch` raises `WatchCompacted` when `start_revision <= compacted revision`, one revision
-  stricter than etcd (which still serves the compact revision itself, but may have dropped a
-  deletion made at it).
-
-Test controls, beside the Etcd interface:
-
-    go_down()              every call, and every open stream, raises EtcdUnavailable ...
-    come_back(wipe=False)  ... until this; wipe=True is etcd restarted on an empty data dir:
-                           keys, leases and history lost, revision back to 1 (lease ids keep
-                           counting, so a new lease never reuses an old id)
-    expire_lease(id)       the lease runs out: its keys are deleted (DELETE events)
-    after_list             one-shot async hooks, each run inside one get_prefix after its
-                           snapshot was taken (e.g. write and compact: the next watch from that
-                           snapshot then finds its start compacted)
-    kvs(prefix), leases()  what is stored (copies), for assertions
-    revision               the store's current revision
-    calls, refused         how often each method was called / refused while down
-
->>> etcd = FakeEtcd()
->>> lease = await etcd.grant(10)
->>> await etcd.put(b"/hms/services/a.v1.A/x", b"{}", lease)
-2
->>> etcd.expire_lease(lease)   # the key is gone, watchers see its deletion
-"""
+"""etcd without a server: FakeEtcd, the registry on an in-memory store (re-exported by
+mesh.testing)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 
 from mesh.registry.etcd import (
@@ -61,46 +20,6 @@ from mesh.registry.etcd import (
     WatchCompacted,
     WatchEvent,
 )
-
-__all__ = ["DummyChannel", "FakeEtcd", "VirtualClock", "eventually", "wait_until"]
-
-
-async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    timeout: float = 2.0,
-    *,
-    interval: float = 0.001,
-) -> None:
-    """Wait until predicate() holds, checking every `interval` s; AssertionError after
-    `timeout` s. For conditions that no event announces; never a fixed sleep. The predicate
-    may be a coroutine function (a condition read over the network, such as an HTTP answer)."""
-
-    async def holds() -> bool:
-        result = predicate()
-        return bool(await result) if inspect.isawaitable(result) else bool(result)
-
-    try:
-        async with asyncio.timeout(timeout):
-            # Polling is the point: the condition has no event to wait on.
-            while not await holds():  # noqa: ASYNC110
-                await asyncio.sleep(interval)
-    except TimeoutError:
-        raise _still_false(predicate, timeout) from None
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = 2.0, *, interval: float = 0.01
-) -> None:
-    """`eventually` for synchronous tests (a condition read by a blocking client)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise _still_false(predicate, timeout)
-        time.sleep(interval)
-
-
-def _still_false(predicate: object, timeout: float) -> AssertionError:
-    return AssertionError(f"condition still false after {timeout} s: {predicate}")
 
 
 @dataclass
@@ -131,8 +50,49 @@ class _Watcher:
 
 
 class FakeEtcd:
-    """An in-memory etcd with the interface of `mesh.registry.etcd.Etcd` (see the module
-    docstring for what it models and the test controls)."""
+    """Stands in for `mesh.registry.etcd.Etcd`: the same async methods, the same results
+    and the same three exceptions (`EtcdUnavailable`, `LeaseLost`, `WatchCompacted`), on an
+    in-memory MVCC-ish store instead of a server:
+
+    - one global revision (1 on an empty store, +1 per write transaction, as in etcd);
+    - a history of events, so that `watch(prefix, start_revision)` replays from that revision and
+      then follows live writes; `compact(revision)` drops history up to `revision`;
+    - leases with keys attached: revoking or expiring a lease deletes its keys in one revision and
+      emits their DELETE events.
+
+    What it leaves out, on purpose, so that tests stay fast and deterministic:
+
+    - No clock. Leases never expire by themselves; a test expires one with `expire_lease(id)`.
+      `time_to_live` answers the granted TTL while the lease exists and -1 once it is gone.
+    - `keepalive(lease_id, interval)` ignores `interval`: it answers once at once (the lease's TTL,
+      or LeaseLost if the lease does not exist), then sleeps until something happens to the lease
+      or to the server, and then raises what the real stream would: `LeaseLost` when the lease was
+      revoked, expired or wiped, `EtcdUnavailable` when the server went down. A healthy lease thus
+      costs no timer at all.
+    - `watch` raises `WatchCompacted` when `start_revision <= compacted revision`, one revision
+      stricter than etcd (which still serves the compact revision itself, but may have dropped a
+      deletion made at it).
+
+    Test controls, beside the Etcd interface:
+
+        go_down()              every call, and every open stream, raises EtcdUnavailable ...
+        come_back(wipe=False)  ... until this; wipe=True is etcd restarted on an empty data dir:
+                               keys, leases and history lost, revision back to 1 (lease ids keep
+                               counting, so a new lease never reuses an old id)
+        expire_lease(id)       the lease runs out: its keys are deleted (DELETE events)
+        after_list             one-shot async hooks, each run inside one get_prefix after its
+                               snapshot was taken (e.g. write and compact: the next watch from that
+                               snapshot then finds its start compacted)
+        kvs(prefix), leases()  what is stored (copies), for assertions
+        revision               the store's current revision
+        calls, refused         how often each method was called / refused while down
+
+    >>> etcd = FakeEtcd()
+    >>> lease = await etcd.grant(10)
+    >>> await etcd.put(b"/hms/services/a.v1.A/x", b"{}", lease)
+    2
+    >>> etcd.expire_lease(lease)   # the key is gone, watchers see its deletion
+    """
 
     def __init__(self) -> None:
         self.endpoints = ("fake",)
@@ -355,26 +315,3 @@ class FakeEtcd:
         if lease.keys:
             self._delete_keys(list(lease.keys))
         self._notify()
-
-
-class VirtualClock:
-    """A monotonic clock that moves only when told: `clock()` reads, `advance(s)` moves."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class DummyChannel:
-    """Stands in for a per-instance grpc.aio channel where only `close()` is used."""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-    async def close(self, grace: float | None = None) -> None:
-        self.closed = True
