@@ -33,6 +33,7 @@ from mesh.client.middleware import (
     transport,
 )
 from mesh.client.pool import ServicePool
+from mesh.client.reach import tcp_reachable
 from mesh.client.rpc import MeshCall
 from mesh.registry.etcd import Etcd
 from mesh.registry.keys import Instance
@@ -54,6 +55,7 @@ class ServiceStats:
     instances: int  # registered (or configured) instances the channel knows
     serving: int  # of which not draining
     ejected: int  # of which ejected by outlier detection (or on probation)
+    unreachable: int  # of which gated: nothing answered a connection lately
     ejections_total: int
 
 
@@ -170,6 +172,7 @@ class MeshChannel:
             rand=self._rand.random,
             watch_health=self.config.watch_health,
             drain_grace=self.config.drain_grace,
+            probe=tcp_reachable if self.config.probe_connectivity else None,
         )
         discovery: Discovery | StaticDiscovery
         if service in self.config.upstreams or self.etcd is None:
@@ -199,12 +202,19 @@ class MeshChannel:
                 grpc.StatusCode.UNAVAILABLE,
                 f"{instance.service} instance {instance.instance_id} registered no identity",
             )
+        try:
+            pinned = tls.channel_options_for(instance.identity)
+        except ValueError as exc:  # decode() refuses such entries; static upstreams may not
+            raise rpc_error(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{instance.service} instance {instance.instance_id}: {exc}",
+            ) from None
         if self._credentials is None:
             self._credentials = tls.channel_credentials(self.config.tls)
         return grpc.aio.secure_channel(
             instance.address,
             self._credentials,
-            options=[*options, *tls.channel_options_for(instance.identity)],
+            options=[*options, *pinned],
             interceptors=self._interceptors,
         )
 
@@ -316,6 +326,7 @@ class MeshChannel:
                     instances=len(pool.endpoints),
                     serving=sum(e.serving for e in pool.endpoints.values()),
                     ejected=len(pool.endpoints) - counts[HealthState.ACTIVE],
+                    unreachable=sum(not e.reach.usable(now) for e in pool.endpoints.values()),
                     ejections_total=pool.detector.ejections_total,
                 )
             )

@@ -37,6 +37,9 @@ class ClientConfig:
     #: How long a call waits for a first instance of a service to appear before UNAVAILABLE.
     no_instance_wait: float = 1.0
     watch_health: bool = True
+    #: TCP-probe each instance as it appears, and gate the ones nothing answers at
+    #: (mesh.client.reach); calls that fail to connect gate their instance either way.
+    probe_connectivity: bool = True
     #: How long the calls in flight on an instance that left (or a channel replaced by a
     #: certificate rotation) get to finish before its channel closes under them (seconds).
     drain_grace: float = 10.0

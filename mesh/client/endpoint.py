@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.aio import back_off, cancel_and_wait
 from mesh.client.call import rpc_error
+from mesh.client.reach import Reachability
 from mesh.registry.keys import Instance
 from mesh.resilience.backoff import Backoff, BackoffPolicy
 from mesh.resilience.ewma import PeakEwma
@@ -50,6 +51,8 @@ class Endpoint:
         self.serving = True
         #: True once a call to it has completed: until then it gets a warm-up call first.
         self.observed = False
+        #: Whether it can be connected to (mesh.client.reach): not picked while it cannot.
+        self.reach = Reachability()
         self._make_channel = make_channel
         self._watch_health = watch_health
         self._drain_grace = drain_grace

@@ -359,6 +359,7 @@ class PickLayer:
         now = self.clock()
         endpoint.ewma.observe(now - started)
         endpoint.observed = True
+        endpoint.reach.succeeded()
         pool.detector.on_success(endpoint.key, now)
         return response
 
@@ -384,6 +385,9 @@ class PickLayer:
         else:
             endpoint.ewma.observe(now - started)
         if code in _INSTANCE_FAILURES:
-            pool.detector.on_failure(endpoint.key, now, connection=never_sent(error))
+            unreachable = never_sent(error)
+            if unreachable:
+                endpoint.reach.failed(now)  # not picked again until its gate opens
+            pool.detector.on_failure(endpoint.key, now, connection=unreachable)
         else:
             pool.detector.on_success(endpoint.key, now)

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from mesh.aio import cancel_and_wait
 from mesh.client.balance import pick_p2c
 from mesh.client.endpoint import DRAIN_GRACE, ChannelFactory, Endpoint
 from mesh.registry.watch import Change, ChangeKind
 from mesh.resilience.outlier import OutlierConfig, OutlierDetector
 
-__all__ = ["ServicePool"]
+__all__ = ["Probe", "ServicePool"]
+
+#: Is something listening at this address? (mesh.client.reach.tcp_reachable)
+Probe = Callable[[str], Awaitable[bool]]
+#: Probes in flight at once in one pool: a flood of keys is probed a few at a time.
+PROBES_AT_ONCE = 32
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,7 @@ class ServicePool:
         rand: Callable[[], float],
         watch_health: bool = True,
         drain_grace: float = DRAIN_GRACE,
+        probe: Probe | None = None,
     ) -> None:
         self.service = service
         self.endpoints: dict[str, Endpoint] = {}
@@ -37,6 +44,9 @@ class ServicePool:
         self._rand = rand
         self._watch_health = watch_health
         self._drain_grace = drain_grace
+        self._probe = probe
+        self._probing: dict[str, asyncio.Task[None]] = {}
+        self._probe_slots = asyncio.Semaphore(PROBES_AT_ONCE)
         self._changed = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -47,6 +57,9 @@ class ServicePool:
         key = instance.instance_id
         old = self.endpoints.get(key)
         if old is not None and (change.kind is ChangeKind.REMOVED or old.instance != instance):
+            probing = self._probing.pop(key, None)
+            if probing is not None:
+                probing.cancel()
             del self.endpoints[key]
             self.detector.remove(key)
             self._close_later(old)
@@ -60,7 +73,24 @@ class ServicePool:
             )
             self.endpoints[key] = endpoint
             self.detector.add(key)
+            if self._probe is not None:
+                self._probing[key] = asyncio.create_task(
+                    self._probe_until_reachable(endpoint), name=f"mesh-probe:{key}"
+                )
         self._changed.set()
+
+    async def _probe_until_reachable(self, endpoint: Endpoint) -> None:
+        """Probe a new instance's address; while nothing answers, keep it gated and probe
+        again as each gate ends. A few probes at a time, so a flood of keys is bounded."""
+        assert self._probe is not None
+        while True:
+            async with self._probe_slots:
+                ok = await self._probe(endpoint.instance.address)
+            if ok:
+                endpoint.reach.succeeded()
+                return
+            delay = endpoint.reach.failed(self._clock())
+            await asyncio.sleep(delay)
 
     def _close_later(self, endpoint: Endpoint) -> None:
         # A departing instance gets no new call from now on (it left `endpoints`); the calls
@@ -71,6 +101,8 @@ class ServicePool:
 
     async def close(self) -> None:
         """Close every channel now (the caller's whole channel is going away)."""
+        await cancel_and_wait(*self._probing.values())
+        self._probing.clear()
         for endpoint in self.endpoints.values():
             await endpoint.close(drain=False)
         self.endpoints.clear()
@@ -91,7 +123,9 @@ class ServicePool:
         ready = [
             e
             for e in self.endpoints.values()
-            if e.serving and (version is None or e.instance.version == version)
+            if e.serving
+            and e.reach.usable(now)
+            and (version is None or e.instance.version == version)
         ]
         untried = [e for e in ready if e.key not in tried]
         # `eligible` compares without claiming an ejected instance's single probe call;
@@ -135,10 +169,16 @@ class ServicePool:
             return f"no instance of {self.service} at version {version} is registered"
         now = self._clock()
         draining = sum(not e.serving for e in self.endpoints.values())
+        unreachable = sum(e.serving and not e.reach.usable(now) for e in self.endpoints.values())
         ejected = sum(
-            e.serving and not self.detector.eligible(e.key, now) for e in self.endpoints.values()
+            e.serving and e.reach.usable(now) and not self.detector.eligible(e.key, now)
+            for e in self.endpoints.values()
         )
-        parts = [f"{ejected} ejected" * bool(ejected), f"{draining} draining" * bool(draining)]
+        parts = [
+            f"{ejected} ejected" * bool(ejected),
+            f"{unreachable} unreachable" * bool(unreachable),
+            f"{draining} draining" * bool(draining),
+        ]
         detail = ", ".join(p for p in parts if p) or "all busy"
         return f"no ready instance of {self.service}: {detail}"
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from mesh.identity import identity_dns_name
+
 __all__ = [
     "Instance",
     "RegistryValueError",
@@ -127,6 +129,13 @@ class Instance:
             raise RegistryValueError(f"address {self.address!r} is not host:port")
         if not self.deployment:
             raise RegistryValueError("deployment is empty")
+        if self.identity:
+            # Callers derive the TLS name they pin from it: an identity that is not a mesh
+            # SPIFFE ID could never be checked, so the entry is refused here, not at call time.
+            try:
+                identity_dns_name(self.identity)
+            except ValueError as exc:
+                raise RegistryValueError(f"identity: {exc}") from None
         if isinstance(self.weight, bool) or not isinstance(self.weight, int):
             raise RegistryValueError(f"weight {self.weight!r} is not an integer")
         if not 1 <= self.weight <= MAX_WEIGHT:

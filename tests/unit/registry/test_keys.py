@@ -133,6 +133,16 @@ def test_new_instance_id_is_a_key_segment_and_unique() -> None:
         pytest.param(value(deployment=["d"]), "deployment must be a JSON str", id="deploy-list"),
         pytest.param(value(version=1), "version must be a JSON str", id="version-int"),
         pytest.param(value(identity=None), "identity must be a JSON str", id="identity-null"),
+        pytest.param(
+            value(identity="not-a-spiffe-id"),
+            "identity: SPIFFE ID 'not-a-spiffe-id' is malformed",
+            id="identity-not-spiffe",
+        ),
+        pytest.param(
+            value(identity="spiffe://hms.local/svc/Evil_1"),
+            "identity: SPIFFE ID",
+            id="identity-bad-deployment",
+        ),
         pytest.param(value(zone=True), "zone must be a JSON str", id="zone-bool"),
         pytest.param(value(weight="100"), "weight must be a JSON int", id="weight-string"),
         pytest.param(value(weight=1.5), "weight must be a JSON int", id="weight-float"),
@@ -337,7 +347,12 @@ instances = st.builds(
     ),
     deployment=st.text(min_size=1, max_size=30),
     version=st.text(max_size=20),
-    identity=st.text(max_size=40),
+    identity=st.one_of(
+        st.just(""),
+        st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True).map(
+            lambda d: f"spiffe://hms.local/svc/{d}"
+        ),
+    ),
     zone=st.text(max_size=20),
     weight=st.integers(1, keys.MAX_WEIGHT),
     metadata=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4),
