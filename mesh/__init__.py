@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from mesh.events import EventMeta, IdempotentHandler
+    from mesh.server.enduser import end_user
     from mesh.server.runner import run_service
     from mesh.server.runtime import Runtime
 
@@ -58,6 +59,7 @@ __all__ = [
     "PermissionDenied",
     "Runtime",
     "Unavailable",
+    "end_user",
     "run_service",
 ]
 
@@ -74,6 +76,7 @@ _HOMES = {
     "PermissionDenied": "mesh.errors",
     "Runtime": "mesh.server.runtime",
     "Unavailable": "mesh.errors",
+    "end_user": "mesh.server.enduser",
     "run_service": "mesh.server.runner",
 }
 

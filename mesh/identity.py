@@ -12,6 +12,7 @@ the handshake.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +22,7 @@ __all__ = [
     "CA_CERT",
     "TRUST_DOMAIN",
     "CertInfo",
+    "caller_identity",
     "check_deployment",
     "check_trust_domain",
     "describe",
@@ -128,3 +130,29 @@ def read_identity(cert_pem: bytes) -> str:
     if len(uris) != 1:
         raise ValueError(f"a mesh certificate must carry exactly one URI SAN, found {len(uris)}")
     return uris[0]
+
+
+def caller_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The caller's SPIFFE ID from a grpc.aio ``context.auth_context()``, or None.
+
+    grpcio sets ``peer_spiffe_id`` only when the peer certificate carries exactly one URI SAN
+    and it is a valid SPIFFE ID; ``peer_uri`` lists every URI SAN. Both must agree on one ID:
+    a certificate that could be read as two identities is no identity. Plaintext peers have
+    neither key.
+
+    >>> caller_identity({"peer_spiffe_id": [b"spiffe://hms.local/svc/a"],
+    ...                  "peer_uri": [b"spiffe://hms.local/svc/a"]})
+    'spiffe://hms.local/svc/a'
+    >>> caller_identity({"transport_security_type": [b"insecure"]}) is None
+    True
+    """
+    spiffe_ids = list(auth_context.get("peer_spiffe_id") or ())
+    uris = list(auth_context.get("peer_uri") or ())
+    if len(spiffe_ids) != 1 or len(uris) > 1 or (uris and uris[0] != spiffe_ids[0]):
+        return None
+    value = spiffe_ids[0]
+    try:
+        identity = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        return None
+    return identity if identity.startswith("spiffe://") else None

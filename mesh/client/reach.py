@@ -38,7 +38,7 @@ class Reachability:
     def failed(self, now: float) -> float:
         """A connection failed at `now`: gated for the returned number of seconds."""
         self.failures += 1
-        delay = min(_CAP, _BASE * 2 ** min(self.failures - 1, 16))
+        delay: float = min(_CAP, _BASE * 2.0 ** min(self.failures - 1, 16))
         self.until = now + delay
         return delay
 

@@ -39,6 +39,7 @@ from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.registration import Registration
 from mesh.server.deadline import DeadlineInterceptor
+from mesh.server.enduser import DEFAULT_GATEWAY_IDENTITIES, EndUserInterceptor
 from mesh.server.errors import ErrorInterceptor
 from mesh.server.health import DrainingHealth
 
@@ -72,6 +73,8 @@ class HostConfig:
     #: The registry's id of this instance; "" makes a new one (a supervisor that starts the
     #: process passes its own, to know the instance when it registers).
     instance_id: str = ""
+    #: The identities whose end-user metadata (x-hms-subject, x-hms-claims) is believed.
+    gateway_identities: tuple[str, ...] = DEFAULT_GATEWAY_IDENTITIES
 
     def __post_init__(self) -> None:
         if not self.deployment:
@@ -113,7 +116,12 @@ class ServiceHost:
         self.health = DrainingHealth()
         self._servicers: list[tuple[ServiceDescriptor, Any, object]] = []
         # Outermost first: errors are translated for everything below, including authz.
-        self._interceptors = [ErrorInterceptor(), DeadlineInterceptor(), *(interceptors or [])]
+        self._interceptors = [
+            ErrorInterceptor(),
+            DeadlineInterceptor(),
+            EndUserInterceptor(config.gateway_identities),
+            *(interceptors or []),
+        ]
         self._server: grpc.aio.Server | None = None
         self._etcd: Etcd | None = None
         self.registration: Registration | None = None

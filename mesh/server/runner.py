@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mesh.gc_tuning import settle_heap
+from mesh.server.enduser import DEFAULT_GATEWAY_IDENTITIES
 from mesh.server.host import HostConfig, ServiceHost
 from mesh.server.runtime import Runtime, tls_files
 
@@ -66,6 +67,13 @@ def parse_args(
     )
     parser.add_argument(
         "--instance-id", default="", help="registry id of this instance (default: a new one)"
+    )
+    parser.add_argument(
+        "--gateway-identity",
+        action="append",
+        default=None,
+        help="whose x-hms-subject / x-hms-claims to believe (repeatable; default "
+        "spiffe://hms.local/svc/gateway)",
     )
     parser.add_argument("--zone", default="")
     parser.add_argument("--weight", type=int, default=100)
@@ -113,6 +121,7 @@ def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None
         weight=args.weight,
         metadata=metadata or {},
         instance_id=args.instance_id,
+        gateway_identities=tuple(args.gateway_identity or DEFAULT_GATEWAY_IDENTITIES),
     )
 
 

@@ -14,7 +14,7 @@ import mesh
 PUBLIC = {
     "AlreadyExists", "ClientConfig", "EventMeta", "FailedPrecondition", "IdempotentHandler",
     "InvalidArgument", "MeshChannel", "MeshError", "NotFound", "PermissionDenied", "Runtime",
-    "Unavailable", "run_service",
+    "Unavailable", "end_user", "run_service",
 }  # fmt: skip
 
 
