@@ -130,6 +130,11 @@ class MeshChannel:
         return channel
 
     def start(self) -> None:
+        if self.config.serving is None and self.config.tls is not None:
+            log.warning(
+                "no serving policy: any mesh identity registered under a service may serve it "
+                "(give one, as `mesh up` does: docs/security.md)"
+            )
         if self.config.tls is not None and self.config.rotation_check > 0:
             self._rotation_task = asyncio.create_task(self._follow_rotation())
 
@@ -173,6 +178,7 @@ class MeshChannel:
             watch_health=self.config.watch_health,
             drain_grace=self.config.drain_grace,
             probe=tcp_reachable if self.config.probe_connectivity else None,
+            admit=self._admit,
         )
         discovery: Discovery | StaticDiscovery
         if service in self.config.upstreams or self.etcd is None:
@@ -189,6 +195,13 @@ class MeshChannel:
         self._discoveries[service] = discovery
         self._opening.pop(service, None)
         return pool
+
+    def _admit(self, instance: Instance) -> str | None:
+        """Why `instance` may not serve its service (the serving policy), or None."""
+        serving = self.config.serving
+        if serving is None or self.config.tls is None:
+            return None  # development: anyone may serve (said once at start)
+        return serving.refusal(instance.service, instance.identity)
 
     def _open_instance_channel(self, instance: Instance) -> grpc.aio.Channel:
         options = [("grpc.max_reconnect_backoff_ms", 1000)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mesh.authz.serving import ServingPolicy
 from mesh.deadline import DeadlineConfig
 from mesh.registry.keys import Instance
 from mesh.resilience.outlier import OutlierConfig
@@ -37,6 +38,8 @@ class ClientConfig:
     #: How long a call waits for a first instance of a service to appear before UNAVAILABLE.
     no_instance_wait: float = 1.0
     watch_health: bool = True
+    #: Which identities may serve which services (mesh.authz.serving); None: anyone may.
+    serving: ServingPolicy | None = None
     #: TCP-probe each instance as it appears, and gate the ones nothing answers at
     #: (mesh.client.reach); calls that fail to connect gate their instance either way.
     probe_connectivity: bool = True

@@ -10,10 +10,14 @@ from collections.abc import Awaitable, Callable
 from mesh.aio import cancel_and_wait
 from mesh.client.balance import pick_p2c
 from mesh.client.endpoint import DRAIN_GRACE, ChannelFactory, Endpoint
+from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
 from mesh.resilience.outlier import OutlierConfig, OutlierDetector
 
-__all__ = ["Probe", "ServicePool"]
+__all__ = ["Admit", "Probe", "ServicePool"]
+
+#: Why an instance may not be used (who may serve what: mesh.authz.serving), or None.
+Admit = Callable[[Instance], str | None]
 
 #: Is something listening at this address? (mesh.client.reach.tcp_reachable)
 Probe = Callable[[str], Awaitable[bool]]
@@ -35,6 +39,7 @@ class ServicePool:
         watch_health: bool = True,
         drain_grace: float = DRAIN_GRACE,
         probe: Probe | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.service = service
         self.endpoints: dict[str, Endpoint] = {}
@@ -45,6 +50,8 @@ class ServicePool:
         self._watch_health = watch_health
         self._drain_grace = drain_grace
         self._probe = probe
+        self._admit = admit
+        self._refused: set[tuple[str, str]] = set()
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._probe_slots = asyncio.Semaphore(PROBES_AT_ONCE)
         self._changed = asyncio.Event()
@@ -64,6 +71,13 @@ class ServicePool:
             self.detector.remove(key)
             self._close_later(old)
         if change.kind is not ChangeKind.REMOVED and key not in self.endpoints:
+            refused = self._admit(instance) if self._admit is not None else None
+            if refused is not None:
+                if (key, instance.identity) not in self._refused:
+                    self._refused.add((key, instance.identity))
+                    log.warning("ignoring registry entry %s of %s: %s", key, self.service, refused)
+                self._changed.set()
+                return
             endpoint = Endpoint(
                 instance,
                 self._make_channel,
@@ -90,6 +104,7 @@ class ServicePool:
                 endpoint.reach.succeeded()
                 return
             delay = endpoint.reach.failed(self._clock())
+            endpoint.reach.hold()  # opens only when a probe answers
             await asyncio.sleep(delay)
 
     def _close_later(self, endpoint: Endpoint) -> None:

@@ -3,9 +3,10 @@ lasts, whatever the outlier detector's cap and the warm-up rule say (gRPC's own 
 only READY subchannels; this is the same rule for a pool that connects lazily).
 
 An instance is known unreachable when a connection to it fails (a call that was never sent,
-or the pool's probe: a TCP connect when the instance appears, then again after each gate).
-The gate grows while failures repeat (0.5 s, 1 s, 2 s ... 30 s) and opens at the first
-success. Pure: the clock is passed in.
+or the pool's probe: a TCP connect when the instance appears). After a failed call the gate
+opens by itself after 0.5 s, 1 s, 2 s ... 30 s while failures repeat; after a failed probe it
+stays closed, and the probe is repeated on that schedule until something answers. Pure: the
+clock is passed in.
 
 >>> reach = Reachability()
 >>> reach.failed(now=10.0)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 
 __all__ = ["Reachability", "tcp_reachable"]
 
@@ -41,6 +43,11 @@ class Reachability:
         delay: float = min(_CAP, _BASE * 2.0 ** min(self.failures - 1, 16))
         self.until = now + delay
         return delay
+
+    def hold(self) -> None:
+        """Closed until `succeeded()`: for an instance whose probe keeps failing, the gate
+        does not open by itself while the next probe is still to come."""
+        self.until = math.inf
 
     def succeeded(self) -> None:
         self.failures = 0

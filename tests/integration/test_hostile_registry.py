@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
+from hms_tools import certs
 from hms_tools.devstack import EtcdProcess
 from mesh import tls
+from mesh.authz.serving import ServingPolicy
 from mesh.client import ClientConfig, MeshChannel
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
@@ -75,3 +77,37 @@ async def test_thousands_of_dead_keys_and_bad_identities_leave_the_live_instance
     skipped = [r.getMessage() for r in caplog.records if "skipping malformed" in r.getMessage()]
     assert skipped
     assert all("dead-3000" in m and "'not-a-spiffe-id' is malformed" in m for m in skipped)
+
+
+async def test_a_certificate_holder_cannot_hijack_a_service_it_may_not_serve(
+    etcd: EtcdProcess,
+    discovery: Discovery,
+    start_service: ServiceFactory,
+    tls_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The attack: a valid mesh certificate of its own (`evil`), an echo server registered as
+    EchoService with the heaviest weight. With the serving policy, callers never use it."""
+    certs.ensure(tls_dir, ["evil"])
+    good = start_service("echo", deployment="echo")
+    evil = start_service("echo", deployment="evil", extra=("--cert-name=evil", "--weight=10000"))
+    await wait_for_deployment(discovery, "echo", good)
+    await wait_for_deployment(discovery, "evil", evil)
+    serving = ServingPolicy.parse(f'[serve]\n"{ECHO}" = ["spiffe://hms.local/svc/echo"]')
+
+    async def served_by(policy: ServingPolicy | None) -> set[str]:
+        config = ClientConfig(
+            etcd=(etcd.endpoint,), tls=tls.TlsFiles(tls_dir, "ops"), serving=policy
+        )
+        async with await MeshChannel.connect(config) as channel:
+            stub = echo_pb2_grpc.EchoServiceStub(channel)
+            answers = [await stub.Echo(echo_pb2.EchoRequest(), timeout=5) for _ in range(40)]
+        return {a.served_by for a in answers}
+
+    assert "evil" in await served_by(None)  # what the attack got before the binding
+    with caplog.at_level(logging.WARNING, logger="mesh.client.pool"):
+        assert await served_by(serving) == {"echo"}
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "ignoring registry entry" in r.getMessage()
+    ]
+    assert "spiffe://hms.local/svc/evil may not serve hms.testing.v1.EchoService" in warning

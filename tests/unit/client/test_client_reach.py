@@ -87,6 +87,8 @@ async def test_probes_gate_what_does_not_answer_and_free_what_does() -> None:
     await eventually(lambda: len(probed) >= 2)
     await eventually(lambda: p.endpoints["i-1"].reach.failures == 1)
     assert not p.endpoints["i-1"].reach.usable(clock())
+    clock.advance(3600)  # a failed probe's gate opens only when a probe answers
+    assert not p.endpoints["i-1"].reach.usable(clock())
     assert p.endpoints["i-2"].reach.usable(clock())
     assert {p.pick(set()).key for _ in range(10)} == {"i-2"}  # type: ignore[union-attr]
     p.apply(Change(ChangeKind.REMOVED, instance(1)))  # its probing stops with it
