@@ -131,8 +131,16 @@ class RegistryLearner:
             await asyncio.wait(list(self._tasks.values()))
 
     def _on_change(self, change: Change) -> None:
+        service = change.instance.service
         if change.kind is not ChangeKind.REMOVED:
-            self._learn_if_new(change.instance.service, change.instance.version)
+            self._learn_if_new(service, change.instance.version)
+        elif not self.discovery.instances(service):
+            # Its last instance left: its routes own nothing any more (they answer 503 until
+            # something replaces them), and the services refused because of it learn again.
+            for refused in self.table.depart(service):
+                self._learnt.pop(refused, None)
+                for instance in self.discovery.instances(refused)[:1]:
+                    self._learn_if_new(refused, instance.version)
 
     def _learn_if_new(self, service: str, version: str) -> None:
         if version in self._learnt.get(service, ()) or service in self._tasks:

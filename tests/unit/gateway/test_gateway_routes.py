@@ -234,7 +234,9 @@ def test_drop_service() -> None:
 _SAME = {"Get": http_pb2.HttpRule(get="/v1/things/{name}")}
 
 
-def test_same_template_first_wins_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_same_template_first_owns_it_and_the_newcomer_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     table = RouteTable()
     with caplog.at_level(logging.WARNING, logger="hms_gateway.routes"):
         table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
@@ -243,26 +245,58 @@ def test_same_template_first_wins_and_warns(caplog: pytest.LogCaptureFixture) ->
     assert _payload_path(table, "GET", "/v1/things/t") == "/alpha.v1.Alpha/Get"
     (record,) = caplog.records
     assert record.levelno == logging.WARNING
-    assert record.name == "hms_gateway.routes"
-    message = record.getMessage()
-    assert "GET /v1/things/{name}" in message
-    assert "/beta.v1.Beta/Get" in message
-    assert "first one wins" in message
-    # The loser is kept: once the winner leaves, it is served.
-    table.drop_service("alpha.v1.Alpha")
-    assert _payload_path(table, "GET", "/v1/things/t") == "/beta.v1.Beta/Get"
+    assert record.getMessage() == (
+        "route refused: GET /v1/things/{name} of beta.v1.Beta (/beta.v1.Beta/Get) would take "
+        "requests from GET /v1/things/{name} of alpha.v1.Alpha, which has it already"
+    )
+    (refusal,) = table.refusals()
+    assert (refusal.service, refusal.owner) == ("beta.v1.Beta", "alpha.v1.Alpha")
+    assert table.services()["beta.v1.Beta"] == ()
+    # Learning the owner again keeps its ownership.
+    table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
+    assert _payload_path(table, "GET", "/v1/things/t") == "/alpha.v1.Alpha/Get"
 
 
-def test_relearnt_service_goes_behind(caplog: pytest.LogCaptureFixture) -> None:
-    """Registration order decides: a service learnt again registers after the other one."""
+def test_a_departed_owner_gives_way_and_the_refused_are_learnt_again() -> None:
     table = RouteTable()
     table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
     table.set_service("beta.v1.Beta", _endpoints("beta.v1.Beta", _SAME))
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hms_gateway.routes"):
-        table.set_service("alpha.v1.Alpha", _endpoints("alpha.v1.Alpha", _SAME))
+    assert table.depart("alpha.v1.Alpha") == ["beta.v1.Beta"]
+    # Until something replaces them, a departed service's routes stay (and answer 503).
+    assert _payload_path(table, "GET", "/v1/things/t") == "/alpha.v1.Alpha/Get"
+    table.set_service("beta.v1.Beta", _endpoints("beta.v1.Beta", _SAME))
     assert _payload_path(table, "GET", "/v1/things/t") == "/beta.v1.Beta/Get"
-    assert ["/alpha.v1.Alpha/Get" in r.getMessage() for r in caplog.records] == [True]
+    assert table.refusals() == []
+    assert table.depart("nobody.v1.Nobody") == []
+
+
+_RULES = {"Get": http_pb2.HttpRule(get="/v1/rules/{name}")}
+_ONE_RULE = {"Get": http_pb2.HttpRule(get="/v1/rules/MAX_INCOME")}
+_CATCH_ALL = {"Get": http_pb2.HttpRule(get="/v1/{name=**}")}
+_OTHER = {"Get": http_pb2.HttpRule(get="/v2/rules/{name}")}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "refused"),
+    [
+        pytest.param(_RULES, _ONE_RULE, True, id="more-specific-inside-a-variable"),
+        pytest.param(_ONE_RULE, _RULES, True, id="general-after-a-specific-one"),
+        pytest.param(_RULES, _CATCH_ALL, True, id="catch-all-over-a-route"),
+        pytest.param(_RULES, _OTHER, False, id="disjoint"),
+    ],
+)
+def test_a_route_that_overlaps_another_services_is_refused(
+    first: dict[str, http_pb2.HttpRule], second: dict[str, http_pb2.HttpRule], refused: bool
+) -> None:
+    """The attack: a new service claims GET /v1/rules/MAX_INCOME from eligibility."""
+    table = RouteTable()
+    table.set_service(
+        "hms.eligibility.v1.Eligibility", _endpoints("hms.eligibility.v1.Eligibility", first)
+    )
+    table.set_service("hms.evil.v1.Evil", _endpoints("hms.evil.v1.Evil", second))
+    assert bool(table.refusals()) is refused
+    owner = _payload_path(table, "GET", "/v1/rules/MAX_INCOME")
+    assert owner == "/hms.eligibility.v1.Eligibility/Get"
 
 
 def test_same_template_other_method_no_warning(caplog: pytest.LogCaptureFixture) -> None:
