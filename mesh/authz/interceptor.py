@@ -3,8 +3,9 @@
 `AuthzInterceptor` decides every call from the caller's SPIFFE ID, taken from its mTLS
 certificate, and the method. A denied call ends with PERMISSION_DENIED naming the caller, the
 method and the rule; in audit mode it is logged and let through. `PolicySource` follows the
-policy file on disk: an edit takes effect without a restart, and an edit that does not parse
-keeps the previous policy (never fails open) and logs why.
+policy file on disk: an edit takes effect without a restart, and a file that does not load
+(empty, cut short, not TOML, unreadable, gone) keeps the previous policy (it never fails
+open) and logs why at ERROR, naming the file.
 
     interceptor = AuthzInterceptor(PolicySource(Path("/etc/hms/authz.toml")))
     host = ServiceHost(config, interceptors=[interceptor])
@@ -23,6 +24,7 @@ from typing import Any
 import grpc
 
 from mesh.authz.policy import Decision, Mode, Policy, PolicyError, is_always_allowed, load_policy
+from mesh.identity import caller_identity
 from mesh.server.wrap import Around, AroundInterceptor, Refusal
 
 __all__ = ["AuthzInterceptor", "PolicySource", "caller_identity", "denial_message"]
@@ -31,32 +33,6 @@ log = logging.getLogger(__name__)
 
 # What identifies one version of a file: a rename gives a new inode even within one mtime tick.
 _Stamp = tuple[int, int, int]
-
-
-def caller_identity(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
-    """The caller's SPIFFE ID from a grpc.aio ``context.auth_context()``, or None.
-
-    grpcio sets ``peer_spiffe_id`` only when the peer certificate carries exactly one URI SAN
-    and it is a valid SPIFFE ID; ``peer_uri`` lists every URI SAN. Both must agree on one ID:
-    a certificate that could be read as two identities is no identity. Plaintext peers have
-    neither key.
-
-    >>> caller_identity({"peer_spiffe_id": [b"spiffe://hms.local/svc/a"],
-    ...                  "peer_uri": [b"spiffe://hms.local/svc/a"]})
-    'spiffe://hms.local/svc/a'
-    >>> caller_identity({"transport_security_type": [b"insecure"]}) is None
-    True
-    """
-    spiffe_ids = list(auth_context.get("peer_spiffe_id") or ())
-    uris = list(auth_context.get("peer_uri") or ())
-    if len(spiffe_ids) != 1 or len(uris) > 1 or (uris and uris[0] != spiffe_ids[0]):
-        return None
-    value = spiffe_ids[0]
-    try:
-        identity = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-    except UnicodeDecodeError:
-        return None
-    return identity if identity.startswith("spiffe://") else None
 
 
 def denial_message(caller: str | None, method: str, decision: Decision) -> str:
@@ -73,9 +49,10 @@ class PolicySource:
     """The policy in a file, re-read when the file changes (mtime, size or inode).
 
     The file is looked at most once per `check_interval` seconds (0: on every call), on the
-    `clock` passed in. The first load happens here and raises (PolicyError, OSError), so a
-    service does not start with a broken policy; later failures keep the last good policy
-    and are logged once per problem.
+    `clock` passed in. The first load happens here and raises (PolicyError, OSError) after
+    logging why, so a service does not start with a broken, empty or missing policy. Later
+    failures keep the last good policy and are logged once per problem; a file that cannot
+    be read is tried again at every check until it can.
     """
 
     def __init__(
@@ -92,8 +69,15 @@ class PolicySource:
         self.reloads = 0
         self._clock = clock
         self._lock = threading.Lock()  # sync handlers decide in grpc.aio's thread pool
-        self._stamp: _Stamp | None = self._stat()
-        self._policy = load_policy(self.path)
+        try:
+            self._stamp: _Stamp | None = self._stat()
+            self._policy = load_policy(self.path)
+        except OSError as exc:
+            log.error("refusing to start: %s", self._unreadable(exc))
+            raise
+        except PolicyError as exc:
+            log.error("refusing to start: authorization policy %s", exc)
+            raise
         self._checked_at = clock()
         self._last_error: str | None = None
 
@@ -116,7 +100,7 @@ class PolicySource:
             stamp = self._stat()
         except OSError as exc:
             self._stamp = None  # whatever comes back next is a change
-            self._error(f"cannot read policy file {self.path}: {exc}")
+            self._error(self._unreadable(exc))
             return
         if stamp == self._stamp:
             return
@@ -124,16 +108,28 @@ class PolicySource:
         self._stamp = stamp
         try:
             policy = load_policy(self.path)
-        except (PolicyError, OSError) as exc:
+        except OSError as exc:
+            self._stamp = None  # try again at the next check: it may become readable
+            self._error(self._unreadable(exc))
+            return
+        except PolicyError as exc:
             self._error(str(exc))
             return
         self._policy, self._last_error = policy, None
         self.reloads += 1
-        log.info("reloaded authorization policy %s (mode %s)", self.path, policy.mode)
+        log.info(
+            "reloaded authorization policy %s (mode %s, default %s)",
+            self.path,
+            policy.mode,
+            policy.default,
+        )
 
     def _stat(self) -> _Stamp:
         stat = os.stat(self.path)
         return stat.st_mtime_ns, stat.st_ino, stat.st_size
+
+    def _unreadable(self, exc: OSError) -> str:
+        return f"cannot read policy file {self.path}: {exc.strerror or exc}"
 
     def _error(self, problem: str) -> None:
         if problem != self._last_error:

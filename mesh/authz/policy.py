@@ -4,6 +4,7 @@
 A policy is a TOML document (format and examples in docs/authz.md)::
 
     mode = "enforce"                      # or "audit": log what would be denied, allow it
+    default = "deny"                      # optional with allow rules; required without them
     [[deny]]
     name = "no-ops-writes"
     callers = ["spiffe://hms.local/svc/ops"]
@@ -17,12 +18,18 @@ Evaluation (`Policy.decide`), as gRFC A43 and Istio do it, first match wins:
 1. health checking and server reflection are always allowed (`ALWAYS_ALLOWED_SERVICES`);
 2. any matching deny rule denies;
 3. any matching allow rule allows;
-4. if there is at least one allow rule, everything else is denied (default deny);
-5. with no allow rule at all, everything else is allowed.
+4. everything else gets the policy's `default`: deny, unless the file says
+   ``default = "allow"`` (then it has no allow rules: an open policy, or a block list).
+
+The format fails closed: a document must say what it allows. An empty file, and one with no
+allow rules that does not say ``default = "allow"``, is refused rather than read as "allow
+everything"; `[[deny]]` tables come before the first `[[allow]]`, so that an allow-list cut
+short between two rules is refused or allows less, never more (docs/authz.md, "Failing
+closed").
 
 A caller without an identity (`None`: plaintext, or a certificate without exactly one URI SAN)
-matches no allow pattern, not even ``"*"`` (any *authenticated* caller), so once an allow
-rule exists it is denied. A deny rule's ``"*"`` matches every caller, identity or not: no one
+matches no allow pattern, not even ``"*"`` (any *authenticated* caller), so unless the
+default is allow it is denied. A deny rule's ``"*"`` matches every caller, identity or not: no one
 escapes a deny rule by presenting no identity.
 
 >>> policy = Policy.parse('[[allow]]\\ncallers = ["*"]\\nmethods = ["/a.B/*"]')
@@ -68,7 +75,9 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _METHOD_PATTERN = re.compile(rf"\*|/{_IDENT}(?:\.{_IDENT})*/(?:\*|{_IDENT})")
 # A SPIFFE ID, or a prefix of one ending in "*"; "*" alone is handled apart.
 _CALLER_PATTERN = re.compile(r"spiffe://[^\s*]*\*?")
-_TOP_KEYS = frozenset({"mode", "deny", "allow"})
+_TOP_KEYS = frozenset({"mode", "default", "deny", "allow"})
+# A `[[deny]]` or `[[allow]]` header line (the key may be quoted: `[["deny"]]`).
+_TABLE_HEADER = re.compile(r"""^[ \t]*\[\[[ \t]*(["']?)(deny|allow)\1[ \t]*\]\]""", re.MULTILINE)
 _RULE_KEYS = frozenset({"name", "callers", "methods"})
 
 
@@ -170,24 +179,35 @@ class Decision:
 
 
 _ALWAYS = Decision(True, None, "health and reflection are always allowed")
-_NO_RULES = Decision(True, None, "no rule matches and there are no allow rules")
+_DEFAULT_ALLOW = Decision(True, None, "no rule matches (default allow)")
 _DEFAULT_DENY = Decision(False, None, "no allow rule matches (default deny)")
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Deny rules, allow rules and a mode; `source` names where it came from in messages.
+    """Deny rules, allow rules, a mode and a default; `source` names where it came from in
+    messages.
 
-    An empty policy allows everything (no allow rule, so no default deny).
+    `default` decides the calls no rule matches: DENY (so an empty policy denies everything
+    but health and reflection) or ALLOW, which allow rules would contradict.
     """
 
     deny: tuple[Rule, ...] = ()
     allow: tuple[Rule, ...] = ()
     mode: Mode = Mode.ENFORCE
     source: str = "<policy>"
+    default: Action = Action.DENY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "default", Action(self.default))
+        if self.default is Action.ALLOW and self.allow:
+            raise PolicyError(
+                'is "allow", so the allow rules would change nothing: remove them, or use '
+                'default = "deny" to allow only what they list',
+                source=self.source,
+                field="default",
+            )
         seen: set[str] = set()
         for action, rules in ((Action.DENY, self.deny), (Action.ALLOW, self.allow)):
             for index, rule in enumerate(rules):
@@ -209,12 +229,23 @@ class Policy:
 
     @classmethod
     def parse(cls, text: str, source: str = "<string>") -> Policy:
-        """Parse a TOML policy document; raise PolicyError naming what is wrong."""
+        """Parse a TOML policy document; raise PolicyError naming what is wrong.
+
+        Beyond `from_mapping`: an empty document is refused, and deny tables must come before
+        the first allow table."""
+        if not text.strip():
+            raise PolicyError(
+                "is empty: a policy must say what it allows (allow rules, or "
+                'default = "allow" for an open policy)',
+                source=source,
+            )
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"not valid TOML: {exc}", source=source) from None
-        return cls.from_mapping(data, source)
+        policy = cls.from_mapping(data, source)
+        _check_deny_first(text, data, source)
+        return policy
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "<mapping>") -> Policy:
@@ -224,7 +255,8 @@ class Policy:
         unknown = sorted(str(key) for key in data if key not in _TOP_KEYS)
         if unknown:
             raise PolicyError(
-                f"unknown key(s) {', '.join(map(repr, unknown))}; expected mode, deny, allow",
+                f"unknown key(s) {', '.join(map(repr, unknown))}; "
+                "expected mode, default, deny, allow",
                 source=source,
             )
         mode = data.get("mode", Mode.ENFORCE.value)
@@ -232,12 +264,30 @@ class Policy:
             raise PolicyError(
                 f"must be 'enforce' or 'audit', got {mode!r}", source=source, field="mode"
             )
+        default = data.get("default")
+        if default is not None and (
+            not isinstance(default, str) or default not in {a.value for a in Action}
+        ):
+            raise PolicyError(
+                f"must be 'deny' or 'allow', got {default!r}", source=source, field="default"
+            )
         try:
+            deny = _parse_rules(data, Action.DENY)
+            allow = _parse_rules(data, Action.ALLOW)
+            if default is None and not allow:
+                # Fail closed: "no allow rules" is what an empty or cut-short file looks like.
+                what = "no allow rules" if deny else "no rules"
+                calls = "every call no deny rule matches" if deny else "every call"
+                raise PolicyError(
+                    f"has {what} and no default, so it would allow {calls}: "
+                    'write default = "allow" if that is meant, or add allow rules'
+                )
             return cls(
-                deny=_parse_rules(data, Action.DENY),
-                allow=_parse_rules(data, Action.ALLOW),
+                deny=deny,
+                allow=allow,
                 mode=Mode(mode),
                 source=source,
+                default=Action(default) if default is not None else Action.DENY,
             )
         except PolicyError as exc:
             raise exc.at(source) from None
@@ -254,7 +304,7 @@ class Policy:
         for rule in self.allow:
             if rule.matches(caller, method):
                 return Decision(True, rule.label, f"allowed by {rule.label}")
-        return _DEFAULT_DENY if self.allow else _NO_RULES
+        return _DEFAULT_ALLOW if self.default is Action.ALLOW else _DEFAULT_DENY
 
 
 def load_policy(path: Path) -> Policy:
@@ -267,6 +317,35 @@ def load_policy(path: Path) -> Policy:
     except UnicodeDecodeError as exc:
         raise PolicyError(f"not UTF-8 text: {exc}", source=str(path)) from None
     return Policy.parse(text, source=str(path))
+
+
+def _check_deny_first(text: str, data: Mapping[str, Any], source: str) -> None:
+    """Refuse a `[[deny]]` table after an `[[allow]]` one: cut short between them, the file
+    would keep an allow rule and lose a deny rule that came after it, and allow more."""
+    allows = denies = 0
+    for header in _TABLE_HEADER.finditer(text):
+        if header.group(2) == Action.ALLOW.value:
+            allows += 1
+        else:
+            if allows:
+                _deny_after_allow(data, denies, source)
+            denies += 1
+    # Arrays written inline (`allow = [{...}]`) have no headers; the keys keep their order.
+    keys = [key for key in data if key in (Action.DENY.value, Action.ALLOW.value)]
+    if keys == [Action.ALLOW.value, Action.DENY.value]:
+        _deny_after_allow(data, 0, source)
+
+
+def _deny_after_allow(data: Mapping[str, Any], index: int, source: str) -> None:
+    tables = data.get(Action.DENY.value)
+    table = tables[index] if isinstance(tables, list) and index < len(tables) else None
+    name = table.get("name") if isinstance(table, Mapping) else None
+    raise PolicyError(
+        "comes after an allow rule: write every [[deny]] before the first [[allow]] "
+        "(a file cut short must not keep an allow rule and lose a deny rule)",
+        source=source,
+        rule=_label(Action.DENY, index, name if isinstance(name, str) and name else None),
+    )
 
 
 def _label(action: Action, index: int, name: str | None = None) -> str:

@@ -163,10 +163,9 @@ async def test_half_rotated_pair_keeps_the_previous_certificate(
     reloader = tls.CertificateReloader(tls.TlsFiles(tls_dir, "notify"))
     port = await start_server(reloader.credentials())
     staging = tmp_path / "staging"
-    staging.mkdir()
-    for name in ("ca.pem", "ca-key.pem"):
-        shutil.copy(tls_dir / name, staging / name)
-    certs.issue(staging, "notify", deployment="notify-v2")
+    staging.mkdir(mode=0o700)
+    shutil.copy(tls_dir / "ca.pem", staging / "ca.pem")  # the CA's key lives apart
+    certs.issue(staging, "notify", deployment="notify-v2", ca_dir=certs.default_ca_dir(tls_dir))
     v2 = certs.spiffe_id("notify-v2")
 
     os.replace(staging / "notify-key.pem", tls_dir / "notify-key.pem")  # key lands first

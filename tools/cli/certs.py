@@ -1,10 +1,16 @@
 """`mesh certs`: the local certificate authority.
 
-    mesh certs init  [--tls-dir DIR]                       create the CA (once)
-    mesh certs issue NAME [--deployment D] [--tls-dir DIR] issue or rotate NAME's certificate
-    mesh certs show  [NAME] [--tls-dir DIR]                identity, DNS names, expiry
+    mesh certs init  [--tls-dir DIR] [--ca-dir DIR]          create the CA (once)
+    mesh certs issue NAME [--deployment D] [--tls-dir DIR] [--ca-dir DIR]
+                                                             issue or rotate NAME's certificate
+    mesh certs show  [NAME] [--tls-dir DIR] [--ca-dir DIR]   identity, DNS names, expiry
 
-``--tls-dir`` defaults to ``$MESH_TLS_DIR``, else ``.mesh/tls``.
+``--tls-dir`` (what services read: certificates, keys, ``ca.pem``) defaults to
+``$MESH_TLS_DIR``, else ``.mesh/tls``. ``--ca-dir`` (the CA key, kept apart from the TLS
+directory) defaults to the directory beside it: ``.mesh/ca`` beside ``.mesh/tls``,
+``<dir>-ca`` beside any other ``<dir>`` (`hms_tools.certs.default_ca_dir`). Each command first
+makes both directories safe: a CA key still in the TLS directory is moved out, looser modes are
+tightened (0700, 0600, 0644), and files of another user are refused; each change is logged.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--tls-dir",
         type=Path,
         default=None,
-        help=f"CA and certificates (default: $MESH_TLS_DIR, else {DEFAULT_TLS_DIR})",
+        help=f"certificates services read (default: $MESH_TLS_DIR, else {DEFAULT_TLS_DIR})",
+    )
+    common.add_argument(
+        "--ca-dir",
+        type=Path,
+        default=None,
+        help="the CA key, apart from the TLS directory (default: beside it, "
+        "ca/ beside tls/, else <dir>-ca)",
     )
     parser = sub.add_parser("certs", help="local certificate authority and mTLS certificates")
     actions = parser.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
@@ -58,17 +71,27 @@ def tls_dir_from(arg: Path | None, environ: Mapping[str, str]) -> Path:
     return Path(environ["MESH_TLS_DIR"]) if environ.get("MESH_TLS_DIR") else DEFAULT_TLS_DIR
 
 
+def ca_dir_from(arg: Path | None, tls_dir: Path) -> Path:
+    """The flag if given, else the directory beside `tls_dir` (``.mesh/ca`` for ``.mesh/tls``)."""
+    from hms_tools import certs
+
+    return arg if arg is not None else certs.default_ca_dir(tls_dir)
+
+
 def run_init(args: argparse.Namespace) -> int:
-    """`mesh certs init`: create the CA unless there is one already."""
+    """`mesh certs init`: create the CA unless there is one already (its directories are made
+    safe either way)."""
     from hms_tools import certs
 
     tls_dir = tls_dir_from(args.tls_dir, os.environ)
+    ca_dir = ca_dir_from(args.ca_dir, tls_dir)
     try:
-        certs.create_ca(tls_dir)
-    except FileExistsError:
-        print(f"CA already exists in {tls_dir}; left as it is")
+        certs.create_ca(tls_dir, ca_dir=ca_dir)
+    except FileExistsError as exc:
+        print(f"CA already exists ({exc}); left as it is")
         return 0
-    print(f"wrote {tls_dir / certs.CA_CERT} and {tls_dir / certs.CA_KEY} (key mode 0600)")
+    print(f"wrote {tls_dir / certs.CA_CERT} (the CA certificate services verify peers with)")
+    print(f"wrote {ca_dir / certs.CA_KEY} (key mode 0600; keep it out of the TLS directory)")
     return 0
 
 
@@ -77,7 +100,8 @@ def run_issue(args: argparse.Namespace) -> int:
     from hms_tools import certs
 
     tls_dir = tls_dir_from(args.tls_dir, os.environ)
-    cert_path = certs.issue(tls_dir, args.name, deployment=args.deployment)
+    ca_dir = ca_dir_from(args.ca_dir, tls_dir)
+    cert_path = certs.issue(tls_dir, args.name, ca_dir=ca_dir, deployment=args.deployment)
     info = certs.describe(cert_path.read_bytes())
     print(f"wrote {cert_path} and {tls_dir / f'{args.name}-key.pem'} (key mode 0600)")
     print(f"  identity  {', '.join(info.uris)}")
@@ -90,6 +114,7 @@ def run_show(args: argparse.Namespace) -> int:
     from hms_tools import certs
 
     tls_dir = tls_dir_from(args.tls_dir, os.environ)
+    ca_key = ca_dir_from(args.ca_dir, tls_dir) / certs.CA_KEY
     if args.name is not None:
         paths = [tls_dir / f"{args.name}.pem"]
     else:
@@ -99,13 +124,21 @@ def run_show(args: argparse.Namespace) -> int:
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"no certificate {path} (run `mesh certs issue {args.name}`)")
-        _print_cert(path, certs.describe(path.read_bytes()))
+        _print_cert(path, certs.describe(path.read_bytes()), ca_key)
+    if (tls_dir / certs.CA_KEY).exists():
+        print(
+            f"WARNING: {tls_dir / certs.CA_KEY} is a CA key in the TLS directory services read; "
+            "`mesh certs init` moves it out"
+        )
     return 0
 
 
-def _print_cert(path: Path, info: CertInfo) -> None:
+def _print_cert(path: Path, info: CertInfo, ca_key: Path) -> None:
     print(f"{path}{'  (CA)' if info.is_ca else ''}")
     print(f"  subject   {info.subject}")
+    if info.is_ca:
+        where = f"{ca_key}" if ca_key.exists() else f"not in {ca_key.parent} (see --ca-dir)"
+        print(f"  key       {where}")
     if not info.is_ca:
         identity = info.uris[0] if len(info.uris) == 1 else f"INVALID: {len(info.uris)} URI SANs"
         print(f"  identity  {identity}")

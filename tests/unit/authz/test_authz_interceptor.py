@@ -1,6 +1,8 @@
 """AuthzInterceptor on real grpc.aio servers with mTLS on loopback: who gets through, what a
 denied caller is told, audit mode, reloading the policy file without a restart, health, all
-four handler shapes; caller_identity and PolicySource on their own."""
+four handler shapes; caller_identity and PolicySource on their own. Failing closed: a policy
+file emptied, cut short, broken, unreadable or gone keeps the policy in force, and does not
+let a service start."""
 
 from __future__ import annotations
 
@@ -168,7 +170,7 @@ async def test_audit_mode_lets_through_and_logs(
 async def test_health_is_allowed_for_a_caller_denied_everything_else(
     tls_dir: Path, start_server: StartServer
 ) -> None:
-    everyone_denied = Policy.parse('[[deny]]\ncallers = ["*"]\nmethods = ["*"]')
+    everyone_denied = Policy.parse('default = "allow"\n[[deny]]\ncallers = ["*"]\nmethods = ["*"]')
     port = await start_server(AuthzInterceptor(everyone_denied))
     async with channel(port, tls_dir, "ops") as ch:
         status = await health_pb2_grpc.HealthStub(ch).Check(
@@ -196,7 +198,8 @@ def issue_with_uris(tls_dir: Path, name: str, uris: list[str]) -> None:
     """A client certificate from the mesh CA with the URI SANs given (hms_tools.certs never makes
     one with other than exactly one)."""
     ca_cert = x509.load_pem_x509_certificate((tls_dir / certs.CA_CERT).read_bytes())
-    ca_key = serialization.load_pem_private_key((tls_dir / certs.CA_KEY).read_bytes(), None)
+    ca_key_path = certs.default_ca_dir(tls_dir) / certs.CA_KEY  # never in the TLS dir
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
@@ -353,6 +356,165 @@ def test_policy_source_refuses_to_start_with_a_broken_policy(policy_file: Path) 
         PolicySource(policy_file.with_name("missing.toml"))
     with pytest.raises(ValueError, match="check_interval"):
         PolicySource(policy_file.with_name("missing.toml"), check_interval=-1)
+
+
+# --- failing closed ---------------------------------------------------------------------------
+
+# Every way a policy file can go bad under a running service, each as `damage(path)` and the
+# problem the ERROR names after "keeping the previous authorization policy: ".
+_PROBLEMS: list[Any] = [
+    pytest.param(
+        lambda path: path.write_bytes(b""),
+        "{path}: is empty: a policy must say what it allows",
+        id="truncated-to-0-bytes",
+    ),
+    pytest.param(
+        lambda path: path.write_text("\n\n   \n"),
+        "{path}: is empty",
+        id="whitespace-only",
+    ),
+    pytest.param(
+        lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]),
+        "{path}: allow[0]: callers: is required",  # cut just after the [[allow]] line
+        id="truncated-to-half",
+    ),
+    pytest.param(
+        lambda path: path.write_text(ALLOW_ELIGIBILITY[: ALLOW_ELIGIBILITY.index("[[allow]]")]),
+        "{path}: has no allow rules and no default, so it would allow every call no deny "
+        'rule matches: write default = "allow" if that is meant',
+        id="truncated-between-rules",
+    ),
+    pytest.param(
+        lambda path: path.write_text(ALLOW_ELIGIBILITY.replace("[[allow]]", "[[allow]")),
+        "{path}: not valid TOML: ",
+        id="not-toml",
+    ),
+    pytest.param(
+        lambda path: path.write_bytes(b"\xff\xfe"), "{path}: not UTF-8 text", id="not-utf8"
+    ),
+    pytest.param(lambda path: path.unlink(), "cannot read policy file {path}: ", id="removed"),
+    pytest.param(
+        lambda path: (path.unlink(), path.mkdir()),
+        "cannot read policy file {path}: Is a directory",
+        id="replaced-by-a-directory",
+    ),
+]
+
+
+def replace_policy(path: Path, text: str) -> None:
+    """`write_policy`, after removing whatever stands at `path` (a directory, even)."""
+    if path.is_dir():
+        path.rmdir()
+    write_policy(path, text)
+
+
+@pytest.mark.parametrize(("damage", "problem"), _PROBLEMS)
+async def test_a_policy_file_gone_bad_keeps_the_policy_in_force(  # noqa: PLR0917 - fixtures
+    tls_dir: Path,
+    policy_file: Path,
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    damage: Callable[[Path], object],
+    problem: str,
+) -> None:
+    clock = VirtualClock(0.0)
+    source = PolicySource(policy_file, clock=clock)
+    port = await start_server(AuthzInterceptor(source))
+    before = source.current()
+    denied = f'PERMISSION_DENIED: {OPS} may not call {ECHO} (denied by deny[0] "no-ops")'
+    assert await echo(port, tls_dir, "ops") == denied
+
+    damage(policy_file)  # in place: a writer caught half-way, a full disk, a bad deploy
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for _ in range(3):
+            clock.advance(1.0)
+            assert await echo(port, tls_dir, "ops") == denied
+            assert await echo(port, tls_dir, "notify") == (
+                f"PERMISSION_DENIED: {NOTIFY} may not call {ECHO} "
+                "(no allow rule matches (default deny))"
+            )
+            assert await echo(port, tls_dir, "eligibility") == "echo"
+    assert source.policy is before
+    assert source.reloads == 0
+    errors = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1  # once, not at every check
+    assert errors[0][1].startswith(
+        "keeping the previous authorization policy: " + problem.format(path=policy_file)
+    )
+
+    replace_policy(policy_file, ALLOW_OPS_TOO)  # a good file is picked up as usual
+    clock.advance(1.0)
+    assert await echo(port, tls_dir, "ops") == "echo"
+    assert source.reloads == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_a_policy_file_made_unreadable_keeps_the_policy_and_is_retried(
+    policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = VirtualClock(0.0)
+    source = PolicySource(policy_file, clock=clock)
+    before = source.current()
+    write_policy(policy_file, ALLOW_OPS_TOO)
+    policy_file.chmod(0)
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        for _ in range(3):
+            clock.advance(1.0)
+            assert source.current() is before
+    assert caplog.messages == [
+        "keeping the previous authorization policy: cannot read policy file "
+        f"{policy_file}: Permission denied"
+    ]
+    policy_file.chmod(0o644)  # only the mode changes: the next check reads it
+    clock.advance(1.0)
+    assert source.current() != before
+    assert source.reloads == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(b"", "is empty: a policy must say what it allows", id="empty"),
+        pytest.param(
+            ALLOW_ELIGIBILITY.encode()[: len(ALLOW_ELIGIBILITY) // 2],
+            "allow[0]: callers: is required",
+            id="half",
+        ),
+        pytest.param(b"# nothing yet\n", "has no rules and no default", id="comment-only"),
+        pytest.param(
+            b'[[deny]]\ncallers = ["*"]\nmethods = ["/a.B/C"]\n',
+            "has no allow rules and no default",
+            id="deny-only",
+        ),
+    ],
+)
+def test_a_service_does_not_start_with_a_policy_that_does_not_say_what_it_allows(
+    policy_file: Path, caplog: pytest.LogCaptureFixture, content: bytes, problem: str
+) -> None:
+    policy_file.write_bytes(content)
+    with caplog.at_level(logging.ERROR, logger=LOGGER), pytest.raises(PolicyError) as refused:
+        PolicySource(policy_file)
+    assert str(refused.value).startswith(f"{policy_file}: {problem}")
+    assert caplog.messages == [f"refusing to start: authorization policy {refused.value}"]
+
+
+def test_a_service_does_not_start_without_its_policy_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "missing.toml"
+    with caplog.at_level(logging.ERROR, logger=LOGGER), pytest.raises(FileNotFoundError):
+        PolicySource(missing)
+    assert caplog.messages == [
+        f"refusing to start: cannot read policy file {missing}: No such file or directory"
+    ]
+
+
+async def test_an_open_policy_says_so(
+    tls_dir: Path, policy_file: Path, start_server: StartServer
+) -> None:
+    write_policy(policy_file, 'default = "allow"\n')
+    port = await start_server(AuthzInterceptor(PolicySource(policy_file)))
+    assert await echo(port, tls_dir, "ops") == "echo"
 
 
 # --- the four handler shapes, async and sync --------------------------------------------------

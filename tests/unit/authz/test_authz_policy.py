@@ -1,5 +1,7 @@
 """Authorization policy: parsing (each mistake named), evaluation order, wildcards, callers
-without identity, audit mode, health always allowed; decide() total over arbitrary input."""
+without identity, audit mode, health always allowed; decide() total over arbitrary input.
+Failing closed: a document that does not say what it allows is refused, and no prefix of an
+allow-list (a file cut short) allows more than the whole file."""
 
 from __future__ import annotations
 
@@ -61,8 +63,74 @@ def test_example_parses() -> None:
     ]
 
 
-def test_empty_document_is_an_empty_enforcing_policy() -> None:
-    assert policy_of("") == Policy(source="authz.toml")
+def rule(action: str = "allow", **fields: Any) -> str:
+    """A policy with one rule: callers and methods valid unless overridden (None drops one)."""
+    values = {"callers": [GATEWAY], "methods": ["*"], **fields}
+    lines = [f"[[{action}]]"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in values.items() if value is not None]
+    return "\n".join(lines)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return str(value)
+
+
+OPEN = 'default = "allow"\n'  # how a policy says it allows what no rule denies
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("", "authz.toml: is empty: a policy must say what it allows", id="empty"),
+        pytest.param(" \n\t\n", "authz.toml: is empty", id="whitespace"),
+        pytest.param(
+            "# allow everyone?\n",
+            "authz.toml: has no rules and no default, so it would allow every call: "
+            'write default = "allow" if that is meant',
+            id="comment-only",
+        ),
+        pytest.param('mode = "enforce"\n', "authz.toml: has no rules and no default", id="mode"),
+        pytest.param(
+            rule("deny"),
+            "authz.toml: has no allow rules and no default, so it would allow every call no "
+            "deny rule matches",
+            id="deny-only",
+        ),
+    ],
+)
+def test_a_document_that_does_not_say_what_it_allows_is_refused(text: str, message: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        policy_of(text)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("text", "default", "allowed"),
+    [
+        pytest.param(OPEN, Action.ALLOW, True, id="open"),
+        pytest.param('default = "deny"', Action.DENY, False, id="closed"),
+        pytest.param(OPEN + rule("deny", callers=[OPS]), Action.ALLOW, True, id="block-list"),
+        pytest.param(rule(callers=[OPS], methods=[SEND]), Action.DENY, False, id="allow-list"),
+        pytest.param('default = "deny"\n' + rule(callers=[OPS]), Action.DENY, False, id="both"),
+    ],
+)
+def test_default_decides_what_no_rule_matches(text: str, default: Action, allowed: bool) -> None:
+    policy = policy_of(text)
+    assert policy.default is default
+    assert policy.decide(GATEWAY, FEES).allowed is allowed
+    assert policy.decide(None, FEES).allowed is allowed
+
+
+def test_a_policy_built_in_code_denies_by_default() -> None:
+    assert Policy().default is Action.DENY
+    assert not Policy().decide(OPS, SEND).allowed
+    assert Policy(default=Action.ALLOW).decide(OPS, SEND).allowed
 
 
 def test_load_policy_names_the_file(tmp_path: Path) -> None:
@@ -83,30 +151,43 @@ def test_load_policy_rejects_bytes_that_are_not_utf8(tmp_path: Path) -> None:
         load_policy(path)
 
 
-def rule(action: str = "allow", **fields: Any) -> str:
-    """A policy with one rule: callers and methods valid unless overridden (None drops one)."""
-    values = {"callers": [GATEWAY], "methods": ["*"], **fields}
-    lines = [f"[[{action}]]"]
-    lines += [f"{key} = {toml_value(value)}" for key, value in values.items() if value is not None]
-    return "\n".join(lines)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    return str(value)
-
-
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         pytest.param("mode = ", "authz.toml: not valid TOML: ", id="toml-syntax"),
         pytest.param(
             "modes = 'audit'", "authz.toml: unknown key(s) 'modes'; expected", id="unknown-top-key"
+        ),
+        pytest.param(
+            'default = "open"', "authz.toml: default: must be 'deny' or 'allow'", id="default"
+        ),
+        pytest.param("default = true", "authz.toml: default: must be 'deny'", id="default-type"),
+        pytest.param(
+            OPEN + rule(),
+            'authz.toml: default: is "allow", so the allow rules would change nothing',
+            id="default-allow-with-allow-rules",
+        ),
+        pytest.param(
+            rule() + "\n" + rule("deny", name="late"),
+            'authz.toml: deny[0] "late": comes after an allow rule: write every [[deny]] '
+            "before the first [[allow]]",
+            id="deny-after-allow",
+        ),
+        pytest.param(
+            rule("deny") + "\n" + rule() + "\n" + rule("deny", methods=[SEND]),
+            "authz.toml: deny[1]: comes after an allow rule",
+            id="deny-between-allows",
+        ),
+        pytest.param(
+            rule() + '\n[["deny"]]\ncallers = ["*"]\nmethods = ["*"]',
+            "authz.toml: deny[0]: comes after an allow rule",
+            id="deny-after-allow-quoted-header",
+        ),
+        pytest.param(
+            f'allow = [{{callers = ["*"], methods = ["*"]}}]\n'
+            f'deny = [{{callers = ["{OPS}"], methods = ["*"]}}]',
+            "authz.toml: deny[0]: comes after an allow rule",
+            id="deny-after-allow-inline",
         ),
         pytest.param(
             'mode = "strict"', "authz.toml: mode: must be 'enforce' or 'audit'", id="mode"
@@ -314,7 +395,7 @@ def test_decision_reasons() -> None:
 
 
 def test_health_is_allowed_even_against_a_deny_rule_for_everyone() -> None:
-    policy = policy_of(rule("deny", callers=["*"], methods=["*"]))
+    policy = policy_of(OPEN + rule("deny", callers=["*"], methods=["*"]))
     assert policy.decide(OPS, "/grpc.health.v1.Health/Check").allowed
     assert not policy.decide(OPS, SEND).allowed
 
@@ -327,14 +408,16 @@ def test_health_is_allowed_even_against_a_deny_rule_for_everyone() -> None:
         pytest.param("", "", True, id="empty-strings"),
     ],
 )
-def test_no_rules_allows_everything(caller: str | None, method: str, allowed: bool) -> None:
-    assert policy_of("").decide(caller, method) == Decision(
-        allowed, None, "no rule matches and there are no allow rules"
+def test_an_open_policy_allows_everything(caller: str | None, method: str, allowed: bool) -> None:
+    assert policy_of(OPEN).decide(caller, method) == Decision(
+        allowed, None, "no rule matches (default allow)"
     )
 
 
-def test_only_deny_rules_is_a_block_list() -> None:
-    policy = policy_of(rule("deny", callers=[OPS], methods=["/hms.notify.v1.NotifyService/*"]))
+def test_an_open_policy_with_deny_rules_is_a_block_list() -> None:
+    policy = policy_of(
+        OPEN + rule("deny", callers=[OPS], methods=["/hms.notify.v1.NotifyService/*"])
+    )
     assert decided(policy, OPS, SEND) == (False, "deny[0]")
     assert decided(policy, OPS, FEES) == (True, None)
     assert decided(policy, GATEWAY, SEND) == (True, None)
@@ -345,9 +428,9 @@ def test_only_deny_rules_is_a_block_list() -> None:
     [
         pytest.param(rule(callers=["*"]), False, id="allow-star-is-authenticated-only"),
         pytest.param(rule(callers=["spiffe://*"]), False, id="allow-prefix"),
-        pytest.param(rule("deny", callers=[OPS]), True, id="deny-other-caller-only"),
-        pytest.param(rule("deny", callers=["spiffe://*"]), True, id="deny-prefix-not-none"),
-        pytest.param(rule("deny", callers=["*"]), False, id="deny-star-covers-no-identity"),
+        pytest.param(OPEN + rule("deny", callers=[OPS]), True, id="deny-other-caller-only"),
+        pytest.param(OPEN + rule("deny", callers=["spiffe://*"]), True, id="deny-prefix-not-none"),
+        pytest.param(OPEN + rule("deny", callers=["*"]), False, id="deny-star-covers-no-identity"),
     ],
 )
 def test_caller_without_identity(policy_text: str, allowed: bool) -> None:
@@ -405,7 +488,7 @@ _callers = st.one_of(
 
 @given(caller=_callers, method=_methods)
 def test_decide_never_raises(caller: str | None, method: str) -> None:
-    for policy in (policy_of(EXAMPLE), policy_of(""), policy_of(rule("deny", callers=["*"]))):
+    for policy in (policy_of(EXAMPLE), policy_of(OPEN), policy_of(OPEN + rule("deny"))):
         decision = policy.decide(caller, method)
         assert isinstance(decision.allowed, bool)
         assert decision.reason
@@ -415,6 +498,58 @@ def test_decide_never_raises(caller: str | None, method: str) -> None:
 def test_deny_rule_always_wins(caller: str | None, method: str) -> None:
     both = policy_of(rule("deny", callers=["*"]) + "\n" + rule(callers=["*"]))
     assert not both.decide(caller, method).allowed or mesh.authz.is_always_allowed(method)
+
+
+# The calls every prefix of a policy is tried on: each caller against each method.
+_GRID = [
+    (caller, method)
+    for caller in (OPS, GATEWAY, ELIGIBILITY, OUTSIDER, "spiffe://hms.local/svc/x", None)
+    for method in (SEND, LIST, CHECK, FEES, "/hms.eligibility.v1.EligibilityService/List")
+]
+
+ALLOW_LIST_WITH_DEFAULT = f"""
+mode = "enforce"
+default = "deny"
+
+[[deny]]
+name = "no-ops-writes"
+callers = ["{OPS}"]
+methods = ["{SEND}"]
+
+[[deny]]
+callers = ["{OUTSIDER}", "spiffe://hms.local/svc/x"]
+methods = ["*"]
+
+[[allow]]
+callers = ["spiffe://hms.local/svc/*"]
+methods = ["/hms.eligibility.v1.EligibilityService/*", "/hms.notify.v1.NotifyService/*"]
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(EXAMPLE, id="example"),
+        pytest.param(ALLOW_LIST_WITH_DEFAULT, id="explicit-default-deny"),
+        pytest.param(EXAMPLE.replace('mode = "enforce"', 'mode = "audit"'), id="audit"),
+    ],
+)
+def test_no_prefix_of_an_allow_list_allows_more(text: str) -> None:
+    """A file cut short anywhere (a write caught half-way, a full disk) is refused, or its
+    policy allows no call the whole file denies."""
+    whole = policy_of(text)
+    allowed = {call for call in _GRID if whole.decide(*call).allowed}
+    refused = 0
+    for end in range(len(text)):
+        try:
+            prefix = policy_of(text[:end])
+        except PolicyError:
+            refused += 1
+            continue
+        assert prefix.mode is whole.mode
+        extra = {call for call in _GRID if prefix.decide(*call).allowed} - allowed
+        assert not extra, f"cut after {end} characters, {text[:end]!r} allows {extra}"
+    assert refused > len(text) * 0.9  # nearly every cut is refused outright
 
 
 @given(text=st.text())
@@ -437,7 +572,7 @@ _toml_values = st.recursive(
 
 @given(
     data=st.dictionaries(
-        st.sampled_from(["mode", "allow", "deny", "other"]),
+        st.sampled_from(["mode", "default", "allow", "deny", "other"]),
         st.one_of(
             _toml_values,
             st.lists(
