@@ -85,6 +85,10 @@ _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _NOT_IN_DESCRIPTION = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 _SHOWN_LIMIT = 40
+# Integers in claims must fit a signed 64-bit integer: a backend reading x-hms-claims in Go,
+# Java or C++ would fail on a larger one, and `exp` with 400 digits cannot even become a float.
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 
 # The kinds of failure: each is both the start of the message and the challenge's description.
 _MISSING = "missing authorization header"
@@ -219,13 +223,10 @@ class JwtVerifier:
         keys = self._candidate_keys(header)
         claims = self._verified_claims(token, keys)
         self._check_times(claims)
+        _check_numbers(claims)
         subject = claims["sub"]
         if _PRINTABLE_ASCII.fullmatch(subject) is None:
             raise AuthError(_INVALID_CLAIM, "'sub' must be non-empty printable ASCII")
-        try:
-            _claims_json(claims)
-        except ValueError as exc:
-            raise AuthError(_INVALID_CLAIM, "claims hold NaN or Infinity") from exc
         return Identity(subject, claims)
 
     def _candidate_keys(self, header: Mapping[str, Any]) -> list[VerificationKey]:
@@ -287,11 +288,13 @@ class JwtVerifier:
         for name in ("exp", "nbf", "iat"):
             if name in claims:
                 value = claims[name]
-                if (
-                    isinstance(value, bool)
-                    or not isinstance(value, int | float)
-                    or not math.isfinite(value)
-                ):
+                if isinstance(value, int) and not isinstance(value, bool):
+                    # A 400-digit exp would overflow float(): refused before any arithmetic.
+                    if not _INT64_MIN <= value <= _INT64_MAX:
+                        raise AuthError(
+                            _INVALID_CLAIM, f"{name!r} is a number out of range (64-bit integers)"
+                        )
+                elif not isinstance(value, float) or not math.isfinite(value):
                     raise AuthError(_INVALID_CLAIM, f"{name!r} must be a number of seconds")
                 times[name] = value
         # RFC 7519 §4.1.4: valid only while now < exp.
@@ -304,6 +307,29 @@ class JwtVerifier:
         # default check, here with the injected clock).
         if "iat" in times and times["iat"] > now + leeway:
             raise AuthError(_NOT_YET_VALID, f"iat {times['iat']} is after now {now:.0f}")
+
+
+def _check_numbers(claims: Mapping[str, Any]) -> None:
+    """Every number in the claims, however deeply nested, is finite and an integer fits in 64
+    bits: otherwise the token is refused (401) rather than crashing a comparison here (a
+    400-digit ``exp`` overflows float) or a backend that parses ``x-hms-claims``."""
+    pending: list[tuple[str, Any]] = list(claims.items())
+    while pending:  # iterative: nesting depth is the token's choice
+        name, value = pending.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise AuthError(
+                    _INVALID_CLAIM, f"{_shown(name)} is a number out of range (64-bit integers)"
+                )
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise AuthError(_INVALID_CLAIM, f"claims hold NaN or Infinity ({_shown(name)})")
+        elif isinstance(value, dict):
+            pending.extend((name, item) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((name, item) for item in value)
 
 
 def _bearer_token(authorization: str | None) -> str:

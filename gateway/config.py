@@ -1,4 +1,5 @@
-"""The gateway's settings: one frozen dataclass, validated on construction.
+"""The gateway's settings: one frozen dataclass, validated on construction (what a connection
+may cost before the app sees a request is ``ServerLimits``, gateway/limits.py).
 
 Files and the environment are read by the command line (tools/cli/gateway.py), never here.
 """
@@ -12,7 +13,10 @@ from hms_gateway.cors import CorsPolicy
 from hms_gateway.ratelimit import RateLimit
 from hms_gateway.transcode import JsonOptions
 
-__all__ = ["GatewayConfig"]
+__all__ = ["OPS_ACCESS", "GatewayConfig"]
+
+#: Where /metrics and /openapi.json are served (``GatewayConfig.ops``).
+OPS_ACCESS = ("open", "gate", "listener")
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,10 @@ class GatewayConfig:
 
     ``public``: gRPC services (``pkg.Service``) or methods (``pkg.Service/Method``) that need no
     token when ``jwt`` is set. ``default_timeout``: the deadline of a call whose request sends
-    no ``Grpc-Timeout``; ``max_timeout`` caps what a client may ask for.
+    no ``Grpc-Timeout``; ``max_timeout`` caps what a client may ask for. ``ops``: where
+    ``/metrics`` and ``/openapi.json`` are served: ``open`` (the public listener, to anyone),
+    ``gate`` (the public listener, to a valid token only: needs ``jwt``) or ``listener`` (only
+    on the ops listener, gateway/serve.py). ``/healthz`` and ``/readyz`` are always open.
     """
 
     json: JsonOptions = field(default_factory=JsonOptions)
@@ -32,6 +39,7 @@ class GatewayConfig:
     public: frozenset[str] = frozenset()
     rate_limit: RateLimit | None = None
     cors: CorsPolicy | None = None
+    ops: str = "open"
 
     def __post_init__(self) -> None:
         if not 0 < self.default_timeout <= self.max_timeout:
@@ -41,6 +49,12 @@ class GatewayConfig:
             )
         if self.body_limit < 0:
             raise ValueError(f"body_limit must be >= 0 bytes, got {self.body_limit}")
+        if self.ops not in OPS_ACCESS:
+            raise ValueError(f"ops must be one of {', '.join(OPS_ACCESS)}, got {self.ops!r}")
+        if self.ops == "gate" and self.jwt is None:
+            raise ValueError(
+                "ops 'gate' puts /metrics and /openapi.json behind the gate: needs jwt"
+            )
         bad = [name for name in self.public if not _is_public_name(name)]
         if bad:
             raise ValueError(f"public: {bad} are not pkg.Service or pkg.Service/Method names")

@@ -209,6 +209,16 @@ class GatewayError(Exception):
             f"header {name!r}: invalid value {_shown(value)}: {problem}",
         )
 
+    @classmethod
+    def repeated_header(cls, name: str, times: int | None = None) -> GatewayError:
+        """A header that must be sent once (``Authorization``) came several times."""
+        how_often = "more than once" if times is None else f"{times} times"
+        return cls(
+            400,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"header {name!r} is sent {how_often}; send it once",
+        )
+
     # -- routing ----------------------------------------------------------------------------
 
     @classmethod

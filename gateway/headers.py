@@ -11,8 +11,11 @@ Request headers that reach the backend as metadata (everything else is dropped):
 
 A ``Grpc-Metadata-`` header whose target is a key gRPC or HTTP/2 keeps for itself (``grpc-*``,
 ``te``, ``content-type``, ``user-agent``, connection headers), one the gateway sets itself
-(``x-forwarded-*``) or one of the caller's ``reserved`` keys (the gate's verified identity) is
-dropped silently, so a client can neither break the call nor forge what the gateway vouches for.
+(``x-forwarded-*``, ``x-request-id``), ``authorization`` (the gate verifies the ``Authorization``
+header, so a second value beside it would reach the backend unverified) or one of the caller's
+``reserved`` keys (the gate's verified identity) is dropped silently, so a client can neither
+break the call nor forge what the gateway vouches for. ``Authorization`` sent twice is a 400
+(:func:`single_header`): which one the gate verified must not be a question.
 A value gRPC cannot carry (non-printable ASCII, bad base64 in a ``-bin`` header) is a 400 that
 names the header: the client asked for it explicitly, so dropping it would hide the mistake.
 
@@ -38,6 +41,7 @@ __all__ = [
     "from_metadata",
     "is_printable_ascii",
     "parse_grpc_timeout",
+    "single_header",
     "success_status",
     "to_metadata",
 ]
@@ -89,6 +93,9 @@ _NOT_FROM_CLIENT = frozenset(
         "upgrade",
         "x-forwarded-for",
         "x-forwarded-host",
+        # Passed through from their own headers, once: never a second value beside them.
+        "authorization",
+        "x-request-id",
     }
 )
 # Passed through under their own (lower-case) names.
@@ -115,6 +122,22 @@ def parse_grpc_timeout(value: str) -> float:
     return int(match[1]) * multiplier / divisor
 
 
+def single_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The value of the header `name` (lower-case), None if absent; sent twice is a 400.
+
+    >>> single_header([("authorization", "Bearer a")], "authorization")
+    'Bearer a'
+    >>> single_header([("authorization", "Bearer a"), ("authorization", "Bearer b")],
+    ...               "authorization")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    hms_gateway.errors.GatewayError: header 'authorization' is sent 2 times; ...
+    """
+    values = [value for key, value in headers if key == name]
+    if len(values) > 1:
+        raise GatewayError.repeated_header(name, len(values))
+    return values[0] if values else None
+
+
 def to_metadata(
     headers: Iterable[tuple[str, str]],
     *,
@@ -127,7 +150,8 @@ def to_metadata(
     ``client_ip`` is appended to ``x-forwarded-for``; ``host`` (the request's Host) is
     ``x-forwarded-host`` unless the client sent one. ``reserved`` are lower-case keys the
     gateway sets itself after this (the verified subject and claims), never taken from a client.
-    Order is kept; a repeated header gives a repeated key.
+    Order is kept; a repeated header gives a repeated key, except ``Authorization``, which is
+    forwarded once or refused (400) when sent twice.
 
     >>> to_metadata(
     ...     [("Authorization", "Bearer t"), ("Grpc-Metadata-Tenant", "a"), ("Cookie", "c")],
@@ -165,6 +189,7 @@ def to_metadata(
         forwarded_host = _ascii_value("host", host)
     if forwarded_host:
         metadata.append(("x-forwarded-host", forwarded_host))
+    _forward_once(metadata, "authorization")
     return metadata
 
 
@@ -224,6 +249,12 @@ def is_printable_ascii(value: str) -> bool:
     """Whether `value` can be a gRPC text metadata value or an HTTP header value as the gateway
     writes them: printable ASCII and spaces, nothing that could split a header."""
     return _ASCII_VALUE.fullmatch(value) is not None
+
+
+def _forward_once(metadata: list[tuple[str, MetadataValue]], key: str) -> None:
+    """Two values of `key` would leave the backend to guess which one the gate verified."""
+    if sum(name == key for name, _ in metadata) > 1:
+        raise GatewayError.repeated_header(key)
 
 
 def _client_may_send(key: str, reserved: Collection[str]) -> bool:

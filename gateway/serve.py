@@ -1,26 +1,37 @@
 """Run the gateway: the mesh channel, the route source, the ASGI app and uvicorn, wired once.
 
-The listening socket is bound here (port 0 by default, so several gateways run side by side)
-and handed to uvicorn, so the real address is known before the first request and reported
-through ``on_listening``. uvicorn handles SIGINT/SIGTERM: it stops accepting, lets requests in
-flight finish (up to ``grace``), then the channel and the registry watch are closed.
+The listening sockets are bound here (port 0 by default, so several gateways run side by side)
+and handed to uvicorn, so the real addresses are known before the first request and reported
+through ``on_listening`` (the ops listener's line first, then ``gateway listening on URL``).
+uvicorn serves them with the gateway's own protocol (gateway/protocol.py: the limits of
+``ServerLimits``), the public listener with the :class:`Gateway` app and the ops listener, if
+any, with :meth:`Gateway.ops`. uvicorn handles SIGINT/SIGTERM: it stops accepting, lets
+requests in flight finish (up to ``grace``), then the channel and the registry watch are closed.
+
+Every connection is a file descriptor: the soft ``RLIMIT_NOFILE`` is raised (up to the hard
+one) to fit ``max_connections`` per listener and a reserve; if it cannot, ``max_connections`` is
+lowered to what fits, with a warning, rather than let ``accept()`` fail with EMFILE and take
+the backends' connections down with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from hms_gateway.app import Gateway, GatewayMetrics
 from hms_gateway.config import GatewayConfig
 from hms_gateway.learn import RegistryLearner, load_descriptor_set
+from hms_gateway.limits import ServerLimits
+from hms_gateway.protocol import MAX_LINGERING, Guard, Listener, protocol_class
 from hms_gateway.routes import RouteTable
 from hms_gateway.tracing import NO_TRACING, RequestTracer, Tracing
 from mesh.client.channel import MeshChannel
@@ -28,9 +39,12 @@ from mesh.client.config import ClientConfig
 from mesh.gc_tuning import settle_heap
 from mesh.telemetry import ClientMetrics, setup_tracing
 
-__all__ = ["GatewayServer", "ListenConfig", "listening_socket"]
+__all__ = ["GatewayServer", "ListenConfig", "fit_open_files", "listening_socket"]
 
 log = logging.getLogger(__name__)
+
+#: Open files kept for everything but client connections: the backends' channels, etcd, logs.
+FD_RESERVE = 256
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -60,28 +74,74 @@ class ListenConfig:
     descriptor_set: Path | None = None
     #: OpenTelemetry exporter: off, console or otlp (mesh.telemetry.setup_tracing).
     tracing: str = "off"
+    #: What a connection may cost (gateway/protocol.py).
+    limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
+    #: A second listener for /healthz, /readyz, /metrics and /openapi.json (None: none);
+    #: ``GatewayConfig.ops`` must then be ``listener``.
+    ops_port: int | None = None
+    ops_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be within 0..65535, got {self.port}")
+        if self.ops_port is not None and not 0 <= self.ops_port < 65536:
+            raise ValueError(f"ops_port must be within 0..65535, got {self.ops_port}")
+
+
+def fit_open_files(limits: ServerLimits, listeners: int) -> ServerLimits:
+    """`limits`, with ``max_connections`` lowered if the process cannot have that many
+    connections open on each of `listeners` (after raising its soft limit as far as allowed)."""
+    needed = limits.max_connections * listeners + MAX_LINGERING + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.debug("could not raise RLIMIT_NOFILE to %d: %s", wanted, exc)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return limits
+    fitted = max(1, (soft - MAX_LINGERING - FD_RESERVE) // listeners)
+    log.warning(
+        "max connections %d per listener needs %d open files, and the limit is %d: "
+        "holding %d per listener",
+        limits.max_connections,
+        needed,
+        soft,
+        fitted,
+    )
+    return dataclasses.replace(limits, max_connections=fitted)
 
 
 class GatewayServer:
     """``await GatewayServer(gateway_config, client_config, listen).run(on_listening)``."""
 
     def __init__(self, config: GatewayConfig, client: ClientConfig, listen: ListenConfig) -> None:
+        if (config.ops == "listener") != (listen.ops_port is not None):
+            raise ValueError("ops 'listener' and an ops port go together")
         self.config = config
         self.client = client
         self.listen = listen
         self.table = RouteTable()
         self.registry = CollectorRegistry()
         self.url = ""
+        self.ops_url = ""
         self._server: uvicorn.Server | None = None
 
     async def run(self, on_listening: Callable[[str], object] = print) -> None:
         sock = listening_socket(self.listen.host, self.listen.port)
+        sockets = [sock]
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
+        if self.listen.ops_port is not None:
+            try:
+                sockets.append(listening_socket(self.listen.ops_host, self.listen.ops_port))
+            except OSError:
+                sock.close()
+                raise
+            ops_host, ops_port = sockets[1].getsockname()[:2]
+            self.ops_url = f"http://{ops_host}:{ops_port}"
         # The gateway counts each request per route itself (gateway/app.py); the channel's
         # telemetry layer would count the same calls again, so it is left out of the chain.
         # The channel's endpoint and ejection figures are still collected.
@@ -116,10 +176,13 @@ class GatewayServer:
                 ready=ready,
                 tracing=tracing,
             )
+            guard = self._guard(app, sockets)
             server = self._server = uvicorn.Server(
                 uvicorn.Config(
                     app,
-                    http="httptools",
+                    # uvicorn's httptools protocol with the gateway's limits.
+                    http=protocol_class(guard),
+                    ws="none",
                     loop="none",  # ours: the channel and the app share it
                     lifespan="off",
                     access_log=False,
@@ -132,15 +195,53 @@ class GatewayServer:
                 )
             )
             settle_heap()  # start-up is done: see mesh/gc_tuning.py
+            if self.ops_url:
+                on_listening(f"gateway ops listening on {self.ops_url}")
             on_listening(f"gateway listening on {self.url}")
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=sockets)
         finally:
-            sock.close()
+            for listening in sockets:
+                listening.close()
             if learner is not None:
                 await learner.stop()
             await channel.close()
+
+    def _guard(self, app: Gateway, sockets: list[socket.socket]) -> Guard:
+        """The limits the connections of both listeners share, and their figures."""
+        listeners = [Listener("public", app, sockets[0].getsockname()[:2])]
+        if len(sockets) > 1:
+            listeners.append(Listener("ops", app.ops, sockets[1].getsockname()[:2]))
+        refused = Counter(
+            "gateway_refused",
+            "Connections and requests refused before the app (a limit or a timeout), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        connections = Gauge(
+            "gateway_open_connections",
+            "Client connections open, by listener",
+            ["listener"],
+            registry=self.registry,
+        )
+        in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being served (head read, answer not finished), by listener",
+            ["listener"],
+            registry=self.registry,
+        )
+        for listener in listeners:
+            open_now, serving_now = _counts_of(listener)
+            connections.labels(listener.name).set_function(open_now)
+            in_flight.labels(listener.name).set_function(serving_now)
+        limits = fit_open_files(self.listen.limits, len(listeners))
+        return Guard(limits, listeners, on_refused=lambda reason: refused.labels(reason).inc())
 
     def stop(self) -> None:
         """Ask the server to stop (as SIGTERM does)."""
         if self._server is not None:
             self._server.should_exit = True
+
+
+def _counts_of(listener: Listener) -> tuple[Callable[[], float], Callable[[], float]]:
+    """A listener's open connections and requests in flight, read when /metrics is."""
+    return (lambda: listener.connections), (lambda: listener.in_flight)

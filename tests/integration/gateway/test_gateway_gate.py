@@ -1,7 +1,8 @@
 """The gateway's gate and limits against real `mesh gateway` processes and the mirror backend.
 
 Each configuration runs as its own gateway (module-scoped, stopped at teardown): a JWT gateway
-(an HS256 secret file and an RS256 public key, issuer, audience and one public method), a
+(an HS256 secret file and an RS256 public key, issuer, audience, one public method, and
+/metrics and /openapi.json behind the gate), a gateway with an ops listener, a
 rate-limited gateway used by one test only (every test comes from 127.0.0.1, so the bucket is
 shared), and a gateway with a body limit and CORS. The operations endpoints are checked on the
 session gateway. The mirror backend answers with the metadata it saw, so each case checks
@@ -136,6 +137,8 @@ def jwt_url(
         f"--jwt-issuer={ISSUER}",
         f"--jwt-audience={AUDIENCE}",
         f"--public={MIRROR}/GetItem",
+        # /metrics and /openapi.json behind the gate too (/healthz and /readyz stay open).
+        "--ops-gate",
     )
 
 
@@ -330,6 +333,67 @@ def test_forged_identity_headers_do_not_override_the_token(
     assert json.loads(claims_json)["role"] == "reader"
 
 
+def test_grpc_metadata_authorization_is_dropped(jwt_http: httpx.Client, keys: Keys) -> None:
+    """The attack: a forged bearer as Grpc-Metadata-Authorization beside a valid token reached
+    the backend as a second authorization value. Now only the verified one does."""
+    token = _hs256(keys, _claims())
+    response = jwt_http.get(
+        BOOK,
+        headers=[
+            ("authorization", f"Bearer {token}"),
+            ("grpc-metadata-authorization", "Bearer FORGED"),
+        ],
+    )
+    assert response.status_code == 200, response.text
+    assert _values(response, "authorization") == [f"Bearer {token}"]
+    assert _values(response, "x-hms-subject") == ["alice"]
+
+
+def test_grpc_metadata_authorization_does_not_pass_the_gate(
+    jwt_http: httpx.Client, keys: Keys
+) -> None:
+    response = jwt_http.get(
+        BOOK, headers={"grpc-metadata-authorization": f"Bearer {_hs256(keys, _claims())}"}
+    )
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == BARE_CHALLENGE
+
+
+@pytest.mark.parametrize("forged_first", [False, True], ids=["valid-first", "forged-first"])
+@pytest.mark.parametrize("route", [BOOK, PUBLIC_ITEM], ids=["gated", "public"])
+def test_two_authorization_headers_are_400(
+    jwt_http: httpx.Client, keys: Keys, route: str, forged_first: bool
+) -> None:
+    """The attack: two Authorization headers; only the first was verified and both were
+    forwarded. Now neither is: 400, and the backend is not called."""
+    token = _hs256(keys, _claims())
+    values = [f"Bearer {token}", "Bearer FORGED"]
+    if forged_first:
+        values.reverse()
+    response = jwt_http.get(route, headers=[("authorization", value) for value in values])
+    assert response.status_code == 400, response.text
+    body = _assert_status_body(response, 3)
+    assert body["message"] == "header 'authorization' is sent 2 times; send it once"
+    assert token not in response.text
+
+
+def test_a_valid_token_with_a_400_digit_exp_is_401(jwt_http: httpx.Client, keys: Keys) -> None:
+    """The attack: a validly signed token whose exp has 400 digits was a 500."""
+    token = _hs256(keys, _claims(exp=int("9" * 400)))
+    response = jwt_http.get(BOOK, headers={"authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    assert 'error_description="invalid claim"' in response.headers["www-authenticate"]
+    body = _assert_status_body(response, 16)
+    assert body["message"] == "invalid claim: 'exp' is a number out of range (64-bit integers)"
+
+
+def test_a_huge_number_in_another_claim_is_401(jwt_http: httpx.Client, keys: Keys) -> None:
+    token = _hs256(keys, _claims(level=int("9" * 400)))
+    response = jwt_http.get(BOOK, headers={"authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    assert "out of range" in _assert_status_body(response, 16)["message"]
+
+
 def test_public_method_needs_no_token(jwt_http: httpx.Client) -> None:
     response = jwt_http.get(PUBLIC_ITEM)
     assert response.status_code == 200, response.text
@@ -504,6 +568,55 @@ def test_openapi_is_a_valid_document(http: httpx.Client) -> None:
     for path, verbs in expected.items():
         assert path in paths, sorted(paths)
         assert verbs <= set(paths[path]), (path, sorted(paths[path]))
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/openapi.json"])
+def test_ops_documents_behind_the_gate(jwt_http: httpx.Client, keys: Keys, path: str) -> None:
+    refused = jwt_http.get(path)
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["www-authenticate"] == BARE_CHALLENGE
+    allowed = jwt_http.get(path, headers={"authorization": f"Bearer {_hs256(keys, _claims())}"})
+    assert allowed.status_code == 200, allowed.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_stay_open_behind_the_gate(jwt_http: httpx.Client, path: str) -> None:
+    assert jwt_http.get(path).status_code == 200
+
+
+def _ops_url(log: Path) -> str:
+    """The ops listener's URL, from the gateway's log (printed before its main line)."""
+    prefix = "gateway ops listening on "
+    lines = [line for line in log.read_text().splitlines() if line.startswith(prefix)]
+    assert lines, log.read_text()[-2000:]
+    return lines[-1][len(prefix) :].strip()
+
+
+def test_ops_listener_serves_the_documents_apart(gateway_stack: GatewayStack) -> None:
+    name = "gateway-gate-ops-listener"
+    process = gateway_stack.start_gateway("--ops-port=0", name=name)
+    try:
+        wait_ready(process.url, {MIRROR})
+        ops_url = _ops_url(gateway_stack.base / "logs" / f"{name}.log")
+        assert ops_url != process.url
+        with (
+            httpx.Client(base_url=process.url, timeout=10) as public,
+            httpx.Client(base_url=ops_url, timeout=10) as ops,
+        ):
+            for path in ("/metrics", "/openapi.json"):
+                response = public.get(path)
+                assert response.status_code == 404, response.text
+                assert response.json()["message"] == f"no route for GET {path}"
+                assert ops.get(path).status_code == 200
+            for path in ("/healthz", "/readyz"):
+                assert public.get(path).status_code == 200
+                assert ops.get(path).status_code == 200
+            # The API is not on the ops listener, and works on the public one.
+            assert ops.get(PUBLIC_ITEM).status_code == 404
+            assert public.get(PUBLIC_ITEM).status_code == 200
+            assert "gateway_open_connections" in ops.get("/metrics").text
+    finally:
+        process.stop(timeout=5)
 
 
 def test_secret_is_not_in_the_gateway_log(

@@ -15,6 +15,7 @@ from hms_gateway.headers import (
     MetadataValue,
     from_metadata,
     parse_grpc_timeout,
+    single_header,
     success_status,
     to_metadata,
 )
@@ -149,6 +150,21 @@ def test_parse_grpc_timeout_every_valid_form(number: int, unit: str) -> None:
         pytest.param(
             [("Grpc-Metadata-X-Forwarded-For", "1.2.3.4")], [], id="forged-forwarded-for-dropped"
         ),
+        pytest.param(
+            [("Authorization", "Bearer valid"), ("Grpc-Metadata-Authorization", "Bearer FORGED")],
+            [("authorization", "Bearer valid")],
+            id="grpc-metadata-authorization-dropped",
+        ),
+        pytest.param(
+            [("grpc-metadata-authorization", "Bearer FORGED")],
+            [],
+            id="grpc-metadata-authorization-alone-dropped",
+        ),
+        pytest.param(
+            [("X-Request-Id", "r1"), ("Grpc-Metadata-X-Request-Id", "r2")],
+            [("x-request-id", "r1")],
+            id="grpc-metadata-request-id-dropped",
+        ),
     ],
 )
 def test_to_metadata(headers: list[tuple[str, str]], expected: list[tuple[str, object]]) -> None:
@@ -226,6 +242,41 @@ def test_to_metadata_reserved_keys_cannot_be_forged() -> None:
     headers = [("Grpc-Metadata-X-Mesh-Subject", "admin"), ("Grpc-Metadata-Tenant", "a")]
     metadata = to_metadata(headers, client_ip=None, host=None, reserved={"x-mesh-subject"})
     assert metadata == [("tenant", "a")]
+
+
+def test_to_metadata_refuses_two_authorizations() -> None:
+    """Which one was verified must not be a question: neither is forwarded, 400."""
+    headers = [("Authorization", "Bearer valid"), ("authorization", "Bearer FORGED")]
+    with pytest.raises(GatewayError) as info:
+        to_metadata(headers, client_ip=None, host=None)
+    assert info.value.http_status == 400
+    assert info.value.message == "header 'authorization' is sent more than once; send it once"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param([], None, id="absent"),
+        pytest.param([("authorization", "Bearer a")], "Bearer a", id="once"),
+        pytest.param([("authorization", "")], "", id="once-empty"),
+        pytest.param(
+            [("x", "1"), ("authorization", "Bearer a"), ("y", "2")], "Bearer a", id="among-others"
+        ),
+    ],
+)
+def test_single_header(headers: list[tuple[str, str]], expected: str | None) -> None:
+    assert single_header(headers, "authorization") == expected
+
+
+@pytest.mark.parametrize("times", [2, 3])
+def test_single_header_refuses_repeats(times: int) -> None:
+    headers = [("authorization", f"Bearer {i}") for i in range(times)]
+    with pytest.raises(GatewayError) as info:
+        single_header(headers, "authorization")
+    assert info.value.http_status == 400
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.message == f"header 'authorization' is sent {times} times; send it once"
+    assert "Bearer" not in info.value.message  # credentials never echoed
 
 
 @pytest.mark.parametrize(
