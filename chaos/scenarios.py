@@ -131,7 +131,7 @@ class Run:
         `expected`; the time it did."""
         until = time.monotonic() + timeout
         prefix = keys.services_prefix(self.stack.config.namespace)
-        async with Etcd([self.stack.etcd_endpoint]) as etcd:
+        async with Etcd([self.stack.etcd_endpoint], tls=self.stack.etcd_tls()) as etcd:
             while True:
                 with contextlib.suppress(EtcdError):
                     _, found = await etcd.get_prefix(prefix)

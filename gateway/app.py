@@ -3,19 +3,28 @@
 One request passes these steps, in this order (each may answer on its own):
 
 1. request id: ``X-Request-Id`` kept, or created; it goes to the backend and back;
-2. operations: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` (GET);
+2. operations: ``/healthz``, ``/readyz`` (GET, always open), ``/metrics``, ``/openapi.json``
+   (GET: open, behind the gate, or only on the ops listener, by ``GatewayConfig.ops``);
 3. CORS: a preflight is answered here; other answers carry the CORS headers;
 4. rate limit per client address: 429 with ``Retry-After``;
 5. route: 404, or 405 with ``Allow``; client and bidi streaming methods answer 501;
-6. the gate: a bearer JWT unless the route is public; 401 with ``WWW-Authenticate``
-   (from here on, with tracing on, inside the request's span: gateway/tracing.py);
+6. the gate: ``Authorization`` sent twice is a 400 (public routes too); a bearer JWT unless
+   the route is public, 401 with ``WWW-Authenticate`` (from here on, with tracing on, inside
+   the request's span: gateway/tracing.py);
 7. body (413 over the limit) and transcoding into the request message (400 naming the field);
 8. the call, through the mesh channel (discovery, mTLS, deadline, retries, breakers): the
    deadline from ``Grpc-Timeout`` or the configured default; metadata from the headers, plus
    the verified identity;
 9. the answer: JSON (or an ``HttpBody``'s bytes), the response metadata as ``Grpc-Metadata-*``
    and ``Grpc-Trailer-*`` headers; a server stream as NDJSON or SSE. A gRPC error becomes
-   grpc-gateway's HTTP status and a ``google.rpc.Status`` body with the backend's details.
+   grpc-gateway's HTTP status and a ``google.rpc.Status`` body with the backend's details; a
+   message that names addresses or is grpc core's text is replaced by the gateway's words
+   (gateway/upstream.py) and logged with the request id. A failure that answers 5xx is logged
+   (warning) with the request id, the method and the original message.
+
+The ops listener (gateway/serve.py, ``--ops-port``) is served by :meth:`Gateway.ops`: the four
+operations endpoints and nothing else. Limits on connections, request heads, timeouts and
+requests in flight are the connection's business (gateway/protocol.py), before this app.
 
 An exception nobody expected (grpc.aio's CancelledError from a closed channel included) never
 reaches uvicorn: it answers 500 as a google.rpc.Status naming the request id, is logged once
@@ -26,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -56,6 +66,7 @@ from hms_gateway.headers import (
     from_metadata,
     is_printable_ascii,
     parse_grpc_timeout,
+    single_header,
     success_status,
     to_metadata,
 )
@@ -66,12 +77,15 @@ from hms_gateway.routes import RouteTable
 from hms_gateway.template.match import BadPath
 from hms_gateway.tracing import NO_TRACING, Tracing
 from hms_gateway.transcode import HTTP_BODY, render_response
+from hms_gateway.upstream import public_message, replacement
 from mesh.aio import cancel_and_wait, cancelled_by_caller
 from mesh.client.call import CallKind
 from mesh.client.channel import MeshChannel
 from mesh.client.rpc import MeshCall
 
 __all__ = ["Gateway", "GatewayMetrics"]
+
+Operation = Callable[[Responder], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +155,46 @@ class Gateway:
         self.limiter = limiter or (RateLimiter(config.rate_limit) if config.rate_limit else None)
         self.tracing = tracing
         self._openapi: tuple[int, bytes] = (-1, b"")
-        self._ops = {
-            "/healthz": self._healthz,
-            "/readyz": self._readyz,
+        probes: dict[str, Operation] = {"/healthz": self._healthz, "/readyz": self._readyz}
+        documents: dict[str, Operation] = {
             "/metrics": self._metrics,
             "/openapi.json": self._openapi_json,
+            "/routes": self._routes,
         }
+        #: What the ops listener serves: everything operations.
+        self._ops_listener = {**probes, **documents}
+        #: What the public listener serves, by ``config.ops``: probes are always open.
+        self._ops = {**probes, **documents} if config.ops == "open" else dict(probes)
+        #: ``config.ops == "gate"``: served on the public listener to a verified token only.
+        self._gated_ops = documents if config.ops == "gate" else {}
+        if self._gated_ops and self.verifier is None:
+            raise ValueError("ops 'gate' needs the gate: configure JWT verification")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
+
+    async def ops(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ops listener's ASGI app: the operations endpoints (GET), and 404 for the rest."""
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        request = Request(scope, receive)
+        responder = Responder(send, [(b"x-request-id", request.request_id.encode("latin-1"))])
+        operation = self._ops_listener.get(request.path)
+        try:
+            if operation is None:
+                raise GatewayError.no_route(request.method, request.path)
+            if request.method != "GET":
+                raise GatewayError.method_not_allowed(request.method, request.path, ["GET"])
+            await operation(responder)
+        except GatewayError as error:
+            await responder.error(error)
+        except Exception:
+            await self._unexpected(request, responder)
 
     # -- the pipeline -----------------------------------------------------------------------
 
@@ -175,8 +217,8 @@ class Gateway:
                     (k.encode("latin-1"), v.encode("latin-1"))
                     for k, v in cors.simple_headers(origin)
                 )
-            operation = self._ops.get(request.path)
-            if operation is not None and request.method == "GET":
+            operation = self._operation(request)
+            if operation is not None:
                 await operation(responder)
                 return
             if self.limiter is not None:
@@ -232,6 +274,18 @@ class Gateway:
                 if span is not None:
                     span.set_attribute("http.response.status_code", status)
 
+    def _operation(self, request: Request) -> Operation | None:
+        """The operations endpoint a GET asks for, if this listener serves it to this caller
+        (behind the gate: 401 without a valid token)."""
+        if request.method != "GET":
+            return None
+        operation = self._ops.get(request.path)
+        if operation is None and request.path in self._gated_ops:
+            assert self.verifier is not None  # checked in __init__
+            self.verifier.verify(single_header(request.headers, "authorization"))
+            operation = self._gated_ops[request.path]
+        return operation
+
     def _route(self, request: Request) -> tuple[Endpoint, Any]:
         try:
             found = self.table.resolve(request.method, request.path)
@@ -254,12 +308,15 @@ class Gateway:
                 f"{endpoint.path} is a {shape}-streaming method; the REST gateway serves only "
                 "unary and server-streaming methods",
             )
+        # Two Authorization headers: which one the gate verified must not be a question (and
+        # the backend would get both), public route or not.
+        authorization = single_header(request.headers, "authorization")
         identity = None
         if self.verifier is not None and not self.config.is_public(
             endpoint.service, endpoint.method.name
         ):
             # Before anything else is read: a caller without a valid token learns nothing more.
-            identity = self.verifier.verify(request.header("authorization"))
+            identity = self.verifier.verify(authorization)
         metadata = to_metadata(
             request.headers, client_ip=request.client, host=request.host, reserved=IDENTITY_KEYS
         )
@@ -295,7 +352,7 @@ class Gateway:
         if endpoint.kind is CallKind.UNARY_STREAM:
             await self._stream(request, responder, endpoint, call)
         else:
-            await self._unary(responder, endpoint, call)
+            await self._unary(request, responder, endpoint, call)
 
     def _timeout(self, request: Request) -> float:
         header = request.header("grpc-timeout")
@@ -303,13 +360,15 @@ class Gateway:
             return self.config.default_timeout
         return min(parse_grpc_timeout(header), self.config.max_timeout)
 
-    async def _unary(self, responder: Responder, endpoint: Endpoint, call: MeshCall) -> None:
+    async def _unary(
+        self, request: Request, responder: Responder, endpoint: Endpoint, call: MeshCall
+    ) -> None:
         try:
             response = await call
             initial = await call.initial_metadata()
             trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as exc:
-            await self._rpc_error(responder, exc, endpoint.service)
+            await self._rpc_error(request, responder, exc, endpoint)
             return
         data, content_type = render_response(
             response, response_body=endpoint.mapping.response_body, options=self.config.json
@@ -330,7 +389,7 @@ class Gateway:
                 initial = await rpc.initial_metadata()
             except grpc.aio.AioRpcError as exc:
                 # Nothing sent yet: a plain error answer.
-                await self._rpc_error(responder, exc, endpoint.service)
+                await self._rpc_error(request, responder, exc, endpoint)
                 return
             raw = endpoint.response_class.DESCRIPTOR.full_name == HTTP_BODY
             sse = not raw and streaming.wants_sse(request.header("accept"))
@@ -360,7 +419,7 @@ class Gateway:
                     message = await rpc.read()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not grpc.StatusCode.CANCELLED or not watcher.done():
-                    status = _status_json(exc, endpoint.service)
+                    status = _status_json(exc, endpoint, request.request_id)
                     await responder.body(error_frame(json_bytes(status)), more=True)
             await responder.body(b"")
         except asyncio.CancelledError:
@@ -372,10 +431,14 @@ class Gateway:
             await cancel_and_wait(watcher)
 
     async def _rpc_error(
-        self, responder: Responder, exc: grpc.aio.AioRpcError, service: str
+        self,
+        request: Request,
+        responder: Responder,
+        exc: grpc.aio.AioRpcError,
+        endpoint: Endpoint,
     ) -> None:
         headers = from_metadata(exc.initial_metadata(), exc.trailing_metadata())
-        body = json_bytes(_status_json(exc, service))
+        body = json_bytes(_status_json(exc, endpoint, request.request_id))
         await responder.whole(http_status(exc.code()), body, _JSON, headers)
 
     async def _preflight(
@@ -408,6 +471,24 @@ class Gateway:
     async def _metrics(self, responder: Responder) -> None:
         await responder.whole(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
 
+    async def _routes(self, responder: Responder) -> None:
+        """The routes served, by service, and those refused (route ownership)."""
+        body = {
+            "services": {
+                service: [
+                    {"method": e.mapping.http_method, "template": str(e.mapping.template),
+                     "rpc": e.path}
+                    for e in endpoints
+                ]
+                for service, endpoints in sorted(self.table.services().items())
+            },
+            "refused": [
+                {**dataclasses.asdict(refusal), "why": refusal.describe()}
+                for refusal in self.table.refusals()
+            ],
+        }  # fmt: skip
+        await responder.whole(200, json_bytes(body), _JSON)
+
     async def _openapi_json(self, responder: Responder) -> None:
         version, document = self._openapi
         if version != self.table.version:
@@ -427,21 +508,33 @@ def _check_content_type(content_type: str, endpoint: Endpoint) -> None:
         )
 
 
-def _status_json(exc: grpc.aio.AioRpcError, service: str) -> dict[str, Any]:
+def _status_json(exc: grpc.aio.AioRpcError, endpoint: Endpoint, request_id: str) -> dict[str, Any]:
     """The google.rpc.Status of a failed call, with the details the backend attached.
 
-    grpc's own UNAVAILABLE messages ("failed to connect to all addresses ...") do not say
-    which backend is down; the caller of a REST API should not have to guess.
+    The message is the backend's, unless it names addresses or is grpc core's text (then the
+    gateway's words replace it: gateway/upstream.py). An UNAVAILABLE message that does not
+    name the service is prefixed with it: the caller of a REST API should not have to guess
+    which backend is down. A failure answered with a 5xx, or whose message is withheld, is
+    logged with the request id and the original message.
     """
     details: list[Any] = []
     for key, value in exc.trailing_metadata() or ():
         if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
             with contextlib.suppress(Exception):  # undecodable details: keep code and message
                 details = list(status_pb2.Status.FromString(value).details)
-    message = exc.details() or ""
-    if exc.code() is grpc.StatusCode.UNAVAILABLE and service not in message:
-        message = f"{service} is unavailable: {message}"
-    return status_body(exc.code(), message, details)
+    code = exc.code()
+    original = exc.details() or ""
+    service = endpoint.service
+    shown = public_message(original)
+    if shown:
+        message = original
+        if code is grpc.StatusCode.UNAVAILABLE and service not in message:
+            message = f"{service} is unavailable: {message}"
+    else:
+        message = replacement(code, service)
+    if not shown or http_status(code) >= 500:
+        log.warning("request %s: %s failed: %s: %s", request_id, endpoint.path, code.name, original)
+    return status_body(code, message, details)
 
 
 async def _until_disconnect(receive: Receive) -> None:

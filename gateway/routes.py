@@ -24,8 +24,10 @@ of them replaces it, and services refused because of it are learnt again.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 
 from hms_gateway.endpoint import Endpoint
@@ -110,7 +112,7 @@ class RouteTable:
             owner = self._collision(endpoint)
             if owner is not None and owner.service in self._departed:
                 # Its service has left: the route gives way.
-                self._router.remove_payloads(lambda e, gone=owner: e is gone)
+                self._router.remove_payloads(partial(operator.is_, owner))
                 owner = None
             if owner is not None:
                 refusal = RouteRefusal(

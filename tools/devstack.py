@@ -4,8 +4,18 @@ Used by the pytest fixtures, `mesh up` and the benchmarks. Nothing binds a fixed
 several stacks run side by side. Each process runs in its own session so that a Ctrl-C in the
 terminal reaches the supervisor, which then stops everything in order.
 
+Given a `ControlPlane` (tools/controlplane.py), both start secured: TLS with certificates from
+the stack's CA, a client certificate required, and the policy's users and permissions enforced
+(etcd's authentication on, nats-server's `verify_and_map`); their URLs then say so
+(``https://``, ``tls://``). Without one they are plaintext and open to anyone: tests of other
+things, and `mesh up --insecure-control-plane`.
+
 >>> with DevStack(tmp_path) as stack:
 ...     stack.etcd.endpoint, stack.nats.url
+('127.0.0.1:40123', 'nats://127.0.0.1:38155')
+>>> with DevStack(tmp_path, control_plane=ControlPlane(tls_dir, policy)) as stack:
+...     stack.etcd.endpoint, stack.nats.url
+('https://127.0.0.1:40123', 'tls://127.0.0.1:38155')
 """
 
 from __future__ import annotations
@@ -13,10 +23,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,7 +36,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from hms_tools.controlplane import ControlPlane
 
 __all__ = [
     "DevStack",
@@ -105,14 +120,25 @@ class ManagedProcess(abc.ABC):
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode}: {self._tail()}"
                 )
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(self.ready_url(), timeout=1) as response,
-            ):
-                if response.status == 200:
-                    return
+            if self.answers():
+                return
             time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
         raise TimeoutError(f"{self.name} not ready after {timeout} s: {self._tail()}")
+
+    def answers(self) -> bool:
+        """Does the server serve yet? (Its readiness URL answers 200.)"""
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(
+                self.ready_url(), timeout=1, context=self.ready_context()
+            ) as response,
+        ):
+            return bool(response.status == 200)
+        return False
+
+    def ready_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an https readiness URL (None: plain http)."""
+        return None
 
     def _tail(self) -> str:
         try:
@@ -148,24 +174,52 @@ class ManagedProcess(abc.ABC):
 
 
 class EtcdProcess(ManagedProcess):
-    """A single-member etcd cluster on free loopback ports."""
+    """A single-member etcd cluster on free loopback ports.
+
+    Secured (given a `ControlPlane`): clients over TLS with a certificate from the stack's CA
+    (`--client-cert-auth`: the certificate's CN is the etcd user), the policy's roles and
+    users created and authentication enabled at every start; the peer port takes only the
+    `etcd` certificate; /health and /metrics are served over TLS on a port of their own."""
 
     name = "etcd"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, control_plane: ControlPlane | None = None) -> None:
         super().__init__(data_dir)
+        self.control_plane = control_plane
         # Ports are chosen once and kept, so a restart comes back at the same endpoint.
         self.client_port = free_port()
         self.peer_port = free_port()
+        self.metrics_port = free_port()
+
+    @property
+    def secured(self) -> bool:
+        return self.control_plane is not None
+
+    @property
+    def address(self) -> str:
+        """host:port of the client port."""
+        return f"{_LOOPBACK}:{self.client_port}"
 
     @property
     def endpoint(self) -> str:
-        return f"{_LOOPBACK}:{self.client_port}"
+        """What clients are given: ``host:port``, or ``https://host:port`` when secured."""
+        return f"https://{self.address}" if self.secured else self.address
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.control_plane is not None:
+            self.control_plane.ensure_certificates()
+        super().start(timeout)
+        if self.control_plane is not None:
+            from hms_tools.controlplane import apply_etcd_policy
+
+            cp = self.control_plane
+            apply_etcd_policy(self.address, cp.admin, cp.policy)
 
     def command(self) -> list[str]:
-        client = f"http://{self.endpoint}"
-        peer = f"http://{_LOOPBACK}:{self.peer_port}"
-        return [
+        scheme = "https" if self.secured else "http"
+        client = f"{scheme}://{self.address}"
+        peer = f"{scheme}://{_LOOPBACK}:{self.peer_port}"
+        command = [
             binary("etcd"),
             "--name=mesh",
             f"--data-dir={self.data_dir}",
@@ -176,26 +230,106 @@ class EtcdProcess(ManagedProcess):
             f"--initial-cluster=mesh={peer}",
             "--log-level=warn",
         ]
+        if self.control_plane is None:
+            return command
+        from hms_tools.controlplane import ETCD_SERVER
+
+        files = self.control_plane.server_files(ETCD_SERVER)
+        return [
+            *command,
+            f"--listen-metrics-urls=https://{_LOOPBACK}:{self.metrics_port}",
+            f"--cert-file={files.cert}",
+            f"--key-file={files.key}",
+            f"--trusted-ca-file={files.ca}",
+            "--client-cert-auth",
+            f"--peer-cert-file={files.cert}",
+            f"--peer-key-file={files.key}",
+            f"--peer-trusted-ca-file={files.ca}",
+            "--peer-client-cert-auth",
+            f"--peer-cert-allowed-cn={ETCD_SERVER}",
+        ]
 
     def ready_url(self) -> str:
-        return f"http://{self.endpoint}/health"
+        if self.secured:
+            return f"https://{_LOOPBACK}:{self.metrics_port}/health"
+        return f"http://{self.address}/health"
+
+    def ready_context(self) -> ssl.SSLContext | None:
+        return self.control_plane.admin.ssl_context() if self.control_plane is not None else None
 
 
 class NatsProcess(ManagedProcess):
-    """nats-server with JetStream on, storing in data_dir."""
+    """nats-server with JetStream on, storing in data_dir.
+
+    Secured (given a `ControlPlane`): a configuration file (`config_path`, 0600) with TLS
+    that requires a certificate from the stack's CA and maps it to a user by its SPIFFE ID
+    (`verify_and_map`), the policy's users and subject permissions, and no monitoring port
+    (its pages would show every connection and subscription): readiness is a NATS PING as
+    root."""
 
     name = "nats-server"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, control_plane: ControlPlane | None = None) -> None:
         super().__init__(data_dir)
+        self.control_plane = control_plane
         self.port = free_port()
         self.monitor_port = free_port()
+        self.config_path = self.data_dir.with_suffix(".conf")
+
+    @property
+    def secured(self) -> bool:
+        return self.control_plane is not None
 
     @property
     def url(self) -> str:
-        return f"nats://{_LOOPBACK}:{self.port}"
+        return f"{'tls' if self.secured else 'nats'}://{_LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.control_plane is not None:
+            self.control_plane.ensure_certificates()
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as config:
+                config.write(self.configuration())
+        super().start(timeout)
+
+    def configuration(self) -> str:
+        """The secured server's configuration file."""
+        if self.control_plane is None:
+            raise RuntimeError("a plaintext nats-server runs from flags, not a file")
+        from hms_tools.controlplane import NATS_SERVER
+
+        files = self.control_plane.server_files(NATS_SERVER)
+
+        def quoted(path: Path) -> str:
+            return json.dumps(str(path))
+
+        return (
+            f'listen: "{_LOOPBACK}:{self.port}"\n'
+            f"jetstream {{ store_dir: {quoted(self.data_dir)} }}\n"
+            "tls {\n"
+            f"  cert_file: {quoted(files.cert)}\n"
+            f"  key_file: {quoted(files.key)}\n"
+            f"  ca_file: {quoted(files.ca)}\n"
+            "  verify_and_map: true\n"
+            "  timeout: 2\n"
+            "}\n" + self.control_plane.policy.nats_authorization()
+        )
+
+    def answers(self) -> bool:
+        if self.control_plane is None:
+            return super().answers()
+        from hms_tools.controlplane import nats_ping
+
+        try:
+            answer = nats_ping(_LOOPBACK, self.port, self.control_plane.admin.ssl_context())
+        except (OSError, ssl.SSLError):
+            return False
+        return answer.startswith("PONG")
 
     def command(self) -> list[str]:
+        if self.control_plane is not None:
+            return [binary("nats-server"), "-c", str(self.config_path)]
         return [
             binary("nats-server"),
             "-a",
@@ -214,12 +348,18 @@ class NatsProcess(ManagedProcess):
 
 
 class DevStack:
-    """etcd and NATS under one base directory; stops both on exit, even after a failure."""
+    """etcd and NATS under one base directory; stops both on exit, even after a failure.
+    Secured when given a `ControlPlane`, plaintext otherwise."""
 
-    def __init__(self, base_dir: Path, *, nats: bool = True) -> None:
+    def __init__(
+        self, base_dir: Path, *, nats: bool = True, control_plane: ControlPlane | None = None
+    ) -> None:
         self.base_dir = Path(base_dir)
-        self.etcd = EtcdProcess(self.base_dir / "etcd.data")
-        self.nats = NatsProcess(self.base_dir / "nats.data") if nats else None
+        self.control_plane = control_plane
+        self.etcd = EtcdProcess(self.base_dir / "etcd.data", control_plane=control_plane)
+        self.nats = (
+            NatsProcess(self.base_dir / "nats.data", control_plane=control_plane) if nats else None
+        )
 
     def start(self) -> None:
         try:

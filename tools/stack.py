@@ -15,6 +15,11 @@ change (a crash, a restart, a scale):
 
 `mesh restart` and `mesh scale` reach the running stack through its control socket
 (tools/control.py).
+
+etcd and NATS run secured (tools/controlplane.py: TLS with certificates from the stack's CA,
+each deployment allowed only its own registry keys and events, root's and the servers' keys
+in `<state-dir>/controlplane/`), so "etcd" is an https:// endpoint and "nats" a tls:// URL;
+`StackConfig(insecure_control_plane=True)` runs both in plaintext.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +39,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hms_tools import certs
 from hms_tools.control import ControlError, answering, serve_control
+from hms_tools.controlplane import ControlPlane, policy_for, served_services
 from hms_tools.devstack import DevStack, GatewayProcess, ServiceProcess
 from hms_tools.errors import OperatorError
 from hms_tools.stackfile import CONTROL_SOCKET, STACK_FILE
 from hms_tools.supervisor import OperationFailed, Supervisor
 from mesh import tls
+from mesh.controlplane import ClientTls, NatsAccess, etcd_client_tls
+from mesh.identity import spiffe_id
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
@@ -57,6 +65,9 @@ GATEWAY_IDENTITY = "gateway"
 # `mesh gateway` flags the stack sets itself, and why an operator cannot: each with what to do.
 _STACK_GATEWAY_FLAGS = {
     "--etcd": "the gateway uses the stack's etcd",
+    "--etcd-ca": "the gateway reaches the stack's etcd with its own certificate",
+    "--etcd-cert": "the gateway reaches the stack's etcd with its own certificate",
+    "--etcd-key": "the gateway reaches the stack's etcd with its own certificate",
     "--namespace": "the gateway uses the stack's namespace (mesh up --namespace)",
     "--state-dir": "the gateway uses the stack's state (mesh up --state-dir)",
     "--tls-dir": "the gateway uses the stack's certificates",
@@ -116,6 +127,10 @@ class StackConfig:
     gateway_args: tuple[str, ...] = ()
     #: Listen on `<state-dir>/control.sock` for `mesh restart` and `mesh scale`.
     control: bool = True
+    #: etcd and NATS in plaintext, open to any local process (`mesh up
+    #: --insecure-control-plane`); by default both require TLS with a certificate from the
+    #: stack's CA and enforce who may do what (tools/controlplane.py, docs/security.md).
+    insecure_control_plane: bool = False
 
     def __post_init__(self) -> None:
         for name, count in self.scale.items():
@@ -163,6 +178,7 @@ class Stack:
         self.config = config
         self.state_dir = config.state_dir.resolve()
         self.tls_dir = self.state_dir / "tls"
+        self.ca_dir = self.state_dir / "ca"  # the CA key: never in the TLS dir services read
         self.run_dir = self.state_dir / "run"
         self.deployments = config.deployments or tuple(discover_services())
         self.counts = config.replicas(self.deployments)
@@ -171,6 +187,8 @@ class Stack:
         self.gateway: GatewayProcess | None = None
         self.supervisor: Supervisor | None = None
         self.info: dict[str, Any] = {}
+        #: The secured control plane's certificates and policy (None: plaintext).
+        self.control_plane: ControlPlane | None = None
         self._etcd: Etcd | None = None
         self._registry: Discovery | None = None
         self._control: asyncio.Server | None = None
@@ -180,6 +198,16 @@ class Stack:
         if self.dev is None:
             raise RuntimeError("stack not started")
         return self.dev.etcd.endpoint
+
+    def etcd_tls(self, identity: str = OPS_IDENTITY) -> ClientTls | None:
+        """How `identity` (a certificate in the stack's TLS directory) reaches the stack's
+        etcd: None when it is plaintext. An operator's tools read as `ops`."""
+        return etcd_client_tls([self.etcd_endpoint], None, tls.TlsFiles(self.tls_dir, identity))
+
+    @property
+    def serving_path(self) -> Path:
+        """The serving policy of this stack (mesh.authz.serving), for every caller in it."""
+        return self.state_dir / "serving.toml"
 
     @property
     def control_path(self) -> Path:
@@ -194,6 +222,7 @@ class Stack:
             "MESH_NATS": self.dev.nats.url,
             "MESH_TLS_DIR": str(self.tls_dir),
             "MESH_NAMESPACE": self.config.namespace,
+            "MESH_SERVING": str(self.serving_path),
             **self.config.extra_env,
         }
 
@@ -203,14 +232,28 @@ class Stack:
                 f"a stack is already running in {self.state_dir} (its control socket answers); "
                 "stop it first, or give this one another --state-dir"
             )
-        certs.ensure(self.tls_dir, [*self.deployments, OPS_IDENTITY, GATEWAY_IDENTITY])
+        certs.ensure(
+            self.tls_dir,
+            [*self.deployments, OPS_IDENTITY, GATEWAY_IDENTITY],
+            ca_dir=self.ca_dir,
+        )
+        if not self.config.insecure_control_plane:
+            # Who may do what in etcd and NATS: each deployment its own keys and events.
+            policy = await asyncio.to_thread(policy_for, self.deployments, self.config.namespace)
+            self.control_plane = ControlPlane(
+                self.tls_dir, policy, ca_dir=self.ca_dir, own_dir=self.state_dir / "controlplane"
+            )
+        # Who may serve what: each deployment the services its code serves, nothing else.
+        served = await asyncio.to_thread(lambda: {d: served_services(d) for d in self.deployments})
+        self.serving_path.write_text(serving_toml(served))
         # Throwaway data: a new stack starts empty.
         shutil.rmtree(self.run_dir, ignore_errors=True)
         (self.run_dir / "logs").mkdir(parents=True)
-        self.dev = DevStack(self.run_dir)
+        self.dev = DevStack(self.run_dir, control_plane=self.control_plane)
         await asyncio.to_thread(self.dev.start)
         try:
-            self._etcd = Etcd([self.etcd_endpoint])
+            # The stack watches the registry as a reader (ops), like an operator.
+            self._etcd = Etcd([self.etcd_endpoint], tls=self.etcd_tls())
             await self._etcd.connect()
             self._registry = Discovery(self._etcd, self.config.namespace)
             await self._registry.start()
@@ -242,7 +285,9 @@ class Stack:
 
         if self.dev is None or self.dev.nats is None:
             raise RuntimeError("stack not started")
-        nc = await nats.connect(self.dev.nats.url)
+        # Only the control plane's root may manage streams.
+        admin = self.control_plane.admin if self.control_plane is not None else None
+        nc = await nats.connect(self.dev.nats.url, **NatsAccess(admin).options())
         try:
             for spec in (events_stream(), dead_letter_stream()):
                 await ensure_stream(nc.jetstream(), spec)
@@ -349,3 +394,22 @@ class Stack:
         if self.dev is not None:
             await asyncio.to_thread(self.dev.stop)
         (self.state_dir / STACK_FILE).unlink(missing_ok=True)
+
+
+def serving_toml(served: Mapping[str, Sequence[str]]) -> str:
+    """The serving policy of a stack: each service may be served by the deployments whose code
+    serves it (their SPIFFE IDs).
+
+    >>> print(serving_toml({"notify": ["hms.notify.v1.NotifyService"]}), end="")
+    # Written by `mesh up`: who may serve what (docs/security.md).
+    [serve]
+    "hms.notify.v1.NotifyService" = ["spiffe://hms.local/svc/notify"]
+    """
+    by_service: dict[str, list[str]] = {}
+    for deployment, services in sorted(served.items()):
+        for service in services:
+            by_service.setdefault(service, []).append(spiffe_id(deployment))
+    lines = ["# Written by `mesh up`: who may serve what (docs/security.md).", "[serve]"]
+    for service, identities in sorted(by_service.items()):
+        lines.append(f'"{service}" = [{", ".join(json.dumps(i) for i in identities)}]')
+    return "\n".join(lines) + "\n"

@@ -35,6 +35,7 @@ from mesh.client.middleware import (
 from mesh.client.pool import ServicePool
 from mesh.client.reach import tcp_reachable
 from mesh.client.rpc import MeshCall
+from mesh.controlplane import etcd_client_tls
 from mesh.registry.etcd import Etcd
 from mesh.registry.keys import Instance
 from mesh.registry.static import StaticDiscovery, static_discovery
@@ -123,7 +124,7 @@ class MeshChannel:
     ) -> MeshChannel:
         etcd = None
         if config.etcd:
-            etcd = Etcd(config.etcd)
+            etcd = Etcd(config.etcd, tls=etcd_client_tls(config.etcd, config.etcd_tls, config.tls))
             await etcd.connect()
         channel = cls(etcd, config, owns_etcd=etcd is not None, metrics=metrics)
         channel.start()

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh.authz.serving import ServingPolicy
+from mesh.controlplane import ClientTls
 from mesh.deadline import DeadlineConfig
 from mesh.registry.keys import Instance
 from mesh.resilience.outlier import OutlierConfig
@@ -27,6 +28,9 @@ class ClientConfig:
     namespace: str = "hms"
     #: mTLS identity of the caller; None means plaintext (only for --insecure stacks).
     tls: TlsFiles | None = None
+    #: TLS to etcd with this client certificate; None: TLS with `tls` (the caller's own
+    #: identity) for https:// endpoints, plaintext otherwise (mesh.controlplane).
+    etcd_tls: ClientTls | None = None
     deadlines: DeadlineConfig = field(default_factory=DeadlineConfig)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Overrides per `/pkg.Service/Method` or `/pkg.Service/*`.

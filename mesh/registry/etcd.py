@@ -1,13 +1,19 @@
-"""A thin, typed wrapper over etcd's v3 API, on aetcd's connection.
+"""A thin, typed wrapper over etcd's v3 API, on aetcd's generated stubs.
 
-aetcd opens the channel and holds the stubs; the calls we depend on (transactions that report
-their revision, one persistent LeaseKeepAlive stream, watches that resume from a revision) are
-made on those stubs here, with etcd's failures translated into three exceptions:
+The channel is ours (aetcd 1.0 opens only plaintext channels): plaintext, or TLS with a client
+certificate whose CN is the etcd user (`mesh.controlplane`: ``https://`` endpoints). The calls
+we depend on (transactions that report their revision, one persistent LeaseKeepAlive stream,
+watches that resume from a revision) are made on aetcd's stubs here, with etcd's failures
+translated into these exceptions:
 
     EtcdError
     ├── EtcdUnavailable    etcd did not answer (down, restarting, timed out): retry later
+    │   └── EtcdDenied     etcd answered no: this identity may not (a role, or no user)
     ├── LeaseLost          the lease is gone (expired, revoked, or etcd lost its data)
     └── WatchCompacted     the watch's start revision was compacted: list again
+
+`EtcdDenied` is an `EtcdUnavailable` so that the loops that hold registrations and watches
+keep retrying (a role may be granted later) while saying why.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-import aetcd
 import grpc
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
+from mesh.controlplane import ClientTls, etcd_uses_tls
+
 __all__ = [
     "Etcd",
+    "EtcdDenied",
     "EtcdError",
     "EtcdUnavailable",
     "KeyValue",
@@ -54,6 +62,10 @@ class EtcdError(Exception):
 
 class EtcdUnavailable(EtcdError):
     """etcd did not answer; the caller retries with backoff."""
+
+
+class EtcdDenied(EtcdUnavailable):
+    """etcd refused the request for this identity: permission denied, or no such user."""
 
 
 class LeaseLost(EtcdError):
@@ -89,56 +101,88 @@ class WatchEvent:
         return self.value is None
 
 
+_DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
 def _translate(exc: grpc.aio.AioRpcError) -> EtcdError:
     details = exc.details() or ""
     if "lease not found" in details:
         return LeaseLost(details)
+    if exc.code() in _DENIED or "user name not found" in details:
+        return EtcdDenied(f"etcd refused: {exc.code().name}: {details}")
     return EtcdUnavailable(f"etcd: {exc.code().name}: {details}")
 
 
-def _aetcd_target(endpoints: Sequence[str]) -> tuple[str, int]:
-    """aetcd builds its gRPC target as f"{host}:{port}"; several endpoints go through
-    grpc's ipv4: resolver, which fails over between them."""
+def _grpc_target(endpoints: Sequence[str]) -> tuple[str, str]:
+    """The gRPC target for `endpoints` (``host:port``, ``http://`` or ``https://``), and the
+    host a TLS server certificate must name. Several endpoints go through grpc's ipv4:
+    resolver, which fails over between them; over TLS each member's certificate must then
+    carry the first endpoint's host."""
     if not endpoints:
         raise ValueError("no etcd endpoint given (set MESH_ETCD or --etcd)")
     parsed = []
     for endpoint in endpoints:
-        host, sep, port = endpoint.strip().removeprefix("http://").rpartition(":")
+        bare = endpoint.strip()
+        for scheme in ("http://", "https://"):
+            bare = bare.removeprefix(scheme)
+        host, sep, port = bare.rstrip("/").rpartition(":")
         if not sep or not host or not (port.isascii() and port.isdigit()):
-            raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+            raise ValueError(f"etcd endpoint {endpoint!r} is not [https://]host:port")
         parsed.append((host, int(port)))
     if len(parsed) == 1:
-        return parsed[0]
-    head = ",".join(f"{h}:{p}" for h, p in parsed[:-1])
-    return f"ipv4:{head},{parsed[-1][0]}", parsed[-1][1]
+        return f"{parsed[0][0]}:{parsed[0][1]}", parsed[0][0]
+    return "ipv4:" + ",".join(f"{h}:{p}" for h, p in parsed), parsed[0][0]
 
 
 class Etcd:
     """One connection to etcd.
+
+    `tls` (see `mesh.controlplane.etcd_client_tls`) makes it TLS with that client certificate;
+    ``https://`` endpoints without it are a ValueError.
 
     >>> etcd = Etcd(["127.0.0.1:2379"])
     >>> await etcd.connect()
     >>> revision, kvs = await etcd.get_prefix(b"/hms/services/")
     """
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], *, timeout: float = 2.0, tls: ClientTls | None = None
+    ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
-        host, port = _aetcd_target(self.endpoints)
-        self._client = aetcd.Client(host=host, port=port, options=dict(_CHANNEL_OPTIONS))
+        if tls is None and etcd_uses_tls(self.endpoints):
+            raise ValueError(
+                f"etcd at {','.join(self.endpoints)} is TLS (https://): give Etcd(tls=...)"
+            )
+        self.tls = tls
+        self._target, self._server_name = _grpc_target(self.endpoints)
+        self._channel: grpc.aio.Channel | None = None
         self._kv: rpc.KVStub | None = None
         self._lease: rpc.LeaseStub | None = None
         self._watch: rpc.WatchStub | None = None
 
     async def connect(self) -> None:
-        """Open the channel (lazily: etcd need not be up yet)."""
-        await self._client.connect()
-        self._kv = self._client.kvstub
-        self._lease = self._client.leasestub
-        self._watch = rpc.WatchStub(self._client.channel)
+        """Open the channel (lazily: etcd need not be up yet). The TLS files are read now."""
+        if self._channel is not None:
+            return
+        options: list[tuple[str, str | int]] = list(_CHANNEL_OPTIONS.items())
+        if self.tls is None:
+            channel = grpc.aio.insecure_channel(self._target, options=options)
+        else:
+            if self._target.startswith("ipv4:"):
+                options.append(("grpc.ssl_target_name_override", self._server_name))
+            credentials = self.tls.grpc_credentials()
+            channel = grpc.aio.secure_channel(self._target, credentials, options=options)
+        self._channel = channel
+        self._kv = rpc.KVStub(channel)
+        self._lease = rpc.LeaseStub(channel)
+        self._watch = rpc.WatchStub(channel)
 
     async def close(self) -> None:
-        await self._client.close()
+        channel, self._channel = self._channel, None
+        self._kv = self._lease = self._watch = None
+        if channel is not None:
+            await channel.close()
 
     async def __aenter__(self) -> Etcd:
         await self.connect()

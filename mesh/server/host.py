@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh import tls
 from mesh.aio import cancel_and_wait
+from mesh.controlplane import ClientTls, etcd_client_tls
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.registration import Registration
@@ -61,6 +62,9 @@ class HostConfig:
     port: int = 0
     tls: tls.TlsFiles | None = None
     etcd: tuple[str, ...] = ()
+    #: TLS to etcd with this client certificate; None: TLS with `tls` (this instance's own
+    #: identity) for https:// endpoints, plaintext otherwise (mesh.controlplane).
+    etcd_tls: ClientTls | None = None
     namespace: str = "hms"
     lease_ttl: int = 10
     #: After deregistering, how long new calls are still served (callers learn of the
@@ -198,7 +202,8 @@ class ServiceHost:
             )
             for name in self.service_names
         ]
-        self._etcd = Etcd(self.config.etcd)
+        etcd_tls = etcd_client_tls(self.config.etcd, self.config.etcd_tls, self.config.tls)
+        self._etcd = Etcd(self.config.etcd, tls=etcd_tls)
         await self._etcd.connect()
         self.registration = Registration(
             self._etcd, self.config.namespace, instances, ttl=self.config.lease_ttl

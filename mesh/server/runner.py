@@ -1,7 +1,10 @@
 """The `main()` of a mesh service: flags and environment in, a running ServiceHost out.
 
-Environment is read here, at the edge: MESH_ETCD, MESH_NATS, MESH_TLS_DIR, MESH_NAMESPACE.
-Flags win. The order of a service's life: servicers made (they declare their events on the
+Environment is read here, at the edge: MESH_ETCD, MESH_NATS, MESH_TLS_DIR, MESH_NAMESPACE, and
+the control plane's TLS files MESH_ETCD_CA/_CERT/_KEY and MESH_NATS_CA/_CERT/_KEY/_CREDS (by
+default the service's own certificate: mesh.controlplane). Flags win.
+
+The order of a service's life: servicers made (they declare their events on the
 `Runtime`), the host started (SERVING, registered), the runtime started (subscriptions, outbox
 relays, start hooks), then on SIGTERM the host drains, and the runtime stops (the same, in
 reverse) and closes its connections.
@@ -18,14 +21,21 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from mesh.authz.policy import PolicyError
 from mesh.gc_tuning import settle_heap
 from mesh.server.enduser import DEFAULT_GATEWAY_IDENTITIES
 from mesh.server.host import HostConfig, ServiceHost
-from mesh.server.runtime import Runtime, tls_files
+from mesh.server.runtime import Runtime, etcd_tls, tls_files
 
-__all__ = ["MakeServicers", "host_config", "parse_args", "run_service"]
+__all__ = [
+    "MakeServicers",
+    "add_control_plane_arguments",
+    "host_config",
+    "parse_args",
+    "run_service",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,7 @@ def parse_args(
     parser.add_argument(
         "--nats", default=env.get("MESH_NATS", ""), help="NATS URL(s) for events (env MESH_NATS)"
     )
+    add_control_plane_arguments(parser, env)
     parser.add_argument("--tls-dir", default=env.get("MESH_TLS_DIR", ".mesh/tls"))
     parser.add_argument("--cert-name", help="certificate name in the TLS dir (default: deployment)")
     parser.add_argument("--insecure", action="store_true", help="plaintext: no TLS at all")
@@ -67,6 +78,12 @@ def parse_args(
     )
     parser.add_argument(
         "--instance-id", default="", help="registry id of this instance (default: a new one)"
+    )
+    parser.add_argument(
+        "--serving",
+        default=env.get("MESH_SERVING", ""),
+        help="who may serve what, for the calls this service makes (env MESH_SERVING; "
+        "docs/security.md)",
     )
     parser.add_argument(
         "--gateway-identity",
@@ -105,6 +122,33 @@ def parse_args(
     return parser.parse_args(argv)
 
 
+def add_control_plane_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The flags for etcd's and NATS's TLS files (each defaults to its MESH_* variable; each
+    left out is the service's own mesh identity: mesh.controlplane)."""
+    group = parser.add_argument_group(
+        "control plane TLS",
+        "https:// etcd endpoints and tls:// NATS URLs are TLS with the service's own "
+        "certificate and the mesh CA; these replace either (and make the connection TLS)",
+    )
+    for system in ("etcd", "nats"):
+        for part, what in (("ca", "CA certificate"), ("cert", "client certificate")):
+            variable = f"MESH_{system.upper()}_{part.upper()}"
+            group.add_argument(
+                f"--{system}-{part}",
+                default=env.get(variable, ""),
+                help=f"{system} {what} (env {variable})",
+            )
+        variable = f"MESH_{system.upper()}_KEY"
+        group.add_argument(
+            f"--{system}-key", default=env.get(variable, ""), help=f"its key (env {variable})"
+        )
+    group.add_argument(
+        "--nats-creds",
+        default=env.get("MESH_NATS_CREDS", ""),
+        help="a NATS credentials file, user JWT and NKEY seed (env MESH_NATS_CREDS)",
+    )
+
+
 def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None) -> HostConfig:
     return HostConfig(
         deployment=args.deployment,
@@ -113,6 +157,7 @@ def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None
         port=args.port,
         tls=tls_files(args),
         etcd=tuple(e for e in args.etcd.split(",") if e),
+        etcd_tls=etcd_tls(args),
         namespace=args.namespace,
         lease_ttl=args.ttl,
         drain_delay=args.drain_delay,
@@ -123,6 +168,10 @@ def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None
         instance_id=args.instance_id,
         gateway_identities=tuple(args.gateway_identity or DEFAULT_GATEWAY_IDENTITIES),
     )
+
+
+#: What a service can fail to start with that is the operator's to fix.
+_CANNOT_START = (PolicyError, ValueError, OSError)
 
 
 async def _serve(runtime: Runtime, servicers: Sequence[object]) -> int:
@@ -163,5 +212,13 @@ def run_service(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=f"%(asctime)s %(levelname)s {args.deployment} %(name)s: %(message)s",
     )
-    runtime = Runtime(args)
-    sys.exit(asyncio.run(_serve(runtime, make_servicers(runtime))))
+    try:
+        runtime = Runtime(args)
+        servicers = make_servicers(runtime)
+        status = asyncio.run(_serve(runtime, servicers))
+    except _CANNOT_START as exc:
+        # Configuration the service cannot start with (a policy, a certificate, a port): one
+        # line naming it, not a traceback.
+        log.error("%s refusing to start: %s", args.deployment, exc)
+        status = 2
+    sys.exit(status)

@@ -32,7 +32,9 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from mesh.authz import AuthzInterceptor, PolicySource
+from mesh.authz.serving import load_serving
 from mesh.client import ClientConfig, MeshChannel
+from mesh.controlplane import ClientTls, NatsAccess, TlsOverrides, nats_access
 from mesh.events import (
     ConsumerSpec,
     Outbox,
@@ -52,7 +54,7 @@ from mesh.telemetry import (
 )
 from mesh.tls import TlsFiles
 
-__all__ = ["Hook", "Runtime", "tls_files"]
+__all__ = ["Hook", "Runtime", "etcd_tls", "nats_settings", "tls_files"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,29 @@ def tls_files(args: argparse.Namespace) -> TlsFiles | None:
     )
 
 
+def etcd_tls(args: argparse.Namespace) -> ClientTls | None:
+    """etcd's TLS files given by flag or environment, the gaps filled from the service's own
+    identity; None when none was given (then https:// endpoints use that identity)."""
+    overrides = TlsOverrides.of(
+        getattr(args, "etcd_ca", ""), getattr(args, "etcd_cert", ""), getattr(args, "etcd_key", "")
+    )
+    return overrides.resolve(tls_files(args), "etcd")
+
+
+def nats_settings(args: argparse.Namespace) -> NatsAccess:
+    """How this service connects to NATS: TLS files by flag or environment, else its own
+    identity for tls:// URLs; a credentials file if given."""
+    identity = tls_files(args)
+    overrides = TlsOverrides.of(
+        getattr(args, "nats_ca", ""), getattr(args, "nats_cert", ""), getattr(args, "nats_key", "")
+    )
+    creds = getattr(args, "nats_creds", "")
+    urls = [u for u in getattr(args, "nats", "").split(",") if u]
+    return nats_access(
+        urls, overrides.resolve(identity, "nats"), identity, Path(creds) if creds else None
+    )
+
+
 class Runtime:
     """See the module's docstring. Everything here is opened inside the service's loop."""
 
@@ -79,6 +104,9 @@ class Runtime:
         self.registry = CollectorRegistry()
         self.metrics_port = serve_metrics(self.registry, args.metrics_port)
         self.tracing = setup_tracing(args.tracing, args.deployment)
+        # Read at start: a service given a broken serving policy must not start.
+        serving = getattr(args, "serving", "")
+        self._serving = load_serving(Path(serving)) if serving else None
         self._channel: MeshChannel | None = None
         self._client_metrics: ClientMetrics | None = None
         self._lock = asyncio.Lock()
@@ -101,7 +129,9 @@ class Runtime:
                     etcd=tuple(e for e in self.args.etcd.split(",") if e),
                     namespace=self.args.namespace,
                     tls=tls_files(self.args),
+                    etcd_tls=etcd_tls(self.args),
                     tracing=self.tracing,
+                    serving=self._serving,
                 )
                 self._client_metrics = ClientMetrics(self.registry)
                 self._channel = await MeshChannel.connect(config, metrics=self._client_metrics)
@@ -131,8 +161,9 @@ class Runtime:
                     )
                 import nats
 
+                access = nats_settings(self.args)
                 self._nats = await nats.connect(
-                    url.split(","), name=self.deployment, **_NATS_OPTIONS
+                    url.split(","), name=self.deployment, **_NATS_OPTIONS, **access.options()
                 )
         return self._nats.jetstream()
 

@@ -18,10 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hms_tools.cli.env import add_identity_arguments, add_nats_tls_arguments, cli_identity
+from hms_tools.cli.env import nats_settings as _nats_settings
 from hms_tools.stackfile import read_stack_file
 
 if TYPE_CHECKING:
     from hms_tools.event_view import ConsumerRow, StreamRow, TypeRegistry
+    from mesh.controlplane import NatsAccess
 
 __all__ = ["nats_url", "register"]
 
@@ -51,9 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nats", help="NATS URL (env MESH_NATS, else stack.json)")
+    parser.add_argument(
+        "--nats", help="NATS URL, nats:// or tls:// (env MESH_NATS, else stack.json)"
+    )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix (default hms)")
     parser.add_argument("--state-dir", type=Path, default=Path(".mesh"), help="default .mesh/")
+    add_identity_arguments(parser)
+    add_nats_tls_arguments(parser)
+
+
+def nats_access(args: argparse.Namespace, url: str) -> NatsAccess:
+    """How to reach NATS at `url`: TLS as the operator's identity for tls:// (README.md)."""
+    return _nats_settings(args, url.split(","), cli_identity(args))
 
 
 def nats_url(
@@ -80,10 +92,10 @@ def nats_url(
 # --- ls ---------------------------------------------------------------------------------------
 
 
-async def _list(url: str) -> tuple[list[StreamRow], list[ConsumerRow]]:
+async def _list(url: str, access: NatsAccess) -> tuple[list[StreamRow], list[ConsumerRow]]:
     from hms_tools.event_view import ConsumerRow, StreamRow
 
-    nc = await _connect(url)
+    nc = await _connect(url, access)
     try:
         js = nc.jetstream()
         streams, consumers = [], []
@@ -114,7 +126,7 @@ def run_ls(args: argparse.Namespace) -> int:
     from mesh.events.subjects import stream_name
 
     url = nats_url(args.nats, os.environ, args.state_dir)
-    streams, consumers = _guarded(url, _list(url))
+    streams, consumers = _guarded(url, _list(url, nats_access(args, url)))
     print(format_ls(streams, consumers, stream_name(args.prefix, "dlq")))
     return 0
 
@@ -123,13 +135,19 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 async def _tail(
-    url: str, subject: str, count: int | None, from_start: bool, registry: TypeRegistry
+    url: str,
+    access: NatsAccess,
+    subject: str,
+    *,
+    count: int | None,
+    from_start: bool,
+    registry: TypeRegistry,
 ) -> None:
     from nats.js.api import DeliverPolicy
 
     from hms_tools.event_view import format_event
 
-    nc = await _connect(url)
+    nc = await _connect(url, access)
     try:
         sub = await nc.jetstream().subscribe(
             subject,
@@ -155,25 +173,41 @@ def run_tail(args: argparse.Namespace) -> int:
     subject = resolve_subject(args.prefix, args.subject)
     url = nats_url(args.nats, os.environ, args.state_dir)
     registry = TypeRegistry.generated()
-    _guarded(url, _tail(url, subject, args.count, args.from_start, registry))
+    access = nats_access(args, url)
+    work = _tail(
+        url, access, subject, count=args.count, from_start=args.from_start, registry=registry
+    )
+    _guarded(url, work)
     return 0
 
 
 # --- connecting -------------------------------------------------------------------------------
 
 
-async def _connect(url: str) -> Any:
+#: What NATS refused this process, said asynchronously (a permissions violation is not an
+#: answer to the request that caused it: the request just times out). `_guarded` names it.
+_refusals: list[str] = []
+
+
+async def _connect(url: str, access: NatsAccess) -> Any:
     import nats
 
-    async def quiet(_exc: Exception) -> None:
-        return None  # the failure is raised from connect() and reported once, by main()
+    async def quiet(exc: Exception) -> None:
+        # Failures are raised from connect() or the request and reported once, by main();
+        # a refusal is kept to say why a request went unanswered.
+        if "permissions violation" in str(exc).lower():
+            _refusals.append(str(exc))
 
     # nats-py keeps retrying a refused first connect whatever its reconnect options say, so the
     # whole attempt gets a deadline of its own.
     try:
         return await asyncio.wait_for(
             nats.connect(
-                url, allow_reconnect=False, connect_timeout=CONNECT_TIMEOUT, error_cb=quiet
+                url,
+                allow_reconnect=False,
+                connect_timeout=CONNECT_TIMEOUT,
+                error_cb=quiet,
+                **access.options(),
             ),
             CONNECT_TIMEOUT,
         )
@@ -185,6 +219,7 @@ def _guarded(url: str, work: Any) -> Any:
     """Run `work`; NATS and socket failures become ConnectionError (exit 2 in `mesh`)."""
     import nats.errors
 
+    _refusals.clear()
     try:
         return asyncio.run(work)
     except ConnectionError:
@@ -192,4 +227,8 @@ def _guarded(url: str, work: Any) -> Any:
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
+        if _refusals:  # the request timed out because NATS refused it
+            raise ConnectionError(
+                f"NATS at {url} refused: {_refusals[-1]} (this identity may not: docs/security.md)"
+            ) from exc
         raise ConnectionError(f"NATS at {url}: {type(exc).__name__}: {exc}") from exc

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hms_tools.cli.env import add_stack_arguments, etcd_endpoints, namespace
+from hms_tools.cli.env import add_stack_arguments, etcd_endpoints, etcd_tls, namespace
 from hms_tools.stackfile import read_stack_file
 
 if TYPE_CHECKING:
@@ -20,7 +20,40 @@ if TYPE_CHECKING:
     from hms_gateway.serve import ListenConfig
     from mesh.client.config import ClientConfig
 
-__all__ = ["gateway_configs", "register"]
+__all__ = ["LIMIT_FLAGS", "gateway_configs", "register"]
+
+
+#: The limit flags: (flag, type, metavar, help); the flag's name is ServerLimits' field.
+LIMIT_FLAGS: tuple[tuple[str, type, str, str], ...] = (
+    ("--max-request-line", int, "BYTES", "longest request target (default 8192)"),
+    (
+        "--max-header-bytes",
+        int,
+        "BYTES",
+        "largest header section, names and values (default 32768)",
+    ),
+    ("--max-header-count", int, "N", "most header fields in a request (default 100)"),
+    (
+        "--header-timeout",
+        float,
+        "SECONDS",
+        "time for a request head to arrive, from the connection or its first byte (default 10)",
+    ),
+    (
+        "--body-timeout",
+        float,
+        "SECONDS",
+        "time for a request body to arrive after its head (default 30)",
+    ),
+    (
+        "--keepalive-timeout",
+        float,
+        "SECONDS",
+        "an idle kept-alive connection is closed after this (default 5)",
+    ),
+    ("--max-connections", int, "N", "open connections per listener (default 1000)"),
+    ("--max-in-flight", int, "N", "requests served at once per listener (default 256)"),
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--cert-name", default="gateway", help="the gateway's own certificate")
     parser.add_argument("--insecure", action="store_true", help="call backends in plaintext")
     static = parser.add_argument_group("static mode (no etcd)")
+    parser.add_argument(
+        "--serving",
+        default=os.environ.get("MESH_SERVING", ""),
+        help="who may serve what: instances whose identity may not serve their service are "
+        "ignored (env MESH_SERVING; `mesh up` writes one; docs/security.md)",
+    )
     static.add_argument("--descriptor-set", type=Path, help="routes from `buf build -o x.binpb`")
     static.add_argument(
         "--upstream",
@@ -59,6 +98,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mapping.add_argument("--omit-unpopulated", action="store_true")
     mapping.add_argument("--enums-as-ints", action="store_true")
     mapping.add_argument("--strict", action="store_true", help="400 on unknown fields")
+    limits = parser.add_argument_group(
+        "limits on clients (over a size: 414/431; too slow: 408; over a cap: 503 + Retry-After)"
+    )
+    # Defaults are hms_gateway.limits.ServerLimits' (not imported here: `mesh` starts without
+    # the gateway); a test checks that the help says the same.
+    for flag, kind, metavar, text in LIMIT_FLAGS:
+        limits.add_argument(flag, type=kind, metavar=metavar, help=text)
+    ops = parser.add_argument_group(
+        "operations endpoints (/healthz and /readyz are always served, without a token)"
+    )
+    ops.add_argument(
+        "--ops-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics and /openapi.json only on this separate listener (0: a free port)",
+    )
+    ops.add_argument("--ops-host", default="127.0.0.1", help="the ops listener's address")
+    ops.add_argument(
+        "--ops-gate",
+        action="store_true",
+        help="/metrics and /openapi.json need a valid token, like the API (needs a JWT key)",
+    )
     parser.add_argument(
         "--tracing",
         default=os.environ.get("MESH_TRACING", "off"),
@@ -74,9 +135,11 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
     from hms_gateway.auth import JwtConfig
     from hms_gateway.config import GatewayConfig
     from hms_gateway.cors import CorsPolicy
+    from hms_gateway.limits import ServerLimits
     from hms_gateway.ratelimit import RateLimit
     from hms_gateway.serve import ListenConfig
     from hms_gateway.transcode import JsonOptions
+    from mesh.authz.serving import load_serving
     from mesh.client.config import ClientConfig
     from mesh.registry.static import parse_upstreams
     from mesh.telemetry import EXPORTERS
@@ -93,6 +156,11 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         jwt = JwtConfig.load(
             secret, args.jwt_public_key, args.jwks, args.jwt_issuer, args.jwt_audience
         )
+    if args.ops_gate and args.ops_port is not None:
+        raise ValueError("--ops-gate and --ops-port: choose one place for /metrics")
+    if args.ops_gate and jwt is None:
+        raise ValueError("--ops-gate needs the gate: give a JWT key (--jwt-...)")
+    ops = "gate" if args.ops_gate else "listener" if args.ops_port is not None else "open"
     config = GatewayConfig(
         json=JsonOptions(
             use_proto_names=args.proto_names,
@@ -112,6 +180,7 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         )
         if args.cors_origin
         else None,
+        ops=ops,
     )
     static = args.descriptor_set is not None
     if static and not args.upstream:
@@ -124,14 +193,28 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         if not tls_dir:
             tls_dir = read_stack_file(args.state_dir)["tls_dir"]
         tls = TlsFiles(Path(tls_dir), args.cert_name)
+    endpoints = () if static else tuple(etcd_endpoints(args))
     client = ClientConfig(
-        etcd=() if static else tuple(etcd_endpoints(args)),
+        etcd=endpoints,
         namespace=namespace(args),
         tls=tls,
+        # https:// etcd: the gateway's own certificate, a reader (unless files are given).
+        etcd_tls=etcd_tls(args, endpoints, tls) if endpoints else None,
         upstreams=parse_upstreams(args.upstream),
+        serving=load_serving(Path(args.serving)) if args.serving else None,
+    )
+    fields = (flag[2:].replace("-", "_") for flag, *_ in LIMIT_FLAGS)
+    limits = ServerLimits(
+        **{name: getattr(args, name) for name in fields if getattr(args, name) is not None}
     )
     listen = ListenConfig(
-        host=args.host, port=args.port, descriptor_set=args.descriptor_set, tracing=args.tracing
+        host=args.host,
+        port=args.port,
+        descriptor_set=args.descriptor_set,
+        tracing=args.tracing,
+        limits=limits,
+        ops_port=args.ops_port,
+        ops_host=args.ops_host,
     )
     return config, client, listen
 

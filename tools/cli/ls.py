@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
-from hms_tools.cli.env import add_stack_arguments, etcd_endpoints, namespace
+from hms_tools.cli.env import (
+    add_identity_arguments,
+    add_stack_arguments,
+    cli_identity,
+    etcd_endpoints,
+    etcd_tls,
+    namespace,
+)
+
+if TYPE_CHECKING:
+    from mesh.controlplane import ClientTls
 
 COLUMNS = ("SERVICE", "DEPLOYMENT", "ADDRESS", "VERSION", "IDENTITY", "TTL")
 
@@ -13,15 +24,18 @@ COLUMNS = ("SERVICE", "DEPLOYMENT", "ADDRESS", "VERSION", "IDENTITY", "TTL")
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("ls", help="list registered instances")
     add_stack_arguments(parser)
+    add_identity_arguments(parser)
     parser.set_defaults(func=run)
 
 
-async def rows(endpoints: list[str], ns: str) -> tuple[list[tuple[str, ...]], list[str]]:
+async def rows(
+    endpoints: list[str], ns: str, tls: ClientTls | None = None
+) -> tuple[list[tuple[str, ...]], list[str]]:
     """Table rows, and one warning per malformed entry."""
     from mesh.registry import keys
     from mesh.registry.etcd import Etcd
 
-    etcd = Etcd(endpoints)
+    etcd = Etcd(endpoints, tls=tls)
     await etcd.connect()
     try:
         _, items = await etcd.get_prefix(keys.services_prefix(ns))
@@ -61,11 +75,15 @@ def format_table(table: list[tuple[str, ...]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mesh.registry.etcd import EtcdUnavailable
+    from mesh.registry.etcd import EtcdDenied, EtcdUnavailable
 
     endpoints = etcd_endpoints(args)
+    tls = etcd_tls(args, endpoints, cli_identity(args))
     try:
-        table, warnings = asyncio.run(rows(endpoints, namespace(args)))
+        table, warnings = asyncio.run(rows(endpoints, namespace(args), tls))
+    except EtcdDenied as exc:
+        who = f" as {tls.cert.name}" if tls is not None else ""
+        raise ConnectionError(f"etcd at {','.join(endpoints)} refused{who}: {exc}") from exc
     except EtcdUnavailable as exc:
         raise ConnectionError(f"etcd at {','.join(endpoints)} did not answer: {exc}") from exc
     print(format_table(table))

@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="pass ARG on to `mesh gateway` (repeatable; write it with '=', e.g. "
         "--gateway-arg=--strict --gateway-arg=--port=8080); see `mesh gateway --help`",
     )
+    parser.add_argument(
+        "--insecure-control-plane",
+        action="store_true",
+        help="run etcd and NATS in plaintext, open to any local process (default: TLS with "
+        "certificates from the stack's CA, each deployment allowed only its own keys and "
+        "events: docs/security.md)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         deployments=tuple(args.only),
         scale=parse_scale(args.scale) if args.scale else {},
         gateway_args=tuple(args.gateway_args),
+        insecure_control_plane=args.insecure_control_plane,
     )
     asyncio.run(serve(config))
     return 0

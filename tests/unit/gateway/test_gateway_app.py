@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from google.api import httpbody_pb2
+from google.api import http_pb2, httpbody_pb2
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
@@ -26,6 +26,8 @@ from mesh.client.call import CallInfo, CallKind, service_of
 from mesh.client.rpc import MeshCall
 from mesh.resilience.retry import Idempotency
 from mesh.testing import FakeRpc
+
+from .built_services import service_with_rules
 
 _ECHO = "hms.testing.v1.EchoService"
 _MIRROR = "hms.testing.v1.MirrorService"
@@ -303,9 +305,9 @@ async def test_bad_json_is_400(client: httpx.AsyncClient, channel: FakeChannel) 
         pytest.param(grpc.StatusCode.INTERNAL, "oops", 500, "oops", id="internal"),
         pytest.param(
             grpc.StatusCode.UNAVAILABLE,
-            "failed to connect to all addresses",
+            "down for maintenance",
             503,
-            f"{_ECHO} is unavailable: failed to connect to all addresses",
+            f"{_ECHO} is unavailable: down for maintenance",
             id="unavailable-prefixed",
         ),
         pytest.param(
@@ -336,6 +338,141 @@ async def test_backend_error(code: grpc.StatusCode, details: str, http: int, mes
     response = await _request(gateway, "POST", "/v1/echo", json={"message": "x"})
     assert response.status_code == http
     assert _status(response) == {"code": code.value[0], "message": message, "details": []}
+
+
+# What grpc's core (either side) or the mesh says about the plumbing, as the attack saw it.
+_WITHHELD = [
+    pytest.param(
+        grpc.StatusCode.UNAVAILABLE,
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:44161: "
+        "Failed to connect to remote host: Connection refused",
+        503,
+        f"{_ECHO} is unavailable",
+        id="connect-refused-ipv4",
+    ),
+    pytest.param(
+        grpc.StatusCode.UNAVAILABLE,
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv6:%5B::1%5D:7001: "
+        "Socket closed",
+        503,
+        f"{_ECHO} is unavailable",
+        id="connect-socket-closed-ipv6",
+    ),
+    pytest.param(
+        grpc.StatusCode.UNAVAILABLE,
+        "Stream removed (Socket closed)",
+        503,
+        f"{_ECHO} is unavailable",
+        id="backend-died-mid-call",
+    ),
+    pytest.param(
+        grpc.StatusCode.UNAVAILABLE,
+        "/hms.testing.v1.EchoService/Echo: the channel to 10.0.0.5:7001 closed with the call "
+        "in flight; no answer came",
+        503,
+        f"{_ECHO} is unavailable",
+        id="mesh-message-with-an-address",
+    ),
+    pytest.param(
+        grpc.StatusCode.UNAVAILABLE,
+        "connect to [fd00::5]:7001 failed",
+        503,
+        f"{_ECHO} is unavailable",
+        id="bracketed-ipv6",
+    ),
+    pytest.param(
+        grpc.StatusCode.UNKNOWN,
+        "Exception calling application: could not reach db at db.internal:5432",
+        500,
+        f"the call to {_ECHO} failed (UNKNOWN)",
+        id="python-server-core-exception",
+    ),
+    pytest.param(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Received message larger than max (5000000 vs. 4194304)",
+        429,
+        f"the call to {_ECHO} failed (RESOURCE_EXHAUSTED)",
+        id="message-too-large",
+    ),
+    pytest.param(
+        grpc.StatusCode.INTERNAL,
+        "Received RST_STREAM with error code 2",
+        500,
+        f"the call to {_ECHO} failed (INTERNAL)",
+        id="rst-stream",
+    ),
+    pytest.param(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "Deadline Exceeded",
+        504,
+        f"{_ECHO} did not answer within the deadline",
+        id="core-deadline",
+    ),
+    pytest.param(
+        grpc.StatusCode.CANCELLED,
+        "Cancelled",
+        499,
+        f"the call to {_ECHO} was cancelled",
+        id="core-cancelled",
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "details", "http", "message"), _WITHHELD)
+async def test_transport_error_text_is_withheld_and_logged(
+    code: grpc.StatusCode,
+    details: str,
+    http: int,
+    message: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No address and no grpc core text in the body; the original goes to the log with the
+    request id the answer carries."""
+    gateway = _gateway(FakeChannel(_fail(_error(code, details))))
+    with caplog.at_level(logging.WARNING, logger=app_module.__name__):
+        response = await _request(gateway, "POST", "/v1/echo", json={"message": "x"})
+    assert response.status_code == http
+    assert _status(response) == {"code": code.value[0], "message": message, "details": []}
+    request_id = response.headers["x-request-id"]
+    logged = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert len(logged) == 1, caplog.text
+    assert details in logged[0]
+    assert "/hms.testing.v1.EchoService/Echo" in logged[0]
+
+
+async def test_withheld_message_keeps_the_backend_details() -> None:
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromSeconds(3)
+    status = status_pb2.Status(code=14, message="x")
+    status.details.add().Pack(info)
+    failure = _error(
+        grpc.StatusCode.UNAVAILABLE,
+        "Stream removed (Socket closed)",
+        trailing=[("grpc-status-details-bin", status.SerializeToString())],
+    )
+    gateway = _gateway(FakeChannel(_fail(failure)))
+    response = await _request(gateway, "POST", "/v1/echo", json={"message": "x"})
+    body = _status(response)
+    assert body["message"] == f"{_ECHO} is unavailable"
+    assert body["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}
+    ]
+
+
+async def test_a_backend_message_for_a_4xx_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    gateway = _gateway(FakeChannel(_fail(_error(grpc.StatusCode.NOT_FOUND, "no such book"))))
+    with caplog.at_level(logging.WARNING, logger=app_module.__name__):
+        response = await _request(gateway, "POST", "/v1/echo", json={"message": "x"})
+    assert response.status_code == 404
+    assert caplog.records == []
+
+
+async def test_stream_error_midway_is_withheld_too() -> None:
+    items = [*_replies(1), _error(grpc.StatusCode.UNAVAILABLE, "Stream removed (Socket closed)")]
+    response = await _request(_gateway(FakeChannel(_stream(FakeRpc(items)))), "GET", "/v1/stream")
+    assert _lines(response)[-1] == {
+        "error": {"code": 14, "message": f"{_MIRROR} is unavailable", "details": []}
+    }
 
 
 async def test_error_details_from_trailer() -> None:
@@ -760,3 +897,18 @@ async def test_lifespan() -> None:
         {"type": "lifespan.startup.complete"},
         {"type": "lifespan.shutdown.complete"},
     ]
+
+
+async def test_routes_lists_what_is_served_and_what_was_refused() -> None:
+    gateway = _gateway(FakeChannel())
+    shadow = service_with_rules("hms.shadow.v1.Shadow", {"Get": http_pb2.HttpRule(post="/v1/echo")})
+    gateway.table.set_service("hms.shadow.v1.Shadow", list(endpoints_of(shadow)))
+    body = (await _request(gateway, "GET", "/routes")).json()
+    assert {"method": "POST", "template": "/v1/echo", "rpc": f"/{_ECHO}/Echo"} in body["services"][
+        _ECHO
+    ]
+    (refused,) = body["refused"]
+    assert (refused["service"], refused["owner"], refused["template"]) == (
+        "hms.shadow.v1.Shadow", _ECHO, "/v1/echo",
+    )  # fmt: skip
+    assert refused["why"].endswith("which has it already")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 
 import pytest
-from google.api import annotations_pb2, http_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import ServiceDescriptor
+from google.api import http_pb2
+from google.protobuf import descriptor_pb2
 
 from hms.testing.v1 import echo_pb2, mirror_pb2
 from hms_gateway.endpoint import Endpoint, endpoints_of
 from hms_gateway.router import Match, MethodNotAllowed, NotFound
 from hms_gateway.routes import RouteTable
 from hms_gateway.template import BadPath
+
+from .built_services import service_with_rules
 
 _F = descriptor_pb2.FieldDescriptorProto
 _ECHO_NAME = "hms.testing.v1.EchoService"
@@ -22,34 +23,8 @@ _ECHO = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
 _MIRROR = mirror_pb2.DESCRIPTOR.services_by_name["MirrorService"]
 
 
-def _service(full_name: str, rules: dict[str, http_pb2.HttpRule]) -> ServiceDescriptor:
-    """A service `pkg.Name` in a private pool: one method per rule, Thing -> Thing."""
-    package, _, name = full_name.rpartition(".")
-    proto = descriptor_pb2.FileDescriptorProto(
-        name=f"{package.replace('.', '/')}/{name.lower()}.proto",
-        package=package,
-        syntax="proto3",
-        dependency=["google/api/annotations.proto"],
-    )
-    thing = proto.message_type.add(name="Thing")
-    thing.field.add(name="name", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-    service = proto.service.add(name=name)
-    for method_name, rule in rules.items():
-        method = service.method.add(
-            name=method_name, input_type=f".{package}.Thing", output_type=f".{package}.Thing"
-        )
-        method.options.Extensions[annotations_pb2.http].CopyFrom(rule)
-    pool = descriptor_pool.DescriptorPool()
-    for module in (descriptor_pb2, http_pb2, annotations_pb2):
-        dependency = descriptor_pb2.FileDescriptorProto()
-        module.DESCRIPTOR.CopyToProto(dependency)
-        pool.Add(dependency)
-    pool.Add(proto)
-    return pool.FindServiceByName(full_name)
-
-
 def _endpoints(full_name: str, rules: dict[str, http_pb2.HttpRule]) -> list[Endpoint]:
-    return list(endpoints_of(_service(full_name, rules)))
+    return list(endpoints_of(service_with_rules(full_name, rules)))
 
 
 def _payload_path(table: RouteTable, method: str, path: str) -> str | None:
@@ -163,7 +138,7 @@ def test_failed_endpoints_keep_the_old_routes() -> None:
         "shop.v1.Shop", _endpoints("shop.v1.Shop", {"A": http_pb2.HttpRule(get="/v1/a")})
     )
     version = table.version
-    bad = _service(
+    bad = service_with_rules(
         "shop.v1.Shop",
         {
             "B": http_pb2.HttpRule(get="/v1/b"),
