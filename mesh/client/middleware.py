@@ -57,10 +57,11 @@ _INSTANCE_FAILURES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
      grpc.StatusCode.DATA_LOSS}
 )  # fmt: skip
-# grpc reports these when no connection could be made: the request never left the client.
-_NOT_SENT_MARKERS = (
-    "failed to connect",
-    "Connection refused",
+# grpc core begins its status with these when no connection could be made: the request never
+# left the client. Only the start counts: a backend's own message may well say "failed to
+# connect" (to its database), and a call it received must not be taken for one never sent.
+_NOT_SENT_PREFIXES = (
+    "failed to connect to all addresses",
     "connections to all backends failed",
 )
 
@@ -93,8 +94,7 @@ def never_sent(error: grpc.aio.AioRpcError) -> bool:
     """True when grpc says no connection was made, so the server never saw the request."""
     if error.code() != grpc.StatusCode.UNAVAILABLE:
         return False
-    text = f"{error.details()} {error.debug_error_string()}"
-    return any(marker in text for marker in _NOT_SENT_MARKERS)
+    return (error.details() or "").startswith(_NOT_SENT_PREFIXES)
 
 
 async def transport(call: CallInfo) -> Any:

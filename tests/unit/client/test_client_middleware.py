@@ -230,7 +230,26 @@ async def test_transport_streaming_returns_the_call_unawaited(kind: CallKind) ->
     ("code", "details", "expected"),
     [
         pytest.param(Code.UNAVAILABLE, "failed to connect to all addresses", True, id="connect"),
-        pytest.param(Code.UNAVAILABLE, "Connection refused", True, id="refused"),
+        pytest.param(
+            Code.UNAVAILABLE,
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+            "Failed to connect to remote host: Connection refused",
+            True,
+            id="refused",
+        ),
+        # A backend's own words: it received the call, whatever its message says.
+        pytest.param(
+            Code.UNAVAILABLE,
+            "failed to connect to db: Connection refused",
+            False,
+            id="backend-says-failed-to-connect",
+        ),
+        pytest.param(
+            Code.UNAVAILABLE,
+            "ledger down (failed to connect to all addresses)",
+            False,
+            id="backend-quotes-grpc",
+        ),
         pytest.param(
             Code.UNAVAILABLE, "connections to all backends failed", True, id="all-backends"
         ),
