@@ -45,12 +45,15 @@ $(GEN_STAMP): $(PROTOS) $(STAMP)
 	ln -sfn $(CURDIR)/gateway .build/typing/hms_gateway
 
 # mypy --strict over the library and the gateway ([tool.mypy] in pyproject.toml); gen/ holds
-# the generated hms.* modules and their .pyi stubs.
+# the generated hms.* modules and their .pyi stubs. Then buf lint and `mesh manifest check`.
 lint: install .build/buf-deps/google/api/annotations.proto .build/typing/hms_gateway
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	MYPYPATH=.build/typing:gen $(BIN)/mypy -p mesh -p hms_gateway
 	$(BIN)/buf lint
+	# The manifests (services/*/service.toml) against the contracts (gen/, made by install)
+	# and the code: every disagreement, one per line (docs/manifests.md).
+	$(BIN)/mesh manifest check
 
 # Compares the working tree's contracts with those on main. main's tree has no copy of the
 # google/api protos (they are not in git), so it is built as an image with them added.

@@ -112,16 +112,26 @@ async def run(keys: Sequence[str], soak_s: float, base: Path) -> dict[str, Any]:
             }  # fmt: skip
         print(flush=True)
     if soak_s > 0:
+        from chaos.scenarios import open_policy
         from chaos.soak import soak
+        from hms_tools.devjwt import mint_token
         from hms_tools.stack import Stack, StackConfig
 
         deployments = ("echo", "eligibility", "notify")  # echo: the soak's target
         stack = Stack(
-            StackConfig(state_dir=base / "soak", deployments=deployments, scale={"echo": 2})
+            StackConfig(
+                state_dir=base / "soak",
+                deployments=deployments,
+                scale={"echo": 2},
+                policy=open_policy(base / "soak"),
+            )
         )
         await stack.start()
         try:
-            results["soak"] = await soak(stack, soak_s)
+            # The stack's gateway checks tokens: one signed with its development key.
+            token = mint_token(stack.state_dir, "soak", [], ttl=int(soak_s) + 3600)
+            bearer = {"authorization": f"Bearer {token}"}
+            results["soak"] = await soak(stack, soak_s, headers=bearer)
         finally:
             await stack.stop()
     return results

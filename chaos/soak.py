@@ -133,11 +133,12 @@ async def soak(
     skip_s: float = 120.0,
     tolerance: float = 0.05,
     report: Callable[[str], None] = print,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Load the stack's gateway for `seconds` (POST /v1/echo at `rate` calls/s over `workers`
-    connections), sample every process at 0, `interval`, 2 * `interval`, ... and at the end;
-    one line per sampling round, a table at the end, the figures returned (see `judge` for
-    what "flat" means)."""
+    connections, with `headers`: a gated gateway's Authorization), sample every process at 0,
+    `interval`, 2 * `interval`, ... and at the end; one line per sampling round, a table at the
+    end, the figures returned (see `judge` for what "flat" means)."""
     if seconds <= 0 or interval <= 0:
         raise ValueError(f"seconds and interval must be > 0, got {seconds} and {interval}")
     url = stack.info.get("gateway")
@@ -154,7 +155,7 @@ async def soak(
         f"soak: POST {url}{PATH} at {rate:g} calls/s over {workers} connections for "
         f"{seconds:g} s; RSS and fds sampled every {interval:g} s, judged after {skip_s:g} s"
     )
-    async with http_target(url, "POST", PATH, BODY) as target:
+    async with http_target(url, "POST", PATH, BODY, headers) as target:
         began = time.monotonic()
         load = asyncio.ensure_future(
             run_load(target, rate=rate, workers=workers, until=stop, recorder=recorder)

@@ -2,15 +2,18 @@
 
 One request passes these steps, in this order (each may answer on its own):
 
-1. request id: ``X-Request-Id`` kept, or created; it goes to the backend and back;
+1. request id: ``X-Request-Id`` kept, or created; it goes to the backend and back; and the
+   trace: the caller's ``traceparent`` continued, or a new trace, current for the backend call
+   and in every answer's ``traceparent`` (gateway/tracing.py);
 2. operations: ``/healthz``, ``/readyz`` (GET, always open), ``/metrics``, ``/openapi.json``
    (GET: open, behind the gate, or only on the ops listener, by ``GatewayConfig.ops``);
 3. CORS: a preflight is answered here; other answers carry the CORS headers;
 4. rate limit per client address: 429 with ``Retry-After``;
 5. route: 404, or 405 with ``Allow``; client and bidi streaming methods answer 501;
 6. the gate: ``Authorization`` sent twice is a 400 (public routes too); a bearer JWT unless
-   the route is public, 401 with ``WWW-Authenticate`` (from here on, with tracing on, inside
-   the request's span: gateway/tracing.py);
+   the route is public (its contract says ``public: true``, or ``--public`` names it), 401
+   with ``WWW-Authenticate``; then every scope the method's contract asks for
+   (``(hms.api.v1.access)``, gateway/access.py), 403 naming the missing ones;
 7. body (413 over the limit) and transcoding into the request message (400 naming the field);
 8. the call, through the mesh channel (discovery, mTLS, deadline, retries, breakers): the
    deadline from ``Grpc-Timeout`` or the configured default; metadata from the headers, plus
@@ -48,6 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hms_gateway import streaming
+from hms_gateway.access import Access
 from hms_gateway.asgi import (
     ClientGone,
     Receive,
@@ -58,7 +62,7 @@ from hms_gateway.asgi import (
     json_bytes,
     read_body,
 )
-from hms_gateway.auth import IDENTITY_KEYS, JwtVerifier, identity_metadata
+from hms_gateway.auth import IDENTITY_KEYS, JwtVerifier, identity_metadata, require_scopes
 from hms_gateway.config import GatewayConfig
 from hms_gateway.endpoint import Endpoint
 from hms_gateway.errors import GatewayError, http_status, status_body
@@ -201,7 +205,12 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
-        common = [(b"x-request-id", request.request_id.encode("latin-1"))]
+        # Every answer, error or not, names the request and its trace (gateway/tracing.py).
+        request_trace = self.tracing.begin(request.method, request.path, request.headers)
+        common = [
+            (b"x-request-id", request.request_id.encode("latin-1")),
+            (b"traceparent", request_trace.traceparent.encode("ascii")),
+        ]
         responder = Responder(send, common)
         endpoint: Endpoint | None = None
         try:
@@ -226,7 +235,8 @@ class Gateway:
                 if wait is not None:
                     raise GatewayError.rate_limited(wait)
             endpoint, bindings = self._route(request)
-            await self._traced(request, responder, endpoint, bindings)
+            with request_trace.current(str(endpoint.mapping.template)):
+                await self._serve(request, responder, endpoint, bindings)
         except GatewayError as error:
             await responder.error(error)
         except ClientGone:
@@ -242,6 +252,7 @@ class Gateway:
                 ("", "") if endpoint is None else (endpoint.service, endpoint.method.name)
             )
             self.metrics.observe(service, method, responder.status, time.perf_counter() - started)
+            request_trace.end(responder.status)
 
     async def _unexpected(self, request: Request, responder: Responder) -> None:
         """Nothing reaches uvicorn: logged once with its traceback, counted, answered as a
@@ -255,24 +266,6 @@ class Gateway:
                 await responder.body(b"")
         except Exception as exc:  # the client is gone too: nothing more to tell anyone
             log.debug("request %s: could not answer: %s", request.request_id, exc)
-
-    async def _traced(
-        self, request: Request, responder: Responder, endpoint: Endpoint, bindings: Any
-    ) -> None:
-        """`_serve` inside the request's span (a no-op context with tracing off)."""
-        with self.tracing.request_span(
-            request.method, endpoint.mapping.template, request.path, request.headers
-        ) as span:
-            status = 0
-            try:
-                await self._serve(request, responder, endpoint, bindings)
-                status = responder.status
-            except GatewayError as error:
-                status = error.http_status
-                raise
-            finally:
-                if span is not None:
-                    span.set_attribute("http.response.status_code", status)
 
     def _operation(self, request: Request) -> Operation | None:
         """The operations endpoint a GET asks for, if this listener serves it to this caller
@@ -312,11 +305,12 @@ class Gateway:
         # the backend would get both), public route or not.
         authorization = single_header(request.headers, "authorization")
         identity = None
-        if self.verifier is not None and not self.config.is_public(
-            endpoint.service, endpoint.method.name
-        ):
-            # Before anything else is read: a caller without a valid token learns nothing more.
+        access = self.access(endpoint)
+        if self.verifier is not None and not access.public:
+            # Before anything else is read: a caller without a valid token, or without the
+            # method's scopes, learns nothing more.
             identity = self.verifier.verify(authorization)
+            require_scopes(identity, access, endpoint.path)
         metadata = to_metadata(
             request.headers, client_ip=request.client, host=request.host, reserved=IDENTITY_KEYS
         )
@@ -353,6 +347,12 @@ class Gateway:
             await self._stream(request, responder, endpoint, call)
         else:
             await self._unary(request, responder, endpoint, call)
+
+    def access(self, endpoint: Endpoint) -> Access:
+        """Who may call `endpoint`: its contract's rule, made public by ``--public``."""
+        if self.config.is_public(endpoint.service, endpoint.method.name):
+            return Access(public=True)
+        return endpoint.access
 
     def _timeout(self, request: Request) -> float:
         header = request.header("grpc-timeout")
@@ -439,7 +439,8 @@ class Gateway:
     ) -> None:
         headers = from_metadata(exc.initial_metadata(), exc.trailing_metadata())
         body = json_bytes(_status_json(exc, endpoint, request.request_id))
-        await responder.whole(http_status(exc.code()), body, _JSON, headers)
+        status = http_status(exc.code(), _backend_details(exc))
+        await responder.whole(status, body, _JSON, headers)
 
     async def _preflight(
         self, request: Request, responder: Responder, origin: str, wanted: str
@@ -492,7 +493,13 @@ class Gateway:
     async def _openapi_json(self, responder: Responder) -> None:
         version, document = self._openapi
         if version != self.table.version:
-            document = json_bytes(build_openapi(self.table.endpoints(), options=self.config.json))
+            document = json_bytes(
+                build_openapi(
+                    self.table.endpoints(),
+                    options=self.config.json,
+                    access=self.access if self.verifier is not None else None,
+                )
+            )
             self._openapi = (self.table.version, document)
         await responder.whole(200, document, _JSON)
 
@@ -517,11 +524,7 @@ def _status_json(exc: grpc.aio.AioRpcError, endpoint: Endpoint, request_id: str)
     which backend is down. A failure answered with a 5xx, or whose message is withheld, is
     logged with the request id and the original message.
     """
-    details: list[Any] = []
-    for key, value in exc.trailing_metadata() or ():
-        if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
-            with contextlib.suppress(Exception):  # undecodable details: keep code and message
-                details = list(status_pb2.Status.FromString(value).details)
+    details = _backend_details(exc)
     code = exc.code()
     original = exc.details() or ""
     service = endpoint.service
@@ -535,6 +538,15 @@ def _status_json(exc: grpc.aio.AioRpcError, endpoint: Endpoint, request_id: str)
     if not shown or http_status(code) >= 500:
         log.warning("request %s: %s failed: %s: %s", request_id, endpoint.path, code.name, original)
     return status_body(code, message, details)
+
+
+def _backend_details(exc: grpc.aio.AioRpcError) -> list[Any]:
+    """The google.rpc details (Anys) a failed call carries; none if they do not decode."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
+            with contextlib.suppress(Exception):  # undecodable details: keep code and message
+                return list(status_pb2.Status.FromString(value).details)
+    return []
 
 
 async def _until_disconnect(receive: Receive) -> None:

@@ -21,6 +21,12 @@ Refusals are :class:`AuthError`: 401, UNAUTHENTICATED, with a ``WWW-Authenticate
 RFC 6750. The challenge's ``error_description`` is a fixed phrase per kind of failure, never a
 value taken from the token, and no message ever contains the token itself.
 
+Scopes: a verified token grants the scopes of its ``scope`` claim (a space-separated string, RFC
+8693 §4.2 and OAuth 2.0) and of ``scp`` (a list of strings, or a space-separated string as some
+identity providers write it). A method whose contract asks for scopes (gateway/access.py) is
+refused with :class:`ScopeError` when the token lacks one: 403, PERMISSION_DENIED, naming the
+missing scopes and the method, with RFC 6750's ``insufficient_scope`` challenge.
+
 Keys and their loading (:meth:`JwtConfig.load`, the only I/O, once at start-up) are in
 gateway/jwt_keys.py; they are re-exported here.
 """
@@ -38,6 +44,7 @@ from typing import Any
 
 import grpc
 import jwt
+from google.rpc import error_details_pb2
 from jwt.exceptions import (
     InvalidAudienceError,
     InvalidIssuerError,
@@ -49,6 +56,7 @@ from jwt.exceptions import (
 )
 from jwt.types import Options
 
+from hms_gateway.access import Access
 from hms_gateway.errors import GatewayError
 from hms_gateway.jwt_keys import ALGORITHMS, JwtConfig, VerificationKey
 
@@ -57,13 +65,17 @@ __all__ = [
     "CLAIMS_KEY",
     "IDENTITY_KEYS",
     "REALM",
+    "SCOPE_ERROR_DOMAIN",
     "SUBJECT_KEY",
     "AuthError",
     "Identity",
     "JwtConfig",
     "JwtVerifier",
+    "ScopeError",
     "VerificationKey",
+    "granted_scopes",
     "identity_metadata",
+    "require_scopes",
 ]
 
 SUBJECT_KEY = "x-hms-subject"
@@ -75,6 +87,9 @@ IDENTITY_KEYS = frozenset({SUBJECT_KEY, CLAIMS_KEY})
 
 REALM = "hms"
 """The ``realm`` of the ``WWW-Authenticate`` challenge."""
+
+SCOPE_ERROR_DOMAIN = "gateway.hms.local"
+"""The ``domain`` of the ``google.rpc.ErrorInfo`` a :class:`ScopeError` carries."""
 
 # A bound on work and on what reaches the logs; real tokens are well under 8 KiB.
 _MAX_TOKEN_LENGTH = 8192
@@ -156,18 +171,93 @@ class AuthError(GatewayError):
         return cls(_MISSING, credentials_sent=False)
 
 
+class ScopeError(GatewayError):
+    """A valid token without every scope the method needs: 403, PERMISSION_DENIED.
+
+    The message names the missing scopes and the method; the challenge is RFC 6750 §3.1's
+    ``insufficient_scope`` with the scopes the method needs; a ``google.rpc.ErrorInfo`` detail
+    says the same for programs.
+
+    >>> err = ScopeError("/hms.housing.v1.HousingService/Apply", ("a:x",), ("a:x", "a:y"))
+    >>> err.http_status, err.message
+    (403, "the token lacks scope 'a:x', needed by /hms.housing.v1.HousingService/Apply")
+    >>> err.headers[0][1]
+    'Bearer realm="hms", error="insufficient_scope", scope="a:x a:y"'
+    """
+
+    def __init__(self, method: str, missing: tuple[str, ...], required: tuple[str, ...]) -> None:
+        noun = "scope" if len(missing) == 1 else "scopes"
+        listed = ", ".join(repr(scope) for scope in missing)
+        # Scope tokens (gateway/access.py) hold neither '"' nor '\': safe in the challenge.
+        challenge = (
+            f'Bearer realm="{REALM}", error="insufficient_scope", scope="{" ".join(required)}"'
+        )
+        info = error_details_pb2.ErrorInfo(
+            reason="INSUFFICIENT_SCOPE",
+            domain=SCOPE_ERROR_DOMAIN,
+            metadata={"method": method, "missing_scopes": " ".join(missing)},
+        )
+        super().__init__(
+            403,
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the token lacks {noun} {listed}, needed by {method}",
+            headers=[("www-authenticate", challenge)],
+            details=[info],
+        )
+        self.missing = missing
+
+    def __repr__(self) -> str:
+        return f"ScopeError({self.message!r})"
+
+
 @dataclass(frozen=True)
 class Identity:
-    """A verified caller: the token's ``sub`` and all of its claims (read-only)."""
+    """A verified caller: the token's ``sub``, all of its claims (read-only) and the scopes
+    it grants (:func:`granted_scopes`)."""
 
     subject: str
     claims: Mapping[str, Any]
+    scopes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not isinstance(self.subject, str) or _PRINTABLE_ASCII.fullmatch(self.subject) is None:
             # It travels as gRPC metadata, whose text values are printable ASCII.
             raise ValueError(f"subject must be non-empty printable ASCII, not {self.subject!r}")
         object.__setattr__(self, "claims", types.MappingProxyType(dict(self.claims)))
+        object.__setattr__(self, "scopes", frozenset(self.scopes))
+
+
+def granted_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    """The scopes a token's claims grant: ``scope`` (space-separated) and ``scp`` (a list, or
+    space-separated). Raises ``ValueError`` saying which claim is malformed.
+
+    >>> sorted(granted_scopes({"scope": "housing:apply  housing:read", "scp": ["audit:read"]}))
+    ['audit:read', 'housing:apply', 'housing:read']
+    """
+    granted: set[str] = set()
+    scope = claims.get("scope")
+    if scope is not None:
+        if not isinstance(scope, str):
+            raise ValueError("'scope' must be a string of space-separated scopes")
+        granted.update(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, str):
+        granted.update(scp.split())
+    elif isinstance(scp, list):
+        if not all(isinstance(item, str) and item for item in scp):
+            raise ValueError("'scp' must be a list of non-empty strings")
+        granted.update(scp)
+    elif scp is not None:
+        raise ValueError("'scp' must be a list of scopes or a space-separated string")
+    return frozenset(granted)
+
+
+def require_scopes(identity: Identity, access: Access, method: str) -> None:
+    """Raises :class:`ScopeError` unless `identity` holds every scope `access` asks for (the
+    rule of the gRPC method path `method`)."""
+    missing = access.missing(identity.scopes)
+    if missing:
+        raise ScopeError(method, missing, access.scopes)
 
 
 def identity_metadata(identity: Identity) -> list[tuple[str, str]]:
@@ -227,7 +317,11 @@ class JwtVerifier:
         subject = claims["sub"]
         if _PRINTABLE_ASCII.fullmatch(subject) is None:
             raise AuthError(_INVALID_CLAIM, "'sub' must be non-empty printable ASCII")
-        return Identity(subject, claims)
+        try:
+            scopes = granted_scopes(claims)
+        except ValueError as exc:
+            raise AuthError(_INVALID_CLAIM, str(exc)) from None
+        return Identity(subject, claims, scopes)
 
     def _candidate_keys(self, header: Mapping[str, Any]) -> list[VerificationKey]:
         alg = header["alg"]

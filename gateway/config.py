@@ -24,11 +24,13 @@ class GatewayConfig:
     """How the gateway reads, checks and forwards requests.
 
     ``public``: gRPC services (``pkg.Service``) or methods (``pkg.Service/Method``) that need no
-    token when ``jwt`` is set. ``default_timeout``: the deadline of a call whose request sends
-    no ``Grpc-Timeout``; ``max_timeout`` caps what a client may ask for. ``ops``: where
-    ``/metrics`` and ``/openapi.json`` are served: ``open`` (the public listener, to anyone),
-    ``gate`` (the public listener, to a valid token only: needs ``jwt``) or ``listener`` (only
-    on the ops listener, gateway/serve.py). ``/healthz`` and ``/readyz`` are always open.
+    token when ``jwt`` is set, whatever their contract's ``(hms.api.v1.access)`` asks (methods
+    whose contract says ``public: true`` need none either). ``default_timeout``: the deadline
+    of a call whose request sends no ``Grpc-Timeout``; ``max_timeout`` caps what a client may
+    ask for. ``ops``: where ``/metrics`` and ``/openapi.json`` are served: ``open`` (the public
+    listener, to anyone), ``gate`` (the public listener, to a valid token only: needs ``jwt``)
+    or ``listener`` (only on the ops listener, gateway/serve.py). ``/healthz`` and ``/readyz``
+    are always open.
     """
 
     json: JsonOptions = field(default_factory=JsonOptions)

@@ -2,7 +2,8 @@
 
 Built from descriptors alone (reflection or a descriptor set), so the gateway needs no
 generated code for the services it fronts. One method with ``additional_bindings`` gives one
-:class:`Endpoint` per binding; they share the method and its message classes.
+:class:`Endpoint` per binding; they share the method, its message classes and its access rule
+(``(hms.api.v1.access)``, gateway/access.py), which the gate enforces.
 
 >>> from hms.testing.v1 import echo_pb2
 >>> service = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
@@ -13,7 +14,7 @@ generated code for the services it fronts. One method with ``additional_bindings
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from google.api import annotations_pb2, http_pb2
@@ -21,6 +22,7 @@ from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
+from hms_gateway.access import Access, access_of
 from hms_gateway.transcode import RequestMapping
 from mesh.client.call import CallKind
 from mesh.resilience.retry import Idempotency
@@ -47,6 +49,8 @@ class Endpoint:
     response_class: type[Message]
     kind: CallKind
     idempotency: Idempotency
+    #: Who may call it (a public method, the scopes a token must hold, or any valid token).
+    access: Access = field(default_factory=Access)
 
     @property
     def path(self) -> str:
@@ -85,7 +89,8 @@ def _kind_of(method: MethodDescriptor) -> CallKind:
 def endpoints_of(service: ServiceDescriptor) -> Iterator[Endpoint]:
     """Every HTTP binding of every annotated method of `service`; unannotated ones are skipped.
 
-    Raises ``ValueError`` naming the method when a rule does not fit its messages.
+    Raises ``ValueError`` naming the method when a rule does not fit its messages or its
+    access option cannot be read or breaks the contract.
     """
     for method in service.methods:
         rule = http_rule_of(method)
@@ -95,6 +100,7 @@ def endpoints_of(service: ServiceDescriptor) -> Iterator[Endpoint]:
         response_class = message_factory.GetMessageClass(method.output_type)
         options = _method_options(method)
         idempotency = Idempotency(options.idempotency_level)
+        access = access_of(method)
         for mapping in RequestMapping.from_rule(rule, method):
             yield Endpoint(
                 service=service.full_name,
@@ -104,4 +110,5 @@ def endpoints_of(service: ServiceDescriptor) -> Iterator[Endpoint]:
                 response_class=response_class,
                 kind=_kind_of(method),
                 idempotency=idempotency,
+                access=access,
             )

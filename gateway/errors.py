@@ -16,6 +16,11 @@ for some of them the table's answer is not the right one: a body over the limit 
 its code is RESOURCE_EXHAUSTED (429), and a path served only under other methods is 405 with an
 ``Allow`` header although its code is UNIMPLEMENTED (501; grpc-gateway answers 501 there, a
 common complaint).
+
+A backend says the same with a ``google.rpc.ErrorInfo`` detail whose ``reason`` sharpens its
+code (any ``domain``): ``PAYLOAD_TOO_LARGE`` on RESOURCE_EXHAUSTED is 413 (a body that will never
+fit, not "slow down"), ``UNSUPPORTED_MEDIA_TYPE`` on INVALID_ARGUMENT is 415. The reason alone,
+with another code, changes nothing.
 """
 
 from __future__ import annotations
@@ -24,14 +29,21 @@ import base64
 import math
 import types
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2, json_format
-from google.protobuf.message import Message
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
 
-__all__ = ["GatewayError", "http_status", "status_body"]
+__all__ = [
+    "PAYLOAD_TOO_LARGE",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "GatewayError",
+    "http_status",
+    "status_body",
+]
 
 # grpc-gateway v2's HTTPStatusFromCode, all 17 codes. A test checks that none is missing.
 _HTTP_STATUS: Mapping[grpc.StatusCode, int] = types.MappingProxyType(
@@ -76,13 +88,49 @@ _HTTP_STATUS: Mapping[grpc.StatusCode, int] = types.MappingProxyType(
 )
 
 
-def http_status(code: grpc.StatusCode) -> int:
-    """The HTTP status that answers a call ended with ``code`` (grpc-gateway v2's table).
+#: google.rpc.ErrorInfo reasons a backend attaches to have its code answered more exactly.
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+
+_BY_REASON: Mapping[tuple[grpc.StatusCode, str], int] = types.MappingProxyType(
+    {
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, PAYLOAD_TOO_LARGE): 413,
+        (grpc.StatusCode.INVALID_ARGUMENT, UNSUPPORTED_MEDIA_TYPE): 415,
+    }
+)
+
+
+def http_status(code: grpc.StatusCode, details: Iterable[Message] = ()) -> int:
+    """The HTTP status that answers a call ended with ``code`` (grpc-gateway v2's table),
+    unless one of its ``details`` is an ErrorInfo whose reason sharpens it (module docstring).
 
     >>> http_status(grpc.StatusCode.FAILED_PRECONDITION)
     400
+    >>> info = error_details_pb2.ErrorInfo(reason=PAYLOAD_TOO_LARGE, domain="documents")
+    >>> http_status(grpc.StatusCode.RESOURCE_EXHAUSTED, [info])
+    413
     """
+    for detail in details:
+        info = _error_info(detail)
+        if info is not None and (code, info.reason) in _BY_REASON:
+            return _BY_REASON[code, info.reason]
     return _HTTP_STATUS[code]
+
+
+def _error_info(detail: Message) -> error_details_pb2.ErrorInfo | None:
+    """``detail`` as an ErrorInfo (unpacked from its Any), or None if it is none."""
+    if isinstance(detail, error_details_pb2.ErrorInfo):
+        return detail
+    # types-protobuf types DESCRIPTOR as descriptor.Descriptor or upb's; Any.Is takes the former.
+    descriptor = cast(Descriptor, error_details_pb2.ErrorInfo.DESCRIPTOR)
+    if isinstance(detail, any_pb2.Any) and detail.Is(descriptor):
+        info = error_details_pb2.ErrorInfo()
+        try:
+            detail.Unpack(info)
+        except DecodeError:  # a backend's broken detail: the table's answer stands
+            return None
+        return info
+    return None
 
 
 def status_body(

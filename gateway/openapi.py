@@ -35,6 +35,13 @@ Decisions, each one a place where OpenAPI cannot say exactly what ``google.api.h
   ``{"error": Status}`` object a line) or ``text/event-stream``; an ``HttpBody`` stream is raw
   ``*/*`` bytes. **Client- and bidi-streaming** methods are left out: the gateway answers 501.
   So are custom HTTP methods outside OpenAPI's eight (``custom: {kind: "LIST"}``).
+- **Security.** With the gate on, each operation says what the gate asks (its contract's
+  ``(hms.api.v1.access)``, gateway/access.py): ``security: []`` for a public method,
+  ``[{"bearer": [scopes...]}]`` otherwise (no scopes: any valid token), plus its 401 and, with
+  scopes, 403 answers; ``components.securitySchemes.bearer`` is the bearer JWT. OpenAPI 3.0
+  reserves the requirement's list for OAuth2 and OpenID Connect schemes; the gateway has no
+  token endpoint to name, so the scopes are listed on the bearer scheme (as OpenAPI 3.1 allows)
+  and repeated in the operation's ``description``. With the gate off, nothing is said.
 - **Schemas.** One component per message reached, keyed by its full proto name; enums, maps and
   well-known types are inlined. ``google.rpc.Status`` is defined here, as the gateway's error
   body (``hms_gateway.errors``). Oneof members are plain optional properties.
@@ -45,11 +52,12 @@ gives the same document.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor
 
+from hms_gateway.access import Access
 from hms_gateway.endpoint import Endpoint
 from hms_gateway.openapi_schemas import (
     STATUS_SCHEMA,
@@ -63,7 +71,7 @@ from hms_gateway.query import is_text_settable, resolve_field_path
 from hms_gateway.template.parse import DeepWildcard, Literal, Template, Variable, parse_template
 from hms_gateway.transcode import DEFAULT_OPTIONS, HTTP_BODY, JsonOptions
 
-__all__ = ["OPENAPI_VERSION", "STATUS_SCHEMA", "build_openapi", "openapi_path"]
+__all__ = ["BEARER_SCHEME", "OPENAPI_VERSION", "STATUS_SCHEMA", "build_openapi", "openapi_path"]
 
 OPENAPI_VERSION = "3.0.3"
 _JSON = "application/json"
@@ -74,6 +82,18 @@ _ANY_TYPE = "*/*"
 # In OpenAPI's order, which each path item follows.
 _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
+#: The name of the bearer JWT security scheme in ``components.securitySchemes``.
+BEARER_SCHEME = "bearer"
+_BEARER: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": (
+        "A signed JWT in 'Authorization: Bearer <token>'. Its scopes are the 'scope' claim "
+        "(space-separated) and the 'scp' claim (a list); an operation listing scopes needs "
+        "every one (403 PERMISSION_DENIED names those missing)."
+    ),
+}
 
 
 def openapi_path(template: Template) -> str:
@@ -256,6 +276,29 @@ def _operation_ids(endpoints: list[Endpoint]) -> list[str]:
     return ids
 
 
+def _own_access(endpoint: Endpoint) -> Access:
+    return endpoint.access
+
+
+def _secure(operation: dict[str, Any], access: Access, schemas: Schemas) -> None:
+    """The operation's security requirement and the gate's answers, from its access rule."""
+    if access.public:
+        operation["security"] = []
+        return
+    operation["security"] = [{BEARER_SCHEME: list(access.scopes)}]
+    error = {"content": {_JSON: {"schema": schemas.status()}}}
+    operation["responses"]["401"] = {"description": "No valid bearer token.", **error}
+    if access.scopes:
+        operation["description"] = (
+            f"Needs a bearer token with the scope{'s' if len(access.scopes) > 1 else ''} "
+            f"{', '.join(access.scopes)}."
+        )
+        operation["responses"]["403"] = {
+            "description": "The token lacks a scope the operation needs.",
+            **error,
+        }
+
+
 def _operation(endpoint: Endpoint, operation_id: str, schemas: Schemas) -> dict[str, Any]:
     mapping = endpoint.mapping
     template = parse_template(mapping.template)
@@ -291,8 +334,12 @@ def build_openapi(
     title: str = "HMS Mesh gateway",
     version: str = "1",
     options: JsonOptions = DEFAULT_OPTIONS,
+    access: Callable[[Endpoint], Access] | None = _own_access,
 ) -> dict[str, Any]:
     """The OpenAPI 3.0.3 document of ``endpoints``, as a JSON-serialisable dict.
+
+    ``access`` gives each endpoint's access rule as the gate applies it (by default the
+    endpoint's own, from its contract); None describes a gateway without the gate: no security.
 
     Client- and bidi-streaming endpoints are skipped (the gateway answers them 501), and so are
     custom HTTP methods OpenAPI has no place for (``custom: {kind: "LIST"}``). Raises
@@ -320,8 +367,15 @@ def build_openapi(
                 f"{endpoint.method.full_name}: {endpoint.mapping.http_method} {path} is bound"
                 f" twice (also by {item[verb]['summary']})"
             )
-        item[verb] = _operation(endpoint, operation_id, schemas)
+        operation = item[verb] = _operation(endpoint, operation_id, schemas)
+        if access is not None:
+            _secure(operation, access(endpoint), schemas)
     services = sorted({e.service for e in served})
+    components: dict[str, Any] = {
+        "schemas": {name: schemas.found[name] for name in sorted(schemas.found)}
+    }
+    if access is not None:
+        components["securitySchemes"] = {BEARER_SCHEME: dict(_BEARER)}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version},
@@ -330,5 +384,5 @@ def build_openapi(
             path: {verb: paths[path][verb] for verb in _HTTP_METHODS if verb in paths[path]}
             for path in sorted(paths)
         },
-        "components": {"schemas": {name: schemas.found[name] for name in sorted(schemas.found)}},
+        "components": components,
     }

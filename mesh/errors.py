@@ -210,7 +210,43 @@ class ResourceExhausted(MeshError):
 
 
 class FailedPrecondition(MeshError):
+    """The system is not in the state the request needs; what does not hold can ride along as
+    a google.rpc.PreconditionFailure, one violation per failed condition.
+
+    >>> raise FailedPrecondition.violated(
+    ...     "not eligible", [("ELIGIBILITY", "MAX_INCOME", "income exceeds the limit")])
+    Traceback (most recent call last):
+    mesh.errors.FailedPrecondition: not eligible
+    """
+
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+    @classmethod
+    def violated(
+        cls, message: str, violations: Sequence[tuple[str, str, str]]
+    ) -> FailedPrecondition:
+        """An error carrying `violations`: (type, subject, description) of each failed
+        condition, as google.rpc.PreconditionFailure spells them."""
+        if not violations:
+            raise ValueError("FailedPrecondition.violated needs at least one violation")
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=kind, subject=subject, description=description
+                )
+                for kind, subject, description in violations
+            ]
+        )
+        return cls(message, details=[failure])
+
+    @property
+    def violations(self) -> list[tuple[str, str, str]]:
+        """(type, subject, description) of each violation the error carries."""
+        failure = self.detail(error_details_pb2.PreconditionFailure)
+        if failure is None:
+            return []
+        assert isinstance(failure, error_details_pb2.PreconditionFailure)
+        return [(v.type, v.subject, v.description) for v in failure.violations]
 
 
 class Aborted(MeshError):

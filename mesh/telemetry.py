@@ -3,6 +3,9 @@
 Tracing is OpenTelemetry with opentelemetry-instrumentation-grpc on both sides, so the W3C
 trace context travels in gRPC metadata and A -> B -> C is one trace. OpenTelemetry's tracer
 provider is process-global by its own design; it is set here, once, from the command line.
+With tracing off (the default) nothing is recorded, but the trace context still travels, at a
+fraction of the instrumentation's cost: `TraceContextInterceptor` here makes the caller's
+trace current for the handler, and the mesh channel sends it on (mesh.tracecontext).
 
 Metrics are Prometheus text on a per-process metrics port, from a registry of our own
 (never the library-global default), so several meshes in one process do not mix.
@@ -21,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mesh import tracecontext
 from mesh.errors import MeshError
 from mesh.server.wrap import Around, AroundInterceptor
 
@@ -29,6 +33,7 @@ __all__ = [
     "ClientMetrics",
     "ServerMetrics",
     "ServerMetricsInterceptor",
+    "TraceContextInterceptor",
     "serve_metrics",
     "setup_tracing",
     "tracing_server_interceptors",
@@ -64,10 +69,50 @@ def setup_tracing(exporter: str, service_name: str) -> bool:
     return True
 
 
-def tracing_server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+def tracing_server_interceptors(tracing: bool) -> list[grpc.aio.ServerInterceptor]:
+    """What makes the caller's trace current for a handler: OpenTelemetry's instrumentation
+    with `tracing` on (a span per call), else `TraceContextInterceptor`."""
+    if not tracing:
+        return [TraceContextInterceptor()]
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor()]
+
+
+class _TraceScope:
+    """Around one call: the caller's trace (a new span id in it), or a new trace, current
+    for the handler, so its calls and events carry it. (A class, not a generator-based
+    context manager: every call enters one.)"""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._token: object = None
+
+    async def __aenter__(self) -> None:
+        caller = tracecontext.from_carrier(self._context.invocation_metadata() or ())
+        self._token = tracecontext.attach(tracecontext.child_of(caller))
+
+    async def __aexit__(
+        self,
+        _type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        tracecontext.detach(self._token)
+
+
+_TRACE_SCOPE = Around(scope=_TraceScope)
+
+
+class TraceContextInterceptor(AroundInterceptor):
+    """W3C trace context without spans: the incoming ``traceparent``/``tracestate`` (or a new
+    trace) is current while the handler runs (sync handlers, in the thread pool, are left
+    alone)."""
+
+    def around(self, method: str) -> Around:
+        return _TRACE_SCOPE
 
 
 def serve_metrics(registry: CollectorRegistry, port: int = 0, host: str = "127.0.0.1") -> int:

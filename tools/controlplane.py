@@ -21,11 +21,12 @@ reader (ops, gateway)   read ``/<ns>/services/``                       ops: look
 root (``mesh up``)      etcd's root role                               everything (streams)
 ======================  =============================================  ==========================
 
-A deployment's own event types are, unless the policy says otherwise, those of its contract
-package ``hms.<d>`` (``-`` read as ``_``): deployment ``notify`` publishes on
-``hms.events.hms.notify.>``. Its consumers are allowed by name for every event type the
-contracts define (`contract_message_types`), since a consumer name is one subject token and
-NATS permissions cannot match part of one.
+A deployment's own event types are those its manifest publishes (services/<d>/service.toml,
+`publishes`; none if it says none): `mesh up` passes them to `policy_for`. A deployment
+without a manifest (a test backend) publishes those of its contract package ``hms.<d>``
+(``-`` read as ``_``), on ``hms.events.hms.<d>.>``. Its consumers are allowed by name for
+every event type the contracts define (`contract_message_types`), since a consumer name is
+one subject token and NATS permissions cannot match part of one.
 
 >>> policy = Policy((Grant("notify", ("hms.notify.v1.NotifyService",)),))
 >>> [role.name for role in policy.etcd_roles()]
@@ -40,7 +41,7 @@ import os
 import socket
 import ssl
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -403,8 +404,18 @@ def _servicer_names(cls: type) -> Iterable[str]:
 
 
 def policy_for(
-    deployments: Sequence[str], namespace: str = "hms", prefix: str = DEFAULT_PREFIX
+    deployments: Sequence[str],
+    namespace: str = "hms",
+    prefix: str = DEFAULT_PREFIX,
+    *,
+    publishes: Mapping[str, Sequence[str]] | None = None,
 ) -> Policy:
-    """The policy of a stack running `deployments` (their services found in their code)."""
-    grants = tuple(Grant(d, served_services(d)) for d in deployments)
+    """The policy of a stack running `deployments`: their services found in their code, the
+    event types each publishes from `publishes` (the manifests' `publishes`; a deployment not
+    in it, one without a manifest, publishes its contract package's)."""
+    declared = publishes or {}
+    grants = tuple(
+        Grant(d, served_services(d), tuple(declared[d]) if d in declared else None)
+        for d in deployments
+    )
     return Policy(grants, namespace=namespace, prefix=prefix)

@@ -16,6 +16,12 @@ change (a crash, a restart, a scale):
 `mesh restart` and `mesh scale` reach the running stack through its control socket
 (tools/control.py).
 
+What runs is what the manifests declare (services/<name>/service.toml, tools/manifest.py):
+every folder with a manifest and a main.py, its replicas (unless `scale` says otherwise) and
+its drain delay; every service gets one authorization policy composed from all manifests'
+``[[accepts]]`` (tools/authz_matrix.py), written to `<state-dir>/policy.toml` (MESH_POLICY).
+A test backend (tests/backends) has no manifest: one replica, open to every mesh identity.
+
 etcd and NATS run secured (tools/controlplane.py: TLS with certificates from the stack's CA,
 each deployment allowed only its own registry keys and events, root's and the servers' keys
 in `<state-dir>/controlplane/`), so "etcd" is an https:// endpoint and "nats" a tls:// URL;
@@ -38,13 +44,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hms_tools import certs
+from hms_tools.authz_matrix import compose_policy
+from hms_tools.contracts import Contracts, default_descriptor_set
 from hms_tools.control import ControlError, answering, serve_control
 from hms_tools.controlplane import ControlPlane, policy_for, served_services
-from hms_tools.devstack import DevStack, GatewayProcess, ServiceProcess
+from hms_tools.devjwt import DEV_ISSUER, ensure_signing_key
+from hms_tools.devstack import TEST_BACKENDS, DevStack, GatewayProcess, ServiceProcess
 from hms_tools.errors import OperatorError
+from hms_tools.manifest import MANIFEST_FILE, Manifest, deployment_folders, load_manifests
 from hms_tools.stackfile import CONTROL_SOCKET, STACK_FILE
 from hms_tools.supervisor import OperationFailed, Supervisor
 from mesh import tls
+from mesh.authz.policy import load_policy
 from mesh.controlplane import ClientTls, NatsAccess, etcd_client_tls
 from mesh.identity import spiffe_id
 from mesh.registry import keys
@@ -61,6 +72,8 @@ log = logging.getLogger(__name__)
 
 OPS_IDENTITY = "ops"
 GATEWAY_IDENTITY = "gateway"
+#: The stack's gateway's request body limit (`mesh gateway` alone: 4 MiB): 10 MiB and 1 MiB.
+STACK_BODY_LIMIT = 11 * 1024 * 1024
 
 # `mesh gateway` flags the stack sets itself, and why an operator cannot: each with what to do.
 _STACK_GATEWAY_FLAGS = {
@@ -90,6 +103,19 @@ def _stack_gateway_flag(arg: str) -> str | None:
     return None
 
 
+# `mesh gateway` flags by which an operator sets up the gate: given any, the stack's gateway
+# takes the operator's gate (or none, with --no-gate) instead of the development key's.
+_GATE_FLAGS = ("--jwt-hs256-secret-file", "--jwt-public-key", "--jwks", "--no-gate")
+
+
+def _sets_the_gate(arg: str) -> bool:
+    """Does `arg` set up the gate (prefixes count, as argparse takes them)?"""
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--") or len(name) < len("--x"):
+        return False
+    return any(flag.startswith(name) for flag in _GATE_FLAGS)
+
+
 def _gateway_exited(gateway: GatewayProcess) -> OperatorError:
     """The gateway process ended before it was ready: its exit status and its last words."""
     status = gateway.proc.poll() if gateway.proc is not None else None
@@ -101,12 +127,37 @@ def _gateway_exited(gateway: GatewayProcess) -> OperatorError:
     )
 
 
-def discover_services() -> list[str]:
-    """Deployments under services/: every folder with a main.py."""
+def _services_dir() -> Path:
     import hms_services
 
-    root = Path(hms_services.__file__).parent
-    return sorted(p.parent.name for p in root.glob("*/main.py"))
+    return Path(hms_services.__file__).resolve().parent
+
+
+def discover_services() -> list[str]:
+    """Deployments under services/: every folder with a manifest (service.toml) and a main.py."""
+    return deployment_folders(_services_dir())
+
+
+def read_manifests() -> dict[str, Manifest]:
+    """Every manifest under services/, checked against the contracts (gen/hms.binpb); a bad
+    one is a ValueError naming its file and field."""
+    services = _services_dir()
+    return load_manifests(services, Contracts.load(default_descriptor_set(services.parent)))
+
+
+def _check_declared(deployments: Sequence[str], manifests: Mapping[str, Manifest]) -> None:
+    """Refuse a deployment `mesh up` cannot start as declared."""
+    services = _services_dir()
+    for deployment in deployments:
+        if deployment in TEST_BACKENDS:
+            continue
+        if deployment not in manifests:
+            raise OperatorError(
+                f"{deployment}: services/{deployment}/{MANIFEST_FILE} not found: a stack starts "
+                "what a manifest declares (`mesh new-service` writes one)"
+            )
+        if not (services / deployment / "main.py").is_file():
+            raise OperatorError(f"{deployment}: services/{deployment}/main.py not found")
 
 
 @dataclass(frozen=True)
@@ -114,7 +165,7 @@ class StackConfig:
     state_dir: Path = Path(".mesh")
     namespace: str = "hms"
     deployments: tuple[str, ...] = ()  # empty: every service under services/
-    #: Replicas per deployment (1 for any not named).
+    #: Replicas per deployment (for any not named: its manifest's `replicas`, 1 without one).
     scale: Mapping[str, int] = field(default_factory=dict)
     lease_ttl: int = 10
     ready_timeout: float = 60.0
@@ -131,6 +182,11 @@ class StackConfig:
     #: --insecure-control-plane`); by default both require TLS with a certificate from the
     #: stack's CA and enforce who may do what (tools/controlplane.py, docs/security.md).
     insecure_control_plane: bool = False
+    #: The authorization policy every service gets (MESH_POLICY); None: the one composed
+    #: from the manifests' [[accepts]], written to `<state-dir>/policy.toml`.
+    policy: Path | None = None
+    #: "audit": the composed policy logs the calls it would refuse instead of refusing them.
+    policy_mode: str = "enforce"
 
     def __post_init__(self) -> None:
         for name, count in self.scale.items():
@@ -160,13 +216,17 @@ class StackConfig:
                     f"({_STACK_GATEWAY_FLAGS[flag]})"
                 )
 
-    def replicas(self, deployments: tuple[str, ...]) -> dict[str, int]:
+    def replicas(
+        self, deployments: tuple[str, ...], declared: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
+        """Replicas per deployment: `scale`'s, else `declared` (the manifests'), else 1."""
         unknown = sorted(set(self.scale) - set(deployments))
         if unknown:
             raise ValueError(
                 f"scale names {unknown}, not in this stack (deployments: {', '.join(deployments)})"
             )
-        return {d: self.scale.get(d, 1) for d in deployments}
+        declared = declared or {}
+        return {d: self.scale.get(d, declared.get(d, 1)) for d in deployments}
 
 
 class Stack:
@@ -180,8 +240,12 @@ class Stack:
         self.tls_dir = self.state_dir / "tls"
         self.ca_dir = self.state_dir / "ca"  # the CA key: never in the TLS dir services read
         self.run_dir = self.state_dir / "run"
+        #: Every manifest under services/ (all of them make the policy, not only those run).
+        self.manifests = read_manifests()
         self.deployments = config.deployments or tuple(discover_services())
-        self.counts = config.replicas(self.deployments)
+        _check_declared(self.deployments, self.manifests)
+        declared = {d: m.replicas for d, m in self.manifests.items()}
+        self.counts = config.replicas(self.deployments, declared)
         self.report = report
         self.dev: DevStack | None = None
         self.gateway: GatewayProcess | None = None
@@ -210,6 +274,13 @@ class Stack:
         return self.state_dir / "serving.toml"
 
     @property
+    def policy_path(self) -> Path:
+        """The authorization policy every service of this stack enforces (docs/authz.md)."""
+        if self.config.policy is not None:
+            return self.config.policy.resolve()
+        return self.state_dir / "policy.toml"
+
+    @property
     def control_path(self) -> Path:
         return self.state_dir / CONTROL_SOCKET
 
@@ -223,6 +294,7 @@ class Stack:
             "MESH_TLS_DIR": str(self.tls_dir),
             "MESH_NAMESPACE": self.config.namespace,
             "MESH_SERVING": str(self.serving_path),
+            "MESH_POLICY": str(self.policy_path),
             **self.config.extra_env,
         }
 
@@ -238,14 +310,19 @@ class Stack:
             ca_dir=self.ca_dir,
         )
         if not self.config.insecure_control_plane:
-            # Who may do what in etcd and NATS: each deployment its own keys and events.
-            policy = await asyncio.to_thread(policy_for, self.deployments, self.config.namespace)
+            # Who may do what in etcd and NATS: each deployment its own keys, and the events
+            # its manifest publishes.
+            publishes = {d: m.publishes for d, m in self.manifests.items()}
+            policy = await asyncio.to_thread(
+                policy_for, self.deployments, self.config.namespace, publishes=publishes
+            )
             self.control_plane = ControlPlane(
                 self.tls_dir, policy, ca_dir=self.ca_dir, own_dir=self.state_dir / "controlplane"
             )
         # Who may serve what: each deployment the services its code serves, nothing else.
         served = await asyncio.to_thread(lambda: {d: served_services(d) for d in self.deployments})
         self.serving_path.write_text(serving_toml(served))
+        self._write_policy(served)
         # Throwaway data: a new stack starts empty.
         shutil.rmtree(self.run_dir, ignore_errors=True)
         (self.run_dir / "logs").mkdir(parents=True)
@@ -277,6 +354,20 @@ class Stack:
         self._write_info()
         return self.info
 
+    def _write_policy(self, served: Mapping[str, Sequence[str]]) -> None:
+        """Who may call what: the given policy (checked now, not by each service at start),
+        or the one composed from the manifests, replaced whole (services reload it)."""
+        if self.config.policy is not None:
+            load_policy(self.policy_path)  # PolicyError (a ValueError) naming what is wrong
+            return
+        undeclared = {d: served[d] for d in self.deployments if d not in self.manifests}
+        text = compose_policy(
+            self.manifests.values(), open_to_mesh=undeclared, mode=self.config.policy_mode
+        )
+        partial = self.policy_path.with_suffix(".toml.tmp")
+        partial.write_text(text)
+        partial.replace(self.policy_path)
+
     async def _ensure_streams(self) -> None:
         """The events and dead-letter streams, so that no service creates them by hand."""
         import nats
@@ -294,14 +385,22 @@ class Stack:
         finally:
             await nc.close()
 
-    def _launch(self, deployment: str, slot: int, instance_id: str) -> ServiceProcess:
-        name = f"{deployment}-{slot}"
+    def service_args(self, deployment: str, slot: int, instance_id: str) -> list[str]:
+        """The flags of one replica: its lease, data dir and instance id, and its manifest's
+        drain delay if it says one (the policy and the rest come in MESH_* variables)."""
         args = [
             f"--ttl={self.config.lease_ttl}",
-            f"--data-dir={self.run_dir / 'data' / name}",
+            f"--data-dir={self.run_dir / 'data' / f'{deployment}-{slot}'}",
             f"--instance-id={instance_id}",
         ]
-        log_path = self.run_dir / "logs" / f"{name}.log"
+        manifest = self.manifests.get(deployment)
+        if manifest is not None and manifest.drain_delay is not None:
+            args.append(f"--drain-delay={manifest.drain_delay:g}")
+        return args
+
+    def _launch(self, deployment: str, slot: int, instance_id: str) -> ServiceProcess:
+        args = self.service_args(deployment, slot, instance_id)
+        log_path = self.run_dir / "logs" / f"{deployment}-{slot}.log"
         return ServiceProcess(deployment, args, env=self.env(), log_path=log_path).start()
 
     async def _serving(self, instance: keys.Instance) -> bool:
@@ -319,8 +418,23 @@ class Stack:
             await channel.close()
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
+    def _gate_args(self) -> list[str]:
+        """The JWT gate, verifying tokens signed with the stack's development key (made in
+        `<state-dir>/jwt/` if there is none: tools/devjwt.py, `mesh token`); none when the
+        operator's gateway arguments set up the gate themselves (their key, or --no-gate)."""
+        if any(_sets_the_gate(arg) for arg in self.config.gateway_args):
+            return []
+        public_key = ensure_signing_key(self.state_dir)
+        return [f"--jwt-public-key={public_key}", f"--jwt-issuer={DEV_ISSUER}"]
+
     async def _start_gateway(self) -> None:
         args = [
+            # The gate first too: an operator's --jwt-issuer or --jwt-audience comes later.
+            *self._gate_args(),
+            # Documents take files up to 10 MiB as raw bodies: room for one and some slack, so
+            # the service itself answers a file a little over its limit (413 naming it).
+            # First: an operator's --gateway-arg=--body-limit=... comes later and wins.
+            f"--body-limit={STACK_BODY_LIMIT}",
             *self.config.gateway_args,
             # The stack's own last: for an option given twice argparse keeps the last one.
             f"--etcd={self.etcd_endpoint}",
@@ -363,6 +477,7 @@ class Stack:
             "tls_dir": str(self.tls_dir),
             "ops_cert": OPS_IDENTITY,
             "gateway": self.gateway.url if self.gateway is not None else None,
+            "policy": str(self.policy_path),
             "control": str(self.control_path) if self._control is not None else None,
             "services": self.supervisor.describe(),
         }

@@ -44,6 +44,7 @@ from mesh.resilience.budget import RetryBudget
 from mesh.resilience.outlier import HealthState
 from mesh.resilience.retry import Idempotency, idempotency_of
 from mesh.telemetry import ChannelCollector, ClientMetrics
+from mesh.tracecontext import inject_metadata
 
 __all__ = ["ChannelStats", "MeshChannel", "ServiceStats"]
 
@@ -113,6 +114,8 @@ class MeshChannel:
         self._cert_stamp = self._stamp()
         self._rotation_task: asyncio.Task[None] | None = None
         self._interceptors = _tracing_interceptors() if config.tracing else []
+        #: Without OpenTelemetry's interceptor, each call is given the trace context here.
+        self.sends_trace_context = not config.tracing
 
     @property
     def pools(self) -> dict[str, ServicePool]:
@@ -205,7 +208,10 @@ class MeshChannel:
         return serving.refusal(instance.service, instance.identity)
 
     def _open_instance_channel(self, instance: Instance) -> grpc.aio.Channel:
-        options = [("grpc.max_reconnect_backoff_ms", 1000)]
+        options = [
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
+        ]
         if self.config.tls is None:
             return grpc.aio.insecure_channel(
                 instance.address, options=options, interceptors=self._interceptors
@@ -312,12 +318,15 @@ class MeshChannel:
         ...                     deserializer=SendResponse.FromString, timeout=2)
         >>> response = await call
         """
+        sent = list(metadata)
+        if self.sends_trace_context:
+            inject_metadata(sent)
         info = CallInfo(
             kind=kind,
             method=method,
             service=service or service_of(method),
             request=request,
-            metadata=list(metadata),
+            metadata=sent,
             serializer=serializer,
             deserializer=deserializer,
             idempotency=idempotency if idempotency is not None else idempotency_of(method),
@@ -388,12 +397,15 @@ class _MultiCallable:
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
+        sent = list(metadata or ())
+        if self._channel.sends_trace_context:
+            inject_metadata(sent)
         call = CallInfo(
             kind=self._kind,
             method=self._method,
             service=self._service,
             request=request,
-            metadata=list(metadata or ()),
+            metadata=sent,
             serializer=self._serializer,
             deserializer=self._deserializer,
             idempotency=self._idempotency,

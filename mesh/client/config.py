@@ -53,11 +53,16 @@ class ClientConfig:
     #: How often to look for rotated certificates (seconds; 0 turns it off).
     rotation_check: float = 1.0
     layers: tuple[str, ...] = LAYERS
-    #: Wrap each per-instance channel with OpenTelemetry's gRPC client interceptor.
+    #: Wrap each per-instance channel with OpenTelemetry's gRPC client interceptor (a span per
+    #: call, sending its context on). Off, the channel sends the current W3C trace context
+    #: itself, without spans (mesh.tracecontext).
     tracing: bool = False
     #: Fixed instances per service, used instead of the registry for those services (see
     #: mesh.registry.static); with no etcd endpoint, the only services that can be called.
     upstreams: Mapping[str, tuple[Instance, ...]] = field(default_factory=dict)
+    #: The largest answer a call takes (gRPC's default, 4 MiB); a larger one fails the call
+    #: RESOURCE_EXHAUSTED. Sending has no limit on the client side.
+    max_receive_message_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.etcd and not self.upstreams:
@@ -74,6 +79,10 @@ class ClientConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.budget_min_per_second < 0 or self.rotation_check < 0 or self.drain_grace < 0:
             raise ValueError("budget_min_per_second, rotation_check and drain_grace must be >= 0")
+        if self.max_receive_message_bytes < 1:
+            raise ValueError(
+                f"max_receive_message_bytes must be >= 1, got {self.max_receive_message_bytes}"
+            )
 
     def retry_for(self, method: str) -> RetryPolicy:
         if method in self.retry_per_method:

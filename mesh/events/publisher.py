@@ -30,6 +30,7 @@ from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig, Stre
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 
+from mesh import tracecontext
 from mesh.errors import Unavailable
 from mesh.events.subjects import (
     DEFAULT_PREFIX,
@@ -149,9 +150,12 @@ class Publisher:
                     raise ValueError(f"header {name} value {value!r} must be a single line")
             headers.update(extra)
         if not self._tracing():
-            # No tracer installed: no span of ours (it cost ~8 % of a publish), but a trace
-            # context the caller carries still travels.
-            (self._propagator or propagate.get_global_textmap()).inject(headers)
+            # No tracer installed: no span of ours (it cost ~8 % of a publish), but the
+            # caller's trace context travels; outside any, the event starts a new trace.
+            if tracecontext.current_span_context() is None:
+                headers[Headers.TRACEPARENT] = tracecontext.new_traceparent()
+            else:
+                (self._propagator or propagate.get_global_textmap()).inject(headers)
             return await self._send(full_name, subject, payload, headers)
         # OpenTelemetry messaging conventions: a PRODUCER span named "<operation> <destination>".
         with self._tracer.start_as_current_span(
@@ -176,9 +180,7 @@ class Publisher:
             return ack
 
     def _tracing(self) -> bool:
-        return self._own_provider or not isinstance(
-            trace.get_tracer_provider(), trace.ProxyTracerProvider
-        )
+        return self._own_provider or tracecontext.tracer_installed()
 
     async def _send(
         self, full_name: str, subject: str, payload: bytes, headers: dict[str, str]

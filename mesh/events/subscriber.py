@@ -43,6 +43,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 
+from mesh import tracecontext
 from mesh.aio import back_off, cancel_and_wait
 from mesh.errors import Unavailable
 from mesh.events.publisher import header_value
@@ -95,6 +96,12 @@ class EventMeta:
     stream_sequence: int
     trace_context: otel_context.Context  # the publisher's, extracted from the headers
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def trace_id(self) -> str:
+        """The trace the event belongs to (that of the request that caused it): 32
+        lower-case hex digits, "" if it came without one."""
+        return tracecontext.trace_id_of(self.trace_context)
 
 
 Handler = Callable[[M, EventMeta], Awaitable[None]]
@@ -253,12 +260,18 @@ class Subscription(Generic[M]):
         owner = self._owner
         headers = dict(msg.headers or {})
         parent = owner.propagator.extract(headers)
+        handled_in = parent
+        if not trace.get_current_span(parent).get_span_context().is_valid and not owner.spans:
+            # It came without a trace and no tracer starts one: a new trace for the handler,
+            # so that what it calls and publishes is one trace.
+            new = trace.NonRecordingSpan(tracecontext.child_of(None))
+            handled_in = trace.set_span_in_context(new, parent)
         delivery = msg.metadata.num_delivered
         # Ours carry the id as Nats-Msg-Id; a CloudEvents publisher's ce-id is read too.
         event_id = headers.get(Headers.MSG_ID) or headers.get(Headers.ID, "")
         with owner.tracer.start_as_current_span(
             f"process {msg.subject}",
-            context=parent,
+            context=handled_in,
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "nats",
@@ -411,8 +424,14 @@ class Subscriber:
         self.spec = spec or ConsumerSpec()
         self.poll = poll
         self.tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
+        self._own_provider = tracer_provider is not None
         self.propagator = propagator or propagate.get_global_textmap()
         self._subscriptions: list[Subscription[Any]] = []  # of any message types
+
+    @property
+    def spans(self) -> bool:
+        """True when handlers run in spans of a tracer (given, or installed)."""
+        return self._own_provider or tracecontext.tracer_installed()
 
     async def subscribe(self, message_type: type[M], handler: Handler[M]) -> Subscription[M]:
         """Deliver events of `message_type` to `handler(message, meta)` until `close()`."""

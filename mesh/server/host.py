@@ -44,11 +44,19 @@ from mesh.server.enduser import DEFAULT_GATEWAY_IDENTITIES, EndUserInterceptor
 from mesh.server.errors import ErrorInterceptor
 from mesh.server.health import DrainingHealth
 
-__all__ = ["HostConfig", "ServiceHost", "service_descriptor"]
+__all__ = [
+    "DEFAULT_MAX_RECEIVE_MESSAGE_BYTES",
+    "HostConfig",
+    "ServiceHost",
+    "service_descriptor",
+]
 
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+#: grpc core's own limit on a received message.
+DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,9 @@ class HostConfig:
     instance_id: str = ""
     #: The identities whose end-user metadata (x-hms-subject, x-hms-claims) is believed.
     gateway_identities: tuple[str, ...] = DEFAULT_GATEWAY_IDENTITIES
+    #: The largest request message taken (gRPC's default, 4 MiB); a larger one is refused
+    #: RESOURCE_EXHAUSTED by grpc core before any handler runs.
+    max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         if not self.deployment:
@@ -93,6 +104,10 @@ class HostConfig:
             raise ValueError(f"grace must be >= 0 s, got {self.grace}")
         if self.drain_delay < 0:
             raise ValueError(f"drain_delay must be >= 0 s, got {self.drain_delay}")
+        if self.max_receive_message_bytes < 1:
+            raise ValueError(
+                f"max_receive_message_bytes must be >= 1, got {self.max_receive_message_bytes}"
+            )
 
 
 def service_descriptor(servicer: object) -> tuple[ServiceDescriptor, Any]:
@@ -150,7 +165,10 @@ class ServiceHost:
     async def start(self) -> None:
         if not self._servicers:
             raise ValueError("add at least one servicer before start()")
-        self._server = server = grpc.aio.server(interceptors=self._interceptors)
+        self._server = server = grpc.aio.server(
+            interceptors=self._interceptors,
+            options=[("grpc.max_receive_message_length", self.config.max_receive_message_bytes)],
+        )
         for _, add, servicer in self._servicers:
             add(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from mesh.authz.policy import PolicyError
 from mesh.gc_tuning import settle_heap
 from mesh.server.enduser import DEFAULT_GATEWAY_IDENTITIES
-from mesh.server.host import HostConfig, ServiceHost
+from mesh.server.host import DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, HostConfig, ServiceHost
 from mesh.server.runtime import Runtime, etcd_tls, tls_files
 
 __all__ = [
@@ -91,6 +91,13 @@ def parse_args(
         default=None,
         help="whose x-hms-subject / x-hms-claims to believe (repeatable; default "
         "spiffe://hms.local/svc/gateway)",
+    )
+    parser.add_argument(
+        "--max-receive-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+        help="the largest request message taken, bytes (default gRPC's 4 MiB; a larger one is "
+        "RESOURCE_EXHAUSTED)",
     )
     parser.add_argument("--zone", default="")
     parser.add_argument("--weight", type=int, default=100)
@@ -167,6 +174,7 @@ def host_config(args: argparse.Namespace, metadata: dict[str, str] | None = None
         metadata=metadata or {},
         instance_id=args.instance_id,
         gateway_identities=tuple(args.gateway_identity or DEFAULT_GATEWAY_IDENTITIES),
+        max_receive_message_bytes=args.max_receive_message_bytes,
     )
 
 

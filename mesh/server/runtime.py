@@ -141,8 +141,8 @@ class Runtime:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ServerMetricsInterceptor(ServerMetrics(self.registry))
         ]
-        if self.tracing:
-            interceptors.extend(tracing_server_interceptors())
+        # The caller's trace is current for the handler, with tracing on or off.
+        interceptors.extend(tracing_server_interceptors(self.tracing))
         if self.args.policy:
             interceptors.append(AuthzInterceptor(PolicySource(Path(self.args.policy))))
         return interceptors
@@ -223,9 +223,11 @@ class Runtime:
     async def close(self) -> None:
         """Stop everything started, in reverse, then close the connections. Each step runs
         even if one before it failed (logged)."""
-        steps: list[Hook] = [*reversed(self._on_stop)]
-        steps += [s.close for s in reversed(self._subscribers)]
+        # Consumers and relays first: they use what the service owns (its store), which its
+        # stop hooks close.
+        steps: list[Hook] = [s.close for s in reversed(self._subscribers)]
         steps += [r.stop for r in reversed(self._relays)]
+        steps += [*reversed(self._on_stop)]
         steps += [o.close for o in self._outboxes]
         if self._nats is not None:
             steps.append(self._nats.close)

@@ -1,0 +1,1 @@
+"""Audit: every platform event once, append-only and hash-chained (see chain.py)."""

@@ -1,1 +1,1 @@
-"""Eligibility: checks an applicant against the scheme's codified rules."""
+"""Eligibility: checks an applicant against the schemes' codified rules (housing, passport)."""

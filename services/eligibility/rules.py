@@ -1,11 +1,19 @@
-"""The scheme's codified eligibility rules, as data, and their pure evaluation.
+"""The schemes' codified eligibility rules, as data, and their pure evaluation.
 
-No I/O and no gRPC here: the service validates a request, builds an `Applicant`, picks the
-rules and calls `evaluate`.
+Each rule belongs to one scheme, and reads only that scheme's facts of the `Applicant`:
 
->>> decision = evaluate(Applicant(3_500_000, 1, 12), RULES)
+    HOUSING   MAX_INCOME, MIN_RESIDENCE, MAX_HOUSEHOLD   income, household size, residence
+    PASSPORT  PASSPORT_RENEWAL_WINDOW                    months to the passport's expiry
+
+No I/O and no gRPC here: the service validates a request (the facts of the schemes it
+applies), builds an `Applicant`, picks the rules and calls `evaluate`.
+
+>>> decision = evaluate(Applicant(3_500_000, 1, 12), HOUSING_RULES)
 >>> decision.eligible, [o.rule_id for o in decision.outcomes]
 (True, ['MAX_INCOME', 'MIN_RESIDENCE', 'MAX_HOUSEHOLD'])
+>>> window = RULES_BY_ID["PASSPORT_RENEWAL_WINDOW"]
+>>> evaluate(Applicant(months_to_passport_expiry=-61), [window]).eligible
+False
 """
 
 from __future__ import annotations
@@ -15,10 +23,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 __all__ = [
+    "HOUSING",
+    "HOUSING_RULES",
     "INCOME_ALLOWANCE_PER_EXTRA_MEMBER_PENCE",
     "INCOME_LIMIT_PENCE",
     "MAX_HOUSEHOLD_SIZE",
     "MIN_RESIDENCE_MONTHS",
+    "PASSPORT",
+    "RENEWAL_MONTHS_AFTER_EXPIRY",
+    "RENEWAL_MONTHS_BEFORE_EXPIRY",
     "RULES",
     "RULES_BY_ID",
     "Applicant",
@@ -35,15 +48,25 @@ INCOME_LIMIT_PENCE = 3_500_000  # £35,000 for a household of one
 INCOME_ALLOWANCE_PER_EXTRA_MEMBER_PENCE = 500_000  # +£5,000 per member after the first
 MIN_RESIDENCE_MONTHS = 12
 MAX_HOUSEHOLD_SIZE = 12
+# A passport can be renewed from 9 months before it expires until 60 months after; one that
+# expired longer ago needs a new application.
+RENEWAL_MONTHS_BEFORE_EXPIRY = 9
+RENEWAL_MONTHS_AFTER_EXPIRY = 60
+
+HOUSING = "HOUSING"
+PASSPORT = "PASSPORT"
 
 
 @dataclass(frozen=True, slots=True)
 class Applicant:
-    """The facts the rules look at; the service has already validated them."""
+    """The facts the rules look at; the service has already validated those of the schemes it
+    applies. The housing facts default to a household of one with nothing declared, which no
+    passport rule reads; `months_to_passport_expiry` is None when not given."""
 
-    annual_income_pence: int
-    household_size: int
-    residence_months: int
+    annual_income_pence: int = 0
+    household_size: int = 1
+    residence_months: int = 0
+    months_to_passport_expiry: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +94,7 @@ class Rule:
     """One codified rule: what the API shows (id, description, threshold, unit) and its check."""
 
     rule_id: str
+    scheme: str
     description: str
     threshold: int
     unit: str
@@ -123,10 +147,43 @@ def _check_household(a: Applicant) -> Outcome:
     return Outcome("MAX_HOUSEHOLD", False, f"household of {size} exceeds the maximum of {maximum}")
 
 
-# The order here is the order of ListRules and of the reasons when a request names no rules.
+def _months(n: int) -> str:
+    return f"{n} month" if n == 1 else f"{n} months"
+
+
+def _check_renewal_window(a: Applicant) -> Outcome:
+    months = a.months_to_passport_expiry
+    if months is None:  # the service requires the fact before applying a passport rule
+        raise ValueError("PASSPORT_RENEWAL_WINDOW needs months_to_passport_expiry")
+    before, after = RENEWAL_MONTHS_BEFORE_EXPIRY, RENEWAL_MONTHS_AFTER_EXPIRY
+    window = f"from {_months(before)} before expiry until {_months(after)} after"
+    if months > 0:
+        when = f"the passport expires in {_months(months)}"
+    elif months == 0:
+        when = "the passport expires this month"
+    else:
+        when = f"the passport expired {_months(-months)} ago"
+    if months > before:
+        return Outcome(
+            "PASSPORT_RENEWAL_WINDOW",
+            False,
+            f"{when}: too early to renew; renewal is open {window}",
+        )
+    if months < -after:
+        return Outcome(
+            "PASSPORT_RENEWAL_WINDOW",
+            False,
+            f"{when}: past the renewal window ({window}); apply for a new passport instead",
+        )
+    return Outcome("PASSPORT_RENEWAL_WINDOW", True, f"{when}: within the renewal window ({window})")
+
+
+# The order here is the order of ListRules; the housing rules' order is that of the reasons
+# when a request names no rules.
 RULES: tuple[Rule, ...] = (
     Rule(
         rule_id="MAX_INCOME",
+        scheme=HOUSING,
         description=(
             "Annual household income must not exceed £35,000, plus £5,000 for each household "
             "member after the first."
@@ -137,6 +194,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         rule_id="MIN_RESIDENCE",
+        scheme=HOUSING,
         description="The applicant must have lived at the current address for at least 12 months.",
         threshold=MIN_RESIDENCE_MONTHS,
         unit="months",
@@ -144,14 +202,29 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         rule_id="MAX_HOUSEHOLD",
+        scheme=HOUSING,
         description="The household must have at most 12 people, the applicant included.",
         threshold=MAX_HOUSEHOLD_SIZE,
         unit="people",
         check=_check_household,
     ),
+    Rule(
+        rule_id="PASSPORT_RENEWAL_WINDOW",
+        scheme=PASSPORT,
+        description=(
+            "A passport can be renewed from 9 months before it expires until 60 months after; "
+            "one that expired longer ago needs a new application, not a renewal."
+        ),
+        threshold=RENEWAL_MONTHS_BEFORE_EXPIRY,
+        unit="months before expiry",
+        check=_check_renewal_window,
+    ),
 )
 
 RULES_BY_ID: Mapping[str, Rule] = MappingProxyType({r.rule_id: r for r in RULES})
+#: What a request that names no rules applies: the housing scheme, the only one there was
+#: when `rule_ids` was introduced (hms.eligibility.v1.CheckRequest).
+HOUSING_RULES: tuple[Rule, ...] = tuple(r for r in RULES if r.scheme == HOUSING)
 
 
 def evaluate(applicant: Applicant, rules: Iterable[Rule]) -> Decision:

@@ -7,10 +7,20 @@ turns them into the call's status, so handlers never touch `context.abort`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
-from hms_services.eligibility.rules import RULES, RULES_BY_ID, Applicant, Rule, evaluate
+from hms_services.eligibility.rules import (
+    HOUSING,
+    HOUSING_RULES,
+    PASSPORT,
+    RULES,
+    RULES_BY_ID,
+    Applicant,
+    Rule,
+    evaluate,
+)
 from mesh import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -22,7 +32,7 @@ _KNOWN_IDS = ", ".join(RULES_BY_ID)
 
 
 class EligibilityService(eligibility_pb2_grpc.EligibilityServiceServicer):
-    """Answers whether an applicant is eligible under the codified rules (stateless).
+    """Answers whether an applicant is eligible under the schemes' codified rules (stateless).
 
     Example::
 
@@ -36,8 +46,10 @@ class EligibilityService(eligibility_pb2_grpc.EligibilityServiceServicer):
             eligibility_pb2.CheckRequest, eligibility_pb2.CheckResponse
         ],
     ) -> eligibility_pb2.CheckResponse:
-        applicant = _applicant(request)
+        if not request.applicant_id.strip():
+            raise InvalidArgument.field("applicant_id", "is required")
         rules = _select_rules(request.rule_ids)
+        applicant = _applicant(request, {rule.scheme for rule in rules})
         decision = evaluate(applicant, rules)
         return eligibility_pb2.CheckResponse(
             applicant_id=request.applicant_id,
@@ -72,10 +84,25 @@ class EligibilityService(eligibility_pb2_grpc.EligibilityServiceServicer):
         return eligibility_pb2.ListRulesResponse(rules=[_rule_pb(r) for r in RULES])
 
 
-def _applicant(request: eligibility_pb2.CheckRequest) -> Applicant:
-    """The validated facts of `request`; raises InvalidArgument naming the first bad field."""
-    if not request.applicant_id.strip():
-        raise InvalidArgument.field("applicant_id", "is required")
+def _applicant(request: eligibility_pb2.CheckRequest, schemes: set[str]) -> Applicant:
+    """The facts of `request` that the rules of `schemes` read, validated; raises
+    InvalidArgument naming the first bad field. The facts of other schemes are left out."""
+    applicant = Applicant()
+    if HOUSING in schemes:
+        applicant = _housing_facts(request)
+    if PASSPORT in schemes:
+        if not request.HasField("months_to_passport_expiry"):
+            passport_rules = ", ".join(r.rule_id for r in RULES if r.scheme == PASSPORT)
+            raise InvalidArgument.field(
+                "months_to_passport_expiry",
+                f"is required by the passport rules ({passport_rules}): months until the "
+                "passport expires, negative once it has expired",
+            )
+        applicant = replace(applicant, months_to_passport_expiry=request.months_to_passport_expiry)
+    return applicant
+
+
+def _housing_facts(request: eligibility_pb2.CheckRequest) -> Applicant:
     if request.annual_income_pence < 0:
         raise InvalidArgument.field(
             "annual_income_pence", f"must not be negative, got {request.annual_income_pence}"
@@ -97,10 +124,11 @@ def _applicant(request: eligibility_pb2.CheckRequest) -> Applicant:
 
 
 def _select_rules(rule_ids: Iterable[str]) -> tuple[Rule, ...]:
-    """The rules named by `rule_ids`, in request order and once each; all rules when empty."""
+    """The rules named by `rule_ids`, in request order and once each; the housing scheme's
+    rules when empty (what callers meant before there was another scheme)."""
     ids = list(rule_ids)
     if not ids:
-        return RULES
+        return HOUSING_RULES
     selected: dict[str, Rule] = {}
     for i, rule_id in enumerate(ids):
         rule = RULES_BY_ID.get(rule_id)
@@ -119,4 +147,5 @@ def _rule_pb(rule: Rule) -> eligibility_pb2.Rule:
         description=rule.description,
         threshold=rule.threshold,
         unit=rule.unit,
+        scheme=rule.scheme,
     )

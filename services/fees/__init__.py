@@ -1,0 +1,1 @@
+"""Fees: what each licence type costs."""

@@ -1,0 +1,1 @@
+"""Housing: voucher applications, decided by eligibility, with pay stubs from documents."""

@@ -1,0 +1,1 @@
+"""Identity: the citizen register (is a citizen known, and in good standing)."""

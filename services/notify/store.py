@@ -1,5 +1,8 @@
 """The record of sent notifications, in one SQLite file.
 
+A notification sent because of an event keeps the event's id, unique: a redelivered event
+records nothing new (`record_event`).
+
 Listing is newest first in a total order (create_time desc, then id desc), paged by keyset:
 a page token is the opaque, URL-safe base64 of the last row's (create_time, id), so a page
 never repeats or skips a row even while new notifications arrive.
@@ -46,6 +49,12 @@ CREATE INDEX IF NOT EXISTS notifications_by_time
     ON notifications (create_time_us DESC, id DESC);
 CREATE INDEX IF NOT EXISTS notifications_by_applicant
     ON notifications (applicant_id, create_time_us DESC, id DESC);
+"""
+# Added after the first release: files made before it get the column on open.
+_EVENT_COLUMN = "ALTER TABLE notifications ADD COLUMN event_id TEXT"  # NULL: sent by a call
+_EVENT_INDEX = """
+CREATE UNIQUE INDEX IF NOT EXISTS notifications_by_event
+    ON notifications (event_id) WHERE event_id IS NOT NULL;
 """
 
 _COLUMNS = "id, applicant_id, channel, recipient, subject, body, create_time_us"
@@ -138,6 +147,10 @@ class NotificationStore:
             # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits.
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(notifications)")}
+            if "event_id" not in columns:
+                self._conn.execute(_EVENT_COLUMN)
+            self._conn.executescript(_EVENT_INDEX)
         except BaseException:
             self._conn.close()
             raise
@@ -182,6 +195,44 @@ class NotificationStore:
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"notification {notification_id!r} already exists") from exc
         return _row_to_notification(row)
+
+    def record_event(
+        self,
+        *,
+        event_id: str,
+        notification_id: str,
+        applicant_id: str,
+        channel: int,
+        recipient: str,
+        subject: str,
+        body: str,
+        create_time: datetime.datetime,
+    ) -> Notification | None:
+        """Store the notification sent because of event `event_id`, unless one was stored for
+        that event already: then store nothing and return None.
+
+        ValueError if `event_id` is empty or `create_time` naive.
+        """
+        if not event_id:
+            raise ValueError("event_id must be non-empty")
+        create_time_us = _to_us(create_time)
+        row = (notification_id, applicant_id, channel, recipient, subject, body, create_time_us)
+        with self._lock:
+            inserted = self._conn.execute(
+                f"INSERT INTO notifications ({_COLUMNS}, event_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING RETURNING id",
+                (*row, event_id),
+            ).fetchall()  # read to the end: the statement (and its commit) is then complete
+        return _row_to_notification(row) if inserted else None
+
+    def for_event(self, event_id: str) -> Notification | None:
+        """The notification stored for event `event_id`, if any."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM notifications WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return None if row is None else _row_to_notification(row)
 
     def list(
         self,

@@ -1,0 +1,1 @@
+"""Passport: renewals of issued passports, checked with identity, eligibility and documents."""

@@ -1,0 +1,1 @@
+"""Report: reports written from what other services know (the identity check report)."""

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from chaos.load import Recorder, grpc_target, http_target, run_load
+from chaos.scenarios import open_policy
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from hms_tools.control import send_request
+from hms_tools.devjwt import mint_token
 from hms_tools.stack import Stack, StackConfig
 from hms_tools.supervisor import ReplicaState
 from mesh.client import ClientConfig, MeshChannel
@@ -62,8 +64,11 @@ class Running:
         request = eligibility_pb2.CheckRequest(
             applicant_id="A1", annual_income_pence=2_800_000, household_size=2, residence_months=24
         )
+        # The stack's gateway checks tokens: one signed with its development key.
+        token = mint_token(self.state_dir, "load", ["eligibility:check"])
+        bearer = {"authorization": f"Bearer {token}"}
         rest = await exits.enter_async_context(
-            http_target(self.stack.info["gateway"], "POST", "/v1/eligibility:check", CHECK)
+            http_target(self.stack.info["gateway"], "POST", "/v1/eligibility:check", CHECK, bearer)
         )
         grpc = await exits.enter_async_context(grpc_target(lambda: stub.Check(request, timeout=5)))
         self._load = asyncio.gather(
@@ -103,6 +108,8 @@ async def running(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[Run
                 deployments=(DEPLOYMENT,),
                 scale={DEPLOYMENT: replicas},
                 lease_ttl=2,
+                # The load calls as `ops`; these tests are about availability, not the matrix.
+                policy=open_policy(tmp_path),
             )
             stack = Stack(config, report=reports.append)
             await stack.start()

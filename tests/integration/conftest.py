@@ -8,16 +8,23 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
+import nats as nats_py
 import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from hms_tools import certs
-from hms_tools.devstack import EtcdProcess, ServiceProcess
+from hms_tools.devstack import EtcdProcess, NatsProcess, ServiceProcess
+from hms_tools.stack import discover_services
 from mesh import tls
+from mesh.events.publisher import ensure_stream
+from mesh.events.subjects import dead_letter_stream, events_stream
 from mesh.registry import keys
 from mesh.registry.etcd import Etcd
 from mesh.registry.watch import Discovery
 
-IDENTITIES = ["eligibility", "notify", "echo", "ops"]
+# Every deployment under services/, the test backends, the gateway and operators.
+IDENTITIES = [*discover_services(), "echo", "mirror", "gateway", "ops"]
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +42,36 @@ def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsProcess]:
+    """A real nats-server with JetStream, its data in the test's temporary directory."""
+    process = NatsProcess(tmp_path / "nats.data")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def nats_client(nats: NatsProcess) -> AsyncIterator[Client]:
+    client = await nats_py.connect(nats.url, allow_reconnect=False)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def js(nats_client: Client) -> JetStreamContext:
+    """JetStream with the events and dead-letter streams, as `mesh up` creates them before
+    any service starts."""
+    context = nats_client.jetstream()
+    await ensure_stream(context, events_stream())
+    await ensure_stream(context, dead_letter_stream())
+    return context
 
 
 @pytest.fixture

@@ -10,10 +10,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from hms_tools.cli import certs, control, events, gateway, ls, up
+from hms_tools.cli import (
+    audit,
+    certs,
+    control,
+    events,
+    gateway,
+    ls,
+    manifest,
+    new_service,
+    token,
+    up,
+)
 from hms_tools.errors import OperatorError
 
-COMMANDS = (certs, up, control, ls, events, gateway)
+COMMANDS = (certs, up, control, ls, events, gateway, audit, manifest, new_service, token)
 
 
 def build_parser() -> argparse.ArgumentParser:

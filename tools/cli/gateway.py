@@ -79,18 +79,39 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="SERVICE=HOST:PORT[@DEPLOYMENT]",
         help="fixed address(es) of a service; @DEPLOYMENT names its certificate",
     )
-    gate = parser.add_argument_group("the gate")
+    gate = parser.add_argument_group(
+        "the gate",
+        "with a key, every route needs a valid bearer JWT holding the scopes its contract's "
+        "(hms.api.v1.access) asks for (401, 403), except public ones (docs/gateway.md)",
+    )
     gate.add_argument("--jwt-hs256-secret-file", type=Path)
     gate.add_argument("--jwt-public-key", type=Path, action="append", default=[], help="PEM")
     gate.add_argument("--jwks", type=Path, help="a JWK Set file")
     gate.add_argument("--jwt-issuer")
     gate.add_argument("--jwt-audience")
     gate.add_argument(
-        "--public", action="append", default=[], metavar="SERVICE[/METHOD]", help="no token"
+        "--public",
+        action="append",
+        default=[],
+        metavar="SERVICE[/METHOD]",
+        help="no token, whatever the contract asks",
+    )
+    gate.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="no JWT gate: every route open to anyone (what no key means; said on purpose, "
+        "e.g. `mesh up --gateway-arg=--no-gate`)",
     )
     gate.add_argument("--rate", type=float, help="requests per second per client address")
     gate.add_argument("--burst", type=int, default=20)
     gate.add_argument("--body-limit", type=int, default=4 * 1024 * 1024, help="bytes")
+    gate.add_argument(
+        "--response-limit",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="the largest answer taken from a backend, bytes (default 16 MiB, room for the "
+        "documents service's files; gRPC's own default is 4 MiB)",
+    )
     gate.add_argument("--cors-origin", action="append", default=[], help="an allowed origin")
     mapping = parser.add_argument_group("JSON and deadlines")
     mapping.add_argument("--default-timeout", type=float, default=30.0, help="seconds")
@@ -148,7 +169,10 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
     if args.tracing not in EXPORTERS:
         raise ValueError(f"--tracing {args.tracing!r}: use one of {', '.join(EXPORTERS)}")
     jwt = None
-    if args.jwt_hs256_secret_file or args.jwt_public_key or args.jwks:
+    keyed = bool(args.jwt_hs256_secret_file or args.jwt_public_key or args.jwks)
+    if args.no_gate and keyed:
+        raise ValueError("--no-gate and a JWT key (--jwt-...): choose one")
+    if keyed:
         secret = None
         if args.jwt_hs256_secret_file:
             # A file written by `echo` ends in a newline that is not part of the secret.
@@ -202,6 +226,7 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         etcd_tls=etcd_tls(args, endpoints, tls) if endpoints else None,
         upstreams=parse_upstreams(args.upstream),
         serving=load_serving(Path(args.serving)) if args.serving else None,
+        max_receive_message_bytes=args.response_limit,
     )
     fields = (flag[2:].replace("-", "_") for flag, *_ in LIMIT_FLAGS)
     limits = ServerLimits(

@@ -1,5 +1,7 @@
-"""`mesh up`: etcd, NATS, every service (with `--scale`, several replicas each) and the gateway
-on this machine, supervised until Ctrl-C or SIGTERM."""
+"""`mesh up`: etcd, NATS, every service its manifest declares (services/*/service.toml: its
+replicas unless `--scale` says otherwise, its drain delay) and the gateway on this machine,
+supervised until Ctrl-C or SIGTERM. Every service enforces one authorization policy composed
+from the manifests' [[accepts]] (`<state-dir>/policy.toml`), or the one `--policy` gives."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("up", help="start etcd, NATS, every service and the gateway locally")
+    parser = sub.add_parser(
+        "up", help="start etcd, NATS, every service its manifest declares and the gateway locally"
+    )
     parser.add_argument("--state-dir", type=Path, default=Path(".mesh"), help="default .mesh/")
     parser.add_argument("--namespace", default="hms")
     parser.add_argument("--only", nargs="*", default=(), help="start only these deployments")
@@ -24,7 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--scale",
         default="",
         metavar="DEPLOYMENT=N[,...]",
-        help="replicas per deployment, e.g. eligibility=3,notify=2 (default 1 each)",
+        help="replicas per deployment, e.g. eligibility=3,notify=2 (default: each "
+        "manifest's replicas)",
+    )
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the authorization policy every service enforces (docs/authz.md); default: the "
+        "one composed from the manifests' [[accepts]], written to <state-dir>/policy.toml",
+    )
+    parser.add_argument(
+        "--policy-mode",
+        choices=("enforce", "audit"),
+        default="enforce",
+        help="audit: the composed policy lets every call through and logs those it would "
+        "refuse (try a new matrix before enforcing it)",
     )
     parser.add_argument(
         "--gateway-arg",
@@ -51,6 +71,8 @@ def summary(info: dict[str, Any]) -> str:
         f"nats     {info['nats']}",
         f"tls      {info['tls_dir']} (ops certificate: {info['ops_cert']}.pem)",
     ]
+    if info.get("policy"):
+        lines.append(f"policy   {info['policy']} (who may call what)")
     if info.get("gateway"):
         lines.append(f"gateway  {info['gateway']} (REST; /openapi.json lists the routes)")
     for service in info["services"].values():
@@ -95,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         scale=parse_scale(args.scale) if args.scale else {},
         gateway_args=tuple(args.gateway_args),
         insecure_control_plane=args.insecure_control_plane,
+        policy=args.policy,
+        policy_mode=args.policy_mode,
     )
     asyncio.run(serve(config))
     return 0

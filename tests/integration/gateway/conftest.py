@@ -17,7 +17,7 @@ from mesh.testing import wait_until
 
 from ..conftest import clean_env, service_process
 
-GATEWAY_IDENTITIES = ["mirror", "echo", "gateway", "ops"]
+GATEWAY_IDENTITIES = ["mirror", "echo", "eligibility", "gateway", "ops"]
 
 
 @dataclass

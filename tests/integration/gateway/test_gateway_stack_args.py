@@ -1,6 +1,8 @@
 """`mesh up` passing the gateway its options: a real stack (etcd, NATS, the eligibility service,
 the gateway) started with ``StackConfig(gateway_args=("--strict",))`` refuses an unknown JSON
-field; a flag the gateway does not take fails `mesh up` at once with the gateway's own words."""
+field; a flag the gateway does not take fails `mesh up` at once with the gateway's own words.
+The stack's gateway is gated with its development key (tools/devjwt.py): calls carry a token
+from `mint_token`, as `mesh token` prints it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hms_tools.devjwt import mint_token
 from hms_tools.errors import OperatorError
 from hms_tools.stack import Stack, StackConfig
 
@@ -46,7 +49,12 @@ async def strict_stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 async def test_a_strict_gateway_refuses_an_unknown_json_field(strict_stack: Stack) -> None:
-    async with httpx.AsyncClient(base_url=strict_stack.info["gateway"], timeout=10) as http:
+    token = mint_token(strict_stack.state_dir, "maya", ["eligibility:check"])
+    async with httpx.AsyncClient(
+        base_url=strict_stack.info["gateway"],
+        timeout=10,
+        headers={"authorization": f"Bearer {token}"},
+    ) as http:
         typo = await http.post(CHECK, json={**APPLICANT, "housholdSize": 2})
         assert typo.status_code == 400, typo.text
         assert typo.json() == {
@@ -56,6 +64,9 @@ async def test_a_strict_gateway_refuses_an_unknown_json_field(strict_stack: Stac
         }
         fine = await http.post(CHECK, json=APPLICANT)
         assert fine.status_code == 200, fine.text
+        # The stack's gateway is gated: without the token, nothing.
+        bare = await http.post(CHECK, json=APPLICANT, headers={"authorization": ""})
+        assert bare.status_code == 401, bare.text
         assert fine.json()["applicantId"] == "HV-1"
         # and what every gateway says of a value that does not fit, in JSON terms
         lots = await http.post(CHECK, json={**APPLICANT, "annualIncomePence": "lots"})
@@ -70,6 +81,27 @@ async def test_a_strict_gateway_refuses_an_unknown_json_field(strict_stack: Stac
             "request body is not valid: householdSize: expected an integer "
             "(a JSON number or a string of digits), got true"
         )
+
+
+async def test_no_gate_runs_the_stacks_gateway_without_the_gate(tmp_path: Path) -> None:
+    config = StackConfig(
+        state_dir=tmp_path / "state",
+        deployments=("eligibility",),
+        gateway_args=("--no-gate",),
+        lease_ttl=2,
+        control=False,
+    )
+    stack = Stack(config, report=lambda text: None)
+    await stack.start()
+    try:
+        async with httpx.AsyncClient(base_url=stack.info["gateway"], timeout=10) as http:
+            open_check = await http.post(CHECK, json=APPLICANT)
+            assert open_check.status_code == 200, open_check.text
+            document = (await http.get("/openapi.json")).json()
+            assert "securitySchemes" not in document["components"]
+        assert not (tmp_path / "state" / "jwt").exists()  # no development key was made
+    finally:
+        await stack.stop()
 
 
 async def test_a_flag_the_gateway_does_not_take_fails_the_stack_with_its_words(

@@ -1,7 +1,9 @@
-"""With tracing on, the gateway continues the REST caller's W3C trace into the backend call."""
+"""The gateway continues the REST caller's W3C trace into the backend call and names it in
+every answer's ``traceparent``, with tracing on (a span per request) and off (ids only)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -33,19 +35,37 @@ def _seen(response: httpx.Response) -> dict[str, str]:
 
 
 def test_the_backend_call_continues_the_callers_trace(traced_http: httpx.Client) -> None:
-    seen = _seen(traced_http.get("/v1/items/x", headers={"traceparent": TRACEPARENT}))
+    response = traced_http.get("/v1/items/x", headers={"traceparent": TRACEPARENT})
+    seen = _seen(response)
     version, trace_id, parent_span, flags = seen["traceparent"].split("-")
     assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
     # The gateway's own span (or its client span) is the parent now, not the caller's.
     assert parent_span != CALLER_SPAN
+    # The answer names the gateway's SERVER span in the caller's trace.
+    version, trace_id, own_span, flags = response.headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
+    assert own_span not in (CALLER_SPAN, "0" * 16)
 
 
 def test_a_request_without_a_trace_starts_one(traced_http: httpx.Client) -> None:
-    seen = _seen(traced_http.get("/v1/items/x"))
-    assert len(seen["traceparent"].split("-")[1]) == 32
+    response = traced_http.get("/v1/items/x")
+    trace_id = _seen(response)["traceparent"].split("-")[1]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id)
+    assert response.headers["traceparent"].split("-")[1] == trace_id
 
 
-def test_without_tracing_no_trace_context_is_forwarded(http: httpx.Client) -> None:
-    """Tracing off: the header is not a Grpc-Metadata- one, so it is not passed through."""
-    seen = _seen(http.get("/v1/items/x", headers={"traceparent": TRACEPARENT}))
-    assert "traceparent" not in seen
+def test_an_error_of_the_gateway_names_the_trace(traced_http: httpx.Client) -> None:
+    response = traced_http.get("/v1/nowhere", headers={"traceparent": TRACEPARENT})
+    assert response.status_code == 404
+    assert response.headers["traceparent"].split("-")[1] == TRACE_ID
+
+
+def test_without_tracing_the_trace_context_is_forwarded_too(http: httpx.Client) -> None:
+    """Tracing off: no spans, but the caller's trace goes on with a span id of the gateway's,
+    the one the answer names."""
+    response = http.get("/v1/items/x", headers={"traceparent": TRACEPARENT})
+    seen = _seen(response)
+    assert seen["traceparent"] == response.headers["traceparent"]
+    version, trace_id, parent_span, flags = seen["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
+    assert parent_span != CALLER_SPAN

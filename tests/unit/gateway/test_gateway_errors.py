@@ -250,3 +250,49 @@ def test_gateway_error_is_catchable_as_exception() -> None:
     with pytest.raises(GatewayError) as info:
         raise GatewayError.no_backend("svc")
     assert "503" in repr(info.value)
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+_TOO_LARGE = error_details_pb2.ErrorInfo(reason="PAYLOAD_TOO_LARGE", domain="hms.documents.v1")
+_MEDIA = error_details_pb2.ErrorInfo(reason="UNSUPPORTED_MEDIA_TYPE", domain="hms.documents.v1")
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "expected"),
+    [
+        pytest.param(C.RESOURCE_EXHAUSTED, [_TOO_LARGE], 413, id="too-large"),
+        pytest.param(C.RESOURCE_EXHAUSTED, [_packed(_TOO_LARGE)], 413, id="too-large-in-any"),
+        pytest.param(C.INVALID_ARGUMENT, [_packed(_MEDIA)], 415, id="unsupported-media"),
+        pytest.param(
+            C.INVALID_ARGUMENT,
+            [_packed(error_details_pb2.BadRequest()), _packed(_MEDIA)],
+            415,
+            id="media-after-another-detail",
+        ),
+        # A reason sharpens only its own code.
+        pytest.param(C.INVALID_ARGUMENT, [_TOO_LARGE], 400, id="too-large-on-another-code"),
+        pytest.param(C.RESOURCE_EXHAUSTED, [_MEDIA], 429, id="media-on-another-code"),
+        pytest.param(
+            C.RESOURCE_EXHAUSTED,
+            [error_details_pb2.ErrorInfo(reason="RATE_LIMITED")],
+            429,
+            id="other-reason",
+        ),
+        pytest.param(
+            C.RESOURCE_EXHAUSTED,
+            [any_pb2.Any(type_url=_packed(_TOO_LARGE).type_url, value=b"\xff\xff")],
+            429,
+            id="undecodable-error-info",
+        ),
+        pytest.param(C.RESOURCE_EXHAUSTED, [_packed_unknown_type()], 429, id="unknown-detail"),
+    ],
+)
+def test_an_error_info_reason_sharpens_its_code(
+    code: grpc.StatusCode, details: list[Any], expected: int
+) -> None:
+    assert http_status(code, details) == expected

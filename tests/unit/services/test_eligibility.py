@@ -9,12 +9,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hms.eligibility.v1 import eligibility_pb2
-from hms_services.eligibility.rules import RULES, RULES_BY_ID, format_pence, income_limit_pence
+from hms_services.eligibility.rules import (
+    HOUSING_RULES,
+    RULES,
+    RULES_BY_ID,
+    format_pence,
+    income_limit_pence,
+)
 from hms_services.eligibility.service import EligibilityService
 from mesh.errors import InvalidArgument, NotFound
 from mesh.testing import FakeContext
 
 ALL_IDS = [r.rule_id for r in RULES]
+HOUSING_IDS = [r.rule_id for r in HOUSING_RULES]
+HOUSING_ONLY = ["MAX_INCOME", "MIN_RESIDENCE", "MAX_HOUSEHOLD"]
+WINDOW = "PASSPORT_RENEWAL_WINDOW"
 
 
 # The handlers use nothing of the context, and raise mesh errors rather than abort.
@@ -159,9 +168,11 @@ async def test_max_household(size: int, passed: bool) -> None:
     assert response.eligible is passed
 
 
-async def test_all_rules_apply_when_none_are_named() -> None:
-    response = await check()
-    assert [r.rule_id for r in response.reasons] == ALL_IDS
+async def test_the_housing_rules_apply_when_none_are_named() -> None:
+    # Passport facts given too: still only the housing scheme, as before there were schemes.
+    response = await check(months_to_passport_expiry=-100)
+    assert [r.rule_id for r in response.reasons] == HOUSING_ONLY
+    assert HOUSING_IDS == HOUSING_ONLY
     assert response.eligible
     assert response.applicant_id == "app-1"
 
@@ -189,15 +200,100 @@ async def test_rule_ids_select_a_subset(rule_ids: list[str], expected: list[str]
     assert response.eligible is ("MAX_INCOME" not in expected)
 
 
+# --- passport renewal window ------------------------------------------------------------
+
+
+async def check_passport(months: int | None, **overrides: Any) -> eligibility_pb2.CheckResponse:
+    """A passport check as passport makes it: no housing facts, one rule named."""
+    fields: dict[str, Any] = {"applicant_id": "C12345", "rule_ids": [WINDOW]}
+    if months is not None:
+        fields["months_to_passport_expiry"] = months
+    fields.update(overrides)
+    return await EligibilityService().Check(eligibility_pb2.CheckRequest(**fields), CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("months", "passed", "mentions"),
+    [
+        pytest.param(120, False, ["expires in 120 months", "too early"], id="ten-years-left"),
+        pytest.param(10, False, ["expires in 10 months", "too early"], id="one-month-too-early"),
+        pytest.param(9, True, ["expires in 9 months", "within"], id="window-opens"),
+        pytest.param(1, True, ["expires in 1 month:", "within"], id="one-month-left"),
+        pytest.param(0, True, ["expires this month", "within"], id="expires-this-month"),
+        pytest.param(-1, True, ["expired 1 month ago", "within"], id="just-expired"),
+        pytest.param(-60, True, ["expired 60 months ago", "within"], id="window-closes"),
+        pytest.param(-61, False, ["expired 61 months ago", "new passport"], id="one-month-late"),
+        pytest.param(-600, False, ["expired 600 months ago", "new passport"], id="long-lapsed"),
+    ],
+)
+async def test_passport_renewal_window(months: int, passed: bool, mentions: list[str]) -> None:
+    response = await check_passport(months)
+    assert [r.rule_id for r in response.reasons] == [WINDOW]
+    assert response.eligible is passed
+    outcome = reason(response, WINDOW)
+    assert outcome.passed is passed
+    for text in mentions:
+        assert text in outcome.message
+    assert "9 months before expiry until 60 months after" in outcome.message
+
+
+async def test_a_passport_check_needs_the_months_to_expiry() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await check_passport(None)
+    assert [f for f, _ in caught.value.violations] == ["months_to_passport_expiry"]
+    assert WINDOW in caught.value.message
+
+
+async def test_a_passport_check_reads_no_housing_facts() -> None:
+    # household_size 0 and a negative income would be refused by a housing check.
+    response = await check_passport(3, household_size=0, annual_income_pence=-5)
+    assert response.eligible
+
+
+async def test_a_housing_check_needs_no_passport_facts() -> None:
+    response = await check(rule_ids=["MAX_INCOME"])
+    assert response.eligible
+    assert [r.rule_id for r in response.reasons] == ["MAX_INCOME"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        pytest.param({}, "months_to_passport_expiry", id="passport-fact-missing"),
+        pytest.param(
+            {"months_to_passport_expiry": 3, "household_size": 0},
+            "household_size",
+            id="housing-fact-wrong",
+        ),
+    ],
+)
+async def test_rules_of_two_schemes_need_the_facts_of_both(
+    overrides: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await check(rule_ids=["MAX_INCOME", WINDOW], **overrides)
+    assert [f for f, _ in caught.value.violations] == [field]
+
+
+async def test_rules_of_two_schemes_decide_together() -> None:
+    response = await check(rule_ids=[WINDOW, "MAX_INCOME"], months_to_passport_expiry=-61)
+    assert [(r.rule_id, r.passed) for r in response.reasons] == [
+        (WINDOW, False),
+        ("MAX_INCOME", True),
+    ]
+    assert not response.eligible
+
+
 # --- rule catalogue -----------------------------------------------------------------------
 
 
-async def test_list_rules_returns_every_rule_in_order() -> None:
+async def test_list_rules_returns_every_rule_of_every_scheme_in_order() -> None:
     response = await EligibilityService().ListRules(eligibility_pb2.ListRulesRequest(), CONTEXT)
-    assert [(r.rule_id, r.threshold, r.unit) for r in response.rules] == [
-        ("MAX_INCOME", 3_500_000, "pence"),
-        ("MIN_RESIDENCE", 12, "months"),
-        ("MAX_HOUSEHOLD", 12, "people"),
+    assert [(r.rule_id, r.scheme, r.threshold, r.unit) for r in response.rules] == [
+        ("MAX_INCOME", "HOUSING", 3_500_000, "pence"),
+        ("MIN_RESIDENCE", "HOUSING", 12, "months"),
+        ("MAX_HOUSEHOLD", "HOUSING", 12, "people"),
+        (WINDOW, "PASSPORT", 9, "months before expiry"),
     ]
     assert all(r.description for r in response.rules)
 
@@ -209,6 +305,7 @@ async def test_get_rule_returns_the_rule(rule_id: str) -> None:
     )
     assert response.rule.rule_id == rule_id
     assert response.rule.threshold == RULES_BY_ID[rule_id].threshold
+    assert response.rule.scheme == RULES_BY_ID[rule_id].scheme
 
 
 @pytest.mark.parametrize(
@@ -243,6 +340,8 @@ def test_income_limit_pence(size: int, limit: int) -> None:
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 
+INT32_MIN = -(2**31)
+
 valid_requests = st.builds(
     eligibility_pb2.CheckRequest,
     applicant_id=st.text(min_size=1).filter(lambda s: s.strip() != ""),
@@ -250,14 +349,21 @@ valid_requests = st.builds(
     household_size=st.integers(1, INT32_MAX),
     residence_months=st.integers(0, INT32_MAX),
     rule_ids=st.lists(st.sampled_from(ALL_IDS), max_size=5),
+    months_to_passport_expiry=st.integers(INT32_MIN, INT32_MAX),
 )
 
 
 @given(request=valid_requests)
 async def test_check_decides_every_valid_request(request: eligibility_pb2.CheckRequest) -> None:
     response = await EligibilityService().Check(request, CONTEXT)
-    applied = list(dict.fromkeys(request.rule_ids)) or ALL_IDS
+    applied = list(dict.fromkeys(request.rule_ids)) or HOUSING_IDS
     assert [r.rule_id for r in response.reasons] == applied
     assert response.eligible == all(r.passed for r in response.reasons)
     assert all(r.message for r in response.reasons)
     assert response.applicant_id == request.applicant_id
+
+
+@given(months=st.integers(INT32_MIN, INT32_MAX))
+async def test_the_renewal_window_is_nine_months_before_to_sixty_after(months: int) -> None:
+    response = await check_passport(months)
+    assert response.eligible is (-60 <= months <= 9)

@@ -1,4 +1,5 @@
-"""NotifyService handlers and the SQLite notification store (a real file under tmp_path)."""
+"""NotifyService handlers, the SQLite notification store (a real file under tmp_path) and the
+notification recorded for each case event."""
 
 from __future__ import annotations
 
@@ -6,16 +7,24 @@ import base64
 import datetime
 import itertools
 import sqlite3
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.message import Message
+from opentelemetry.context import Context
 
+from hms.housing.v1 import housing_pb2
+from hms.licensing.v1 import licensing_pb2
 from hms.notify.v1 import notify_pb2
+from hms.passport.v1 import passport_pb2
+from hms_services.notify.events import NOTIFIED_EVENTS, Draft, EventNotifier, compose
 from hms_services.notify.service import NotifyService
 from hms_services.notify.store import Cursor, Notification, NotificationStore
 from mesh.errors import AlreadyExists, InvalidArgument
+from mesh.events import EventMeta
 from mesh.testing import FakeContext, VirtualWallClock
 
 T0 = datetime.datetime(2024, 5, 1, 9, 30, tzinfo=datetime.UTC)
@@ -321,3 +330,176 @@ def test_store_uses_wal_mode(store: NotificationStore, db_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
+
+
+# --- a notification per event -------------------------------------------------------------
+
+
+def event_meta(event_id: str) -> EventMeta:
+    return EventMeta(
+        id=event_id,
+        type="",
+        source="housing",
+        time=None,
+        delivery_count=1,
+        subject="hms.events.x",
+        stream_sequence=1,
+        trace_context=Context(),
+    )
+
+
+VOUCHER = housing_pb2.VoucherSubmitted(
+    application=housing_pb2.Application(application_id="A-17", citizen_id="C-1")
+)
+RENEWAL = passport_pb2.RenewalSubmitted(
+    renewal=passport_pb2.Renewal(renewal_id="R-4", citizen_id="C-2")
+)
+LICENCE = licensing_pb2.LicenceIssued(
+    licence=licensing_pb2.Licence(licence_id="L-9", citizen_id="C-3", licence_type="street-trading")
+)
+
+
+@pytest.mark.parametrize(
+    ("event", "draft"),
+    [
+        pytest.param(
+            VOUCHER,
+            Draft(
+                "C-1",
+                "Housing voucher application received",
+                "Your housing voucher application A-17 was received.",
+            ),
+            id="voucher",
+        ),
+        pytest.param(
+            RENEWAL,
+            Draft("C-2", "Passport renewal received", "Your passport renewal R-4 was received."),
+            id="renewal",
+        ),
+        pytest.param(
+            LICENCE,
+            Draft("C-3", "Licence issued", "Your street-trading licence L-9 was issued."),
+            id="licence",
+        ),
+        pytest.param(
+            licensing_pb2.LicenceIssued(
+                licence=licensing_pb2.Licence(licence_id="L-1", citizen_id="C-3")
+            ),
+            Draft("C-3", "Licence issued", "Your licence L-1 was issued."),
+            id="licence-of-no-type",
+        ),
+    ],
+)
+def test_each_event_s_notification(event: Message, draft: Draft) -> None:
+    assert compose(event) == draft
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        pytest.param(housing_pb2.VoucherSubmitted(), "application.citizen_id", id="no-citizen"),
+        pytest.param(
+            passport_pb2.RenewalSubmitted(renewal=passport_pb2.Renewal(citizen_id="C-2")),
+            "renewal.renewal_id",
+            id="no-case",
+        ),
+        pytest.param(
+            licensing_pb2.LicenceIssued(
+                licence=licensing_pb2.Licence(licence_id="L-1", citizen_id=" ")
+            ),
+            "licence.citizen_id",
+            id="blank-citizen",
+        ),
+        pytest.param(licensing_pb2.LicenceRefused(citizen_id="C-1"), "LicenceRefused", id="other"),
+    ],
+)
+def test_an_event_that_cannot_be_addressed_names_what_is_missing(
+    event: Message, field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        compose(event)
+
+
+def test_every_notified_event_is_in_the_manifest() -> None:
+    manifest = Path(__file__).parents[3] / "services" / "notify" / "service.toml"
+    subscribes = tomllib.loads(manifest.read_text())["subscribes"]
+    assert sorted(m.DESCRIPTOR.full_name for m in NOTIFIED_EVENTS) == sorted(subscribes)
+
+
+async def test_an_event_is_notified_once_whatever_the_redeliveries(
+    store: NotificationStore,
+) -> None:
+    notify = EventNotifier(store, clock=VirtualWallClock(T0), new_id=counting_ids())
+    await notify(VOUCHER, event_meta("ev-1"))
+    await notify(VOUCHER, event_meta("ev-1"))  # redelivered
+    await notify(RENEWAL, event_meta("ev-2"))
+    await notify(VOUCHER, event_meta("ev-1"))
+    listed = await NotifyService(store).ListNotifications(
+        notify_pb2.ListNotificationsRequest(applicant_id="C-1"), CONTEXT
+    )
+    assert len(listed.notifications) == 1
+    sent = listed.notifications[0]
+    assert (sent.notification_id, sent.channel, sent.recipient, sent.body) == (
+        "id-0001",
+        notify_pb2.CHANNEL_EMAIL,
+        "citizen:C-1",
+        "Your housing voucher application A-17 was received.",
+    )
+    assert store.for_event("ev-1") == store.list("C-1")[0][0]
+    assert [n.applicant_id for n in store.list()[0]] == ["C-2", "C-1"]
+
+
+async def test_an_event_without_an_id_is_refused(store: NotificationStore) -> None:
+    with pytest.raises(ValueError, match="no id"):
+        await EventNotifier(store)(VOUCHER, event_meta(""))
+    assert store.list() == ([], "")
+
+
+def test_record_event_needs_an_event_id(store: NotificationStore) -> None:
+    with pytest.raises(ValueError, match="event_id"):
+        store.record_event(
+            event_id="",
+            notification_id="n1",
+            applicant_id="a",
+            channel=1,
+            recipient="r",
+            subject="",
+            body="b",
+            create_time=T0,
+        )
+
+
+def test_notifications_sent_by_call_need_no_event(store: NotificationStore) -> None:
+    add(store, "n1", T0)
+    add(store, "n2", T0)  # two rows without an event id: no clash
+    assert len(store.list()[0]) == 2
+
+
+def test_a_file_from_before_events_gains_the_event_column(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.executescript(
+        """
+        CREATE TABLE notifications (
+            id TEXT PRIMARY KEY, applicant_id TEXT NOT NULL, channel INTEGER NOT NULL,
+            recipient TEXT NOT NULL, subject TEXT NOT NULL, body TEXT NOT NULL,
+            create_time_us INTEGER NOT NULL
+        );
+        INSERT INTO notifications VALUES ('old', 'C-1', 1, 'r', 's', 'b', 0);
+        """
+    )
+    conn.close()
+    with NotificationStore(db_path) as store:
+        stored = store.record_event(
+            event_id="ev-1",
+            notification_id="new",
+            applicant_id="C-1",
+            channel=1,
+            recipient="r",
+            subject="s",
+            body="b",
+            create_time=T0,
+        )
+        assert stored is not None
+        assert [n.notification_id for n in store.list("C-1")[0]] == ["new", "old"]
+    with NotificationStore(db_path) as reopened:  # the second open finds the column there
+        assert reopened.for_event("ev-1") == stored
