@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from hms.documents.v1 import documents_pb2, documents_pb2_grpc
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from hms.housing.v1 import housing_pb2, housing_pb2_grpc
-from hms_services.housing.dependencies import ask
 from hms_services.housing.store import HousingStore, StoredApplication
+from mesh.dependency import ask
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from hms.documents.v1 import documents_pb2, documents_pb2_grpc
 from hms.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from hms.identity.v1 import identity_pb2, identity_pb2_grpc
 from hms.passport.v1 import passport_pb2, passport_pb2_grpc
-from hms_services.passport.dependencies import ask
 from hms_services.passport.store import IssuedPassport, PassportStore, StoredRenewal
+from mesh.dependency import ask
 from mesh.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 if TYPE_CHECKING:

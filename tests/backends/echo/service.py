@@ -217,7 +217,7 @@ def _check_status(field: str, code: int) -> None:
 
 
 def _trace_id() -> str:
-    """The current span's W3C trace id, or "" when tracing is off."""
+    """The current W3C trace id ("" only outside any trace: the host always sets one)."""
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()

@@ -17,6 +17,7 @@ from hms.testing.v1.events_pb2 import VoucherSubmitted
 from mesh.events.publisher import Publisher
 from mesh.events.subjects import ConsumerSpec, Headers, dead_letter_subject, event_subject
 from mesh.events.subscriber import EventMeta, Subscriber
+from mesh.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -148,9 +149,15 @@ async def test_poison_event_goes_to_dead_letters_and_later_events_flow(
     assert headers[Headers.DLQ_CONSUMER] == "payments__hms_testing_v1_VoucherSubmitted"
     assert headers[Headers.ID] == "evt-poison"
     assert attempts["good-1"] == attempts["good-2"] == 1
-    info = await js.consumer_info("HMS_EVENTS", "payments__hms_testing_v1_VoucherSubmitted")
-    assert info.num_ack_pending == 0
-    assert info.num_pending == 0
+    consumer = "payments__hms_testing_v1_VoucherSubmitted"
+
+    async def settled() -> bool:
+        # The handler returned before its ack (and the poison's term) reached the server.
+        info = await js.consumer_info("HMS_EVENTS", consumer)
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(settled, WAIT, interval=0.05)
+    info = await js.consumer_info("HMS_EVENTS", consumer)
     assert info.config.max_deliver == 3
     assert info.config.backoff == pytest.approx([0.55, 0.6])
 

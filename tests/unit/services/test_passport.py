@@ -23,7 +23,6 @@ from hms.eligibility.v1 import eligibility_pb2_grpc
 from hms.identity.v1 import identity_pb2, identity_pb2_grpc
 from hms.passport.v1 import passport_pb2
 from hms_services.eligibility.service import EligibilityService
-from hms_services.passport.dependencies import ask
 from hms_services.passport.service import RENEWAL_RULE, PassportService, months_until
 from hms_services.passport.store import (
     SEED_PASSPORTS,
@@ -33,6 +32,7 @@ from hms_services.passport.store import (
     add_months,
     seed_register,
 )
+from mesh.dependency import ask
 from mesh.errors import (
     FailedPrecondition,
     Internal,

@@ -1,9 +1,12 @@
-"""Calls to the services passport depends on, their failures told in passport's words.
+"""Calls to the services a handler depends on, their failures told in the caller's words.
 
-A dependency that is down or too slow is UNAVAILABLE naming it; an answer the caller expects
-(say NOT_FOUND from documents) is raised as its `MeshError` for the caller to judge; any other
-failure is passport's own fault (a bad request it built, a policy that refuses it): INTERNAL,
-naming the dependency and what it said.
+A dependency that is down or too slow is UNAVAILABLE naming it (the caller may try again); an
+answer the handler expects (say NOT_FOUND from documents) is raised as its `MeshError` for the
+handler to judge; any other failure is the caller's own fault (a bad request it built, a
+policy that refuses it): INTERNAL, naming the dependency and what it said.
+
+    document = await ask("documents", documents.GetDocument(request, timeout=2),
+                         expected=(NotFound,))
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ _DOWN = frozenset(
 async def ask(
     dependency: str, call: Awaitable[T], *, expected: tuple[type[MeshError], ...] = ()
 ) -> T:
-    """The answer of `call` to `dependency`; its failure as described in the module's doc."""
+    """The answer of `call` to `dependency`; its failure as the module's doc says."""
     try:
         return await call
     except grpc.aio.AioRpcError as exc:
