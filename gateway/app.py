@@ -43,7 +43,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 import grpc
 from google.rpc import status_pb2
@@ -75,6 +74,7 @@ from hms_gateway.headers import (
     to_metadata,
 )
 from hms_gateway.openapi import build_openapi
+from hms_gateway.query import parse_query
 from hms_gateway.ratelimit import RateLimiter
 from hms_gateway.router import Match, MethodNotAllowed
 from hms_gateway.routes import RouteTable
@@ -317,14 +317,7 @@ class Gateway:
         if identity is not None:
             metadata.extend(identity_metadata(identity))
         body = await read_body(request, self.config.body_limit)
-        try:
-            query = parse_qsl(
-                request.query.decode("latin-1"), keep_blank_values=True, errors="strict"
-            )
-        except UnicodeDecodeError as exc:
-            raise GatewayError(
-                400, grpc.StatusCode.INVALID_ARGUMENT, f"query string is not UTF-8: {exc.reason}"
-            ) from None
+        query = parse_query(request.query)
         message = endpoint.mapping.build_request(
             endpoint.request_class,
             bindings,

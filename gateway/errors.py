@@ -226,6 +226,11 @@ class GatewayError(Exception):
         return cls(400, grpc.StatusCode.INVALID_ARGUMENT, f"request body is not valid: {problem}")
 
     @classmethod
+    def bad_query_string(cls, problem: str) -> GatewayError:
+        """The query string itself cannot be read (a malformed escape, bytes not UTF-8)."""
+        return cls(400, grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    @classmethod
     def bad_query_value(cls, field: str, value: str, problem: str) -> GatewayError:
         """A query parameter's value does not fit its field; names the field and the value."""
         return cls(

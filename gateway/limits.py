@@ -24,6 +24,9 @@ class ServerLimits:
     seconds after the head; an idle kept-alive connection is closed after
     ``keepalive_timeout``. Over ``max_connections`` open connections or ``max_in_flight``
     requests being served (each per listener), a client is answered 503 with ``Retry-After``.
+    A connection that ends while its client may still be sending (a refusal, an answer before
+    the body was read) lingers, reading and dropping, for at most ``linger_timeout`` seconds
+    (the client reads the answer rather than a reset; gateway/protocol.py).
     """
 
     max_request_line: int = 8 * 1024
@@ -34,6 +37,9 @@ class ServerLimits:
     keepalive_timeout: float = 5.0
     max_connections: int = 1000
     max_in_flight: int = 256
+    #: Long enough for a client to finish sending a body of some MiB and read the answer on a
+    #: slow link; short beside ``header_timeout``, so a lingering client holds no more.
+    linger_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -46,7 +52,7 @@ class ServerLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        for name in ("header_timeout", "body_timeout", "keepalive_timeout", "linger_timeout"):
             value = getattr(self, name)
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")

@@ -24,7 +24,7 @@ Per connection, in the order a request arrives (the limits are ``ServerLimits``)
   at most that plus one read, 256 KiB), not when it ends;
 - **body timeout**: the body must be complete ``body_timeout`` seconds after the head: else 408
   (or a plain close if the answer has begun). An answer sent before the body was read (a 401, a
-  413) closes the connection rather than wait for the rest;
+  413) ends the connection rather than wait for the rest, lingering (below);
 - **requests in flight**: a listener with ``max_in_flight`` requests being served (from the end
   of their head to the end of their answer) answers another 503 with ``Retry-After``;
 - **idle**: a kept-alive connection with no request for ``keepalive_timeout`` seconds is
@@ -36,11 +36,22 @@ The head and body clocks stop while the gateway itself has paused reading (a pip
 waits for the one before it, or the app has not read the body buffered so far): the client is
 not the slow one then, and gets its whole allowance of time the gateway was reading.
 
-Every answer here is a ``google.rpc.Status`` in JSON with ``Connection: close``. A refused
-connection then reads and drops what the client still sends for up to a second (at most 256
-connections at a time do), so that a client still writing its request reads the answer rather
-than a reset. Refusals are counted by reason (``on_refused``, ``gateway_refused_total``), not
-logged: a hostile client would write the log.
+Every answer here is a ``google.rpc.Status`` in JSON with ``Connection: close``.
+
+**Lingering close** (as nginx's ``lingering_close``): closing a socket that has unread data
+sends a reset, and a client still writing its request (urllib, httpx and curl send the whole
+body before they read) then loses the answer it was sent: ``Connection reset by peer`` instead
+of the 413. So a connection that ends while the client may still be sending (a refusal here, an
+app's answer before the body was read, or the close a ``Connection: close`` request asks for
+while its body is unread) shuts down its write side once the answer is flushed (the client
+reads the answer and then the end), and reads and drops what still arrives until the client
+closes too, for at most ``linger_timeout`` seconds and ``Guard.linger_bytes`` bytes; past
+either it is cut. A lingering connection still counts against ``max_connections`` (one refused
+for the cap never did), and at most ``MAX_LINGERING`` connections linger at once (past it one
+closes at once).
+
+Refusals are counted by reason (``on_refused``, ``gateway_refused_total``), not logged: a
+hostile client would write the log.
 """
 
 from __future__ import annotations
@@ -52,10 +63,10 @@ from typing import Any, ClassVar, cast
 
 import grpc
 import httptools
-from uvicorn._types import ASGI3Application
+from uvicorn._types import ASGI3Application, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from hms_gateway.asgi import Receive, Scope, Send, json_bytes
@@ -63,6 +74,8 @@ from hms_gateway.errors import status_body
 from hms_gateway.limits import ServerLimits
 
 __all__ = [
+    "LINGER_BYTES",
+    "MAX_LINGERING",
     "RETRY_AFTER",
     "Guard",
     "GuardedProtocol",
@@ -77,9 +90,10 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 RETRY_AFTER = 1
 #: Requests queued behind the one being served on one connection.
 MAX_PIPELINED = 16
-#: Seconds a refused connection keeps reading (and dropping) after its answer.
-LINGER = 1.0
-#: Connections lingering at once; past it a refused connection is closed at once.
+#: Bytes a lingering connection drops at the least before it is cut; a server raises it to its
+#: body limit (a client whose body is within the limit reads its early 401 whole).
+LINGER_BYTES = 16 * 1024 * 1024
+#: Connections lingering at once; past it a connection that ends is closed at once.
 MAX_LINGERING = 256
 
 _WILDCARD = frozenset({"", "0.0.0.0", "::"})
@@ -121,17 +135,23 @@ def _ignore(_reason: str) -> None:
 
 class Guard:
     """What the connections of one server share: the limits, the listeners (the first is the
-    one a connection of unknown address is counted on) and how refusals are counted."""
+    one a connection of unknown address is counted on), how refusals are counted, and how many
+    bytes a lingering connection drops before it is cut (``linger_bytes``)."""
 
     def __init__(
         self,
         limits: ServerLimits,
         listeners: Sequence[Listener],
         on_refused: Callable[[str], None] = _ignore,
+        *,
+        linger_bytes: int = LINGER_BYTES,
     ) -> None:
         if not listeners:
             raise ValueError("a server needs at least one listener")
+        if linger_bytes < 0:
+            raise ValueError(f"linger_bytes must be >= 0, got {linger_bytes}")
         self.limits = limits
+        self.linger_bytes = linger_bytes
         self.listeners = tuple(listeners)
         self.on_refused = on_refused
         self.lingering = 0
@@ -207,6 +227,39 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the refusal is in ``_refusal``."""
 
 
+class _CycleTransport(asyncio.Transport):
+    """The connection's transport as one uvicorn request cycle sees it.
+
+    uvicorn's cycle closes the transport itself once a ``Connection: close`` answer (asked for
+    by the client, as urllib does, or by the app) is written; with the request's body unread,
+    that close would reset the connection under the answer. Here the protocol decides how the
+    connection ends (:meth:`GuardedProtocol.answered_and_closing`).
+    """
+
+    def __init__(
+        self, protocol: GuardedProtocol, transport: asyncio.Transport, cycle: RequestResponseCycle
+    ) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._transport = transport
+        self._cycle = cycle
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def close(self) -> None:
+        if self._cycle.response_complete:
+            self._protocol.answered_and_closing()
+        else:
+            self._transport.close()  # an answer cut short (the app failed): nothing to wait for
+
+
 class _Flow(FlowControl):
     """uvicorn's flow control, telling the protocol when reading stops and starts again."""
 
@@ -256,6 +309,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._closing = False  # refused or closing: what still arrives is dropped
         self._lingering = False
+        self._dropped = 0  # bytes dropped while lingering
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -293,7 +347,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
-            return  # refused: what the client still sends is dropped
+            self._drop(data)
+            return
         self._unset_keepalive_if_required()
         starts_in_head = self._state is not _BODY
         heads = self._heads
@@ -331,6 +386,14 @@ class GuardedProtocol(HttpToolsProtocol):
             # uvicorn's keep-alive timer: they start the next head's clock instead.
             self._arm(_HEAD, limits.header_timeout)
 
+    def _drop(self, data: bytes) -> None:
+        """Refused or answered: what the client still sends is dropped, while lingering up to
+        ``linger_bytes``; past it the connection is cut."""
+        if self._lingering:
+            self._dropped += len(data)
+            if self._dropped > self.guard.linger_bytes:
+                self.transport.abort()
+
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -366,20 +429,59 @@ class GuardedProtocol(HttpToolsProtocol):
         if len(self.pipeline) >= MAX_PIPELINED:
             raise self._refused(503, "pipelined", f"more than {MAX_PIPELINED} requests pipelined")
         super().on_headers_complete()
+        if self.cycle is not None:
+            self._adopt(self.cycle)
+
+    def _adopt(self, cycle: RequestResponseCycle) -> None:
+        """Let the protocol, not uvicorn's `cycle`, say how the connection ends after it."""
+        cycle.transport = _CycleTransport(self, self.transport, cycle)
+        send = cycle.send
+
+        async def send_and_say_close(message: ASGISendEvent) -> None:
+            if (
+                message["type"] == "http.response.start"
+                and cycle is self.cycle
+                and self._state is _BODY
+            ):
+                # An answer begun before its request's body arrived: the connection ends after
+                # it (lingering), and the answer says so (uvicorn writes Connection: close).
+                cycle.keep_alive = False
+            await send(message)
+
+        cycle.send = send_and_say_close  # type: ignore[method-assign]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._state = None
 
     def on_response_complete(self) -> None:
-        if self._state is _BODY and not self.pipeline and not self.transport.is_closing():
-            # Answered before its body was read (a 401, a 413): the rest is not waited for.
+        if self._lingering:
+            # The connection ends after this answer (answered_and_closing): nothing follows it.
             self.server_state.total_requests += 1
-            self._closing = True
-            self._cancel_timer()
-            self._linger()
             return
         super().on_response_complete()
+
+    def answered_and_closing(self) -> None:
+        """A whole answer is written and the connection is to close (``Connection: close``):
+        lingering if the client may still be sending (a body or a request unread), else now."""
+        flow = self.flow
+        sending = (
+            self._closing
+            or self._state is not None
+            or bool(self.pipeline)
+            or (flow is not None and flow.read_paused)
+        )
+        if not sending or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._closing = True
+        self._cancel_timer()
+        self._linger()
+
+    def shutdown(self) -> None:
+        if self._lingering:
+            return  # the server stops: a lingering connection still ends at its own bound
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own path (a parser error it catches) answers in the gateway's form too.
@@ -423,7 +525,8 @@ class GuardedProtocol(HttpToolsProtocol):
         kind, delay = self._timer_kind, self._timer_delay
         self._timer, self._timer_kind, self._timer_since = None, "", None
         if self._closing:
-            self.transport.close()  # the linger is over
+            # The linger is over: cut, whatever the client still sends or has not read.
+            self.transport.abort()
             return
         if kind == _HEAD:
             self._refuse_head(
@@ -488,21 +591,26 @@ class GuardedProtocol(HttpToolsProtocol):
         self._linger()
 
     def _linger(self) -> None:
-        """Close after what was written, reading and dropping what still comes for a moment:
+        """End the connection after what was written, reading and dropping what still comes
+        until the client closes, for at most ``linger_timeout`` s and ``linger_bytes`` bytes:
         closing a socket with unread data sends a reset, which can destroy the answer before
         the client reads it."""
         transport = self.transport
+        if self._lingering:
+            return
         if self.guard.lingering >= MAX_LINGERING or not transport.can_write_eof():
             transport.close()
             return
         self.guard.lingering += 1
         self._lingering = True
+        # The write side shuts once the answer is flushed (asyncio waits for its buffer): the
+        # client reads the whole answer, then the end of it.
         transport.write_eof()
         self._cancel_timer()
         if self.flow is not None:
             self.flow.resume_reading()
         self._timer_kind = "linger"
-        self._timer = self.loop.call_later(LINGER, self._timed_out)
+        self._timer = self.loop.call_later(self.guard.limits.linger_timeout, self._timed_out)
 
 
 def protocol_class(guard: Guard) -> type[GuardedProtocol]:

@@ -47,6 +47,7 @@ import math
 import re
 from collections.abc import Iterable, Set
 from typing import Any, cast
+from urllib.parse import parse_qsl, unquote
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -72,6 +73,7 @@ __all__ = [
     "is_integer_field",
     "is_text_settable",
     "message_type_of",
+    "parse_query",
     "resolve_field_path",
     "set_text_value",
 ]
@@ -86,6 +88,9 @@ class UnknownField(LookupError):
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
+# A "%" not followed by two hex digits: Go's url.ParseQuery (so grpc-gateway) refuses it, and
+# taking it literally would store "%zz" where the client meant something else.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _DOUBLE_MAX = 1.7976931348623157e308
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _FLOAT_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -383,6 +388,32 @@ def _stored_problem(field: FieldDescriptor) -> ValueProblem:
 
 def _is_bound(names: tuple[str, ...], bound: Set[str]) -> bool:
     return any(".".join(names[:i]) in bound for i in range(1, len(names) + 1))
+
+
+def parse_query(raw: bytes) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a raw query string, percent-decoded as UTF-8 with "+" as a
+    space; a malformed escape or bytes that are not UTF-8 are a 400 naming the parameter.
+
+    >>> parse_query(b"owner=C12345&kind=PHOTO&q=a+b%21")
+    [('owner', 'C12345'), ('kind', 'PHOTO'), ('q', 'a b!')]
+    >>> try:
+    ...     parse_query(b"owner=%zz")
+    ... except GatewayError as exc:
+    ...     print(exc.http_status, exc.message[:46])
+    400 query parameter 'owner': '%zz' has a malformed
+    """
+    for pair in raw.split(b"&"):
+        if _BAD_ESCAPE.search(pair):
+            name, _, value = pair.partition(b"=")
+            shown = unquote(name.decode("latin-1"), errors="replace")
+            raise GatewayError.bad_query_string(
+                f"query parameter {shown!r}: {value.decode('latin-1')!r} has a malformed "
+                "percent escape (expected % and two hex digits)"
+            )
+    try:
+        return parse_qsl(raw.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise GatewayError.bad_query_string(f"query string is not UTF-8: {exc.reason}") from None
 
 
 def apply_query(

@@ -31,7 +31,7 @@ from hms_gateway.app import Gateway, GatewayMetrics
 from hms_gateway.config import GatewayConfig
 from hms_gateway.learn import RegistryLearner, load_descriptor_set
 from hms_gateway.limits import ServerLimits
-from hms_gateway.protocol import MAX_LINGERING, Guard, Listener, protocol_class
+from hms_gateway.protocol import LINGER_BYTES, MAX_LINGERING, Guard, Listener, protocol_class
 from hms_gateway.routes import RouteTable
 from hms_gateway.tracing import NO_TRACING, RequestTracer, Tracing
 from mesh.client.channel import MeshChannel
@@ -234,7 +234,13 @@ class GatewayServer:
             connections.labels(listener.name).set_function(open_now)
             in_flight.labels(listener.name).set_function(serving_now)
         limits = fit_open_files(self.listen.limits, len(listeners))
-        return Guard(limits, listeners, on_refused=lambda reason: refused.labels(reason).inc())
+        return Guard(
+            limits,
+            listeners,
+            on_refused=lambda reason: refused.labels(reason).inc(),
+            # A client sending a body within the limit reads its early answer (a 401) whole.
+            linger_bytes=max(LINGER_BYTES, self.config.body_limit),
+        )
 
     def stop(self) -> None:
         """Ask the server to stop (as SIGTERM does)."""

@@ -316,7 +316,11 @@ def _decode_json(body: bytes) -> Any:
         raise GatewayError.bad_json(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     except RecursionError as exc:
         raise GatewayError.bad_json(_TOO_DEEP) from exc
-    except ValueError as exc:  # JSONDecodeError (its position in lines and columns) included
+    except json.JSONDecodeError as exc:
+        raise GatewayError.bad_json(
+            f"not JSON: {exc.msg.lower()} at line {exc.lineno}, column {exc.colno}"
+        ) from exc
+    except ValueError as exc:  # our hooks' refusals (a duplicate key, NaN), worded for JSON
         raise GatewayError.bad_json(str(exc)) from exc
 
 

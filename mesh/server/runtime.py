@@ -102,7 +102,8 @@ class Runtime:
         self.args = args
         self.deployment: str = args.deployment
         self.registry = CollectorRegistry()
-        self.metrics_port = serve_metrics(self.registry, args.metrics_port)
+        # On the address the service serves and registers (its metrics address is advertised).
+        self.metrics_port = serve_metrics(self.registry, args.metrics_port, args.host)
         self.tracing = setup_tracing(args.tracing, args.deployment)
         # Read at start: a service given a broken serving policy must not start.
         serving = getattr(args, "serving", "")

@@ -3,26 +3,37 @@ every service under services/, the gateway with its JWT gate), started on first 
 
 The stack lives on an event loop of its own, in a background thread, for the whole session:
 its supervisor and registry watch keep running between tests, and tests stay synchronous
-(REST through `tools.flows.Rest`, NATS stream info through the stack's loop).
+(REST with http.client, the events stream read as the operator through the stack's loop).
+
+REST goes through http.client rather than `tools.flows.Rest`: urllib sends `Connection:
+close` and raises on a body the gateway refused before reading it (its 413 lost to a broken
+pipe), where a client that keeps the connection reads the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import json
 import os
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from hms_tools.devjwt import mint_token
-from hms_tools.flows import Answer, Rest, wait_for_routes
+from hms_tools.flows import Answer, wait_for_routes
 from hms_tools.stack import Stack, StackConfig
 from mesh.controlplane import nats_access
-from mesh.events.subjects import events_stream
+from mesh.events.subjects import Headers, events_stream
 from mesh.tls import TlsFiles
 
 T = TypeVar("T")
@@ -30,7 +41,7 @@ T = TypeVar("T")
 #: How long the stack may take to start on a loaded machine, and to stop.
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
-#: How long one wait on the stack's loop (a stream info, a connect) may take.
+#: How long one wait on the stack's loop (a stream info, a connect) may take, and one request.
 CALL_TIMEOUT = 15.0
 
 #: The gRPC services behind the routes of docs/platform.md: the gateway must know them all.
@@ -48,6 +59,15 @@ ROUTED_SERVICES = (
 )
 
 
+@dataclass(frozen=True)
+class Event:
+    """One message of the events stream, as the operator sees it."""
+
+    sequence: int
+    type: str
+    aggregate: str
+
+
 class Platform:
     """A running stack: REST calls with a token of given scopes, and the events stream."""
 
@@ -55,12 +75,9 @@ class Platform:
         self.stack = stack
         self.gateway = gateway
         self._loop = loop
-        self._rest = Rest(gateway, self._token, subject="e2e")
+        self._address = urlsplit(gateway)
         self._nats: Any = None
-        self._stream = events_stream().name
-
-    def _token(self, subject: str, scopes: Iterable[str]) -> str:
-        return mint_token(self.stack.state_dir, subject, scopes)
+        self._stream = events_stream()
 
     def run(self, work: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
         """Run `work` on the stack's loop and wait for its result."""
@@ -77,10 +94,29 @@ class Platform:
         content_type: str = "application/json",
     ) -> Answer:
         """One REST request through the gateway with a token holding `scopes` (None: no
-        token at all)."""
-        return self._rest.call(
-            method, path, scopes=scopes, json_body=json_body, raw=raw, content_type=content_type
-        )
+        token at all); the body is `json_body` as JSON, or `raw` as it is."""
+        headers = {"content-type": content_type}
+        if scopes is not None:
+            token = mint_token(self.stack.state_dir, "e2e", scopes)
+            headers["authorization"] = f"Bearer {token}"
+        data = json.dumps(json_body).encode() if json_body is not None else raw
+        host, port = self._address.hostname or "127.0.0.1", self._address.port
+        connection = http.client.HTTPConnection(host, port, timeout=CALL_TIMEOUT)
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in headers.items():
+                connection.putheader(name, value)
+            if data is not None:
+                connection.putheader("content-length", str(len(data)))
+            connection.endheaders()
+            if data is not None:
+                # Answered before the whole body was read (401, 413): the answer is still read.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    connection.send(data)
+            response = connection.getresponse()
+            return Answer(response.status, response.read(), dict(response.getheaders()))
+        finally:
+            connection.close()
 
     # -- the events stream, read as the operator (`mesh events ls`) ------------------------
 
@@ -94,24 +130,60 @@ class Platform:
 
     async def _last_sequence(self) -> int:
         await self._connect()
-        info = await self._nats.jetstream().stream_info(self._stream)
+        info = await self._nats.jetstream().stream_info(self._stream.name)
         return int(info.state.last_seq)
+
+    async def _events_after(self, sequence: int) -> list[Event]:
+        last = await self._last_sequence()
+        if last <= sequence:
+            return []
+        # An ephemeral ordered consumer from `sequence`, as `mesh events tail` reads.
+        subscription = await self._nats.jetstream().subscribe(
+            self._stream.subjects[0],
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=sequence + 1
+            ),
+        )
+        try:
+            events = []
+            while not events or events[-1].sequence < last:
+                message = await subscription.next_msg(timeout=CALL_TIMEOUT)
+                headers = message.headers or {}
+                events.append(
+                    Event(
+                        message.metadata.sequence.stream,
+                        headers.get(Headers.TYPE, ""),
+                        headers.get(Headers.AGGREGATE, ""),
+                    )
+                )
+            return events
+        finally:
+            await subscription.unsubscribe()
 
     def events_last_sequence(self) -> int:
         """The sequence of the last event in the events stream (0 when empty)."""
         return self.run(self._last_sequence())
 
-    def wait_for_events(self, after: int, count: int, timeout: float = 20.0) -> int:
-        """Wait until the stream holds at least `count` events after sequence `after`; the
-        last sequence then."""
+    def events_after(self, sequence: int) -> list[Event]:
+        """Every event in the stream after `sequence`, in order."""
+        return self.run(self._events_after(sequence))
+
+    def wait_for_events(
+        self, after: int, wanted: Iterable[tuple[str, str]], timeout: float = 20.0
+    ) -> list[Event]:
+        """Wait until every (event type, aggregate) of `wanted` is in the stream after sequence
+        `after` (an outbox relay publishes in order: what its service wrote before is there
+        too); every event after `after` then."""
+        pairs = set(wanted)
         deadline = time.monotonic() + timeout
         while True:
-            last = self.events_last_sequence()
-            if last >= after + count:
-                return last
+            events = self.events_after(after)
+            if pairs <= {(event.type, event.aggregate) for event in events}:
+                return events
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{last - after} events after #{after} within {timeout} s, expected {count}"
+                    f"not all of {sorted(pairs)} after #{after} within {timeout} s: {events}"
                 )
             time.sleep(0.05)
 
@@ -121,29 +193,33 @@ class Platform:
             self._nats = None
 
 
-def _clean_environment() -> None:
-    """A developer's MESH_* variables (another stack's etcd, NATS, TLS) must not leak into
-    this stack's services, which take theirs from it."""
-    for name in [n for n in os.environ if n.startswith("MESH_")]:
-        del os.environ[name]
-
-
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """One stack of every service for the session, its gateway knowing every route."""
-    _clean_environment()
+    with pytest.MonkeyPatch.context() as env:
+        # A developer's MESH_* variables (another stack's etcd, NATS, TLS) must not reach
+        # this stack's services, which take theirs from it.
+        for name in [n for n in os.environ if n.startswith("MESH_")]:
+            env.delenv(name)
+        yield from _running_platform(tmp_path_factory.mktemp("platform") / "state")
+
+
+def _running_platform(state_dir: Path) -> Iterator[Platform]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="platform-stack", daemon=True)
     thread.start()
-    stack = Stack(StackConfig(state_dir=tmp_path_factory.mktemp("platform") / "state"))
+    stack = Stack(StackConfig(state_dir=state_dir))
+    starting = asyncio.run_coroutine_threadsafe(stack.start(), loop)
+    platform: Platform | None = None
     try:
-        info = asyncio.run_coroutine_threadsafe(stack.start(), loop).result(START_TIMEOUT)
+        info = starting.result(START_TIMEOUT)
         platform = Platform(stack, loop, info["gateway"])
         platform.run(wait_for_routes(info["gateway"], ROUTED_SERVICES), timeout=60)
         yield platform
-        platform.run(platform.close())
     finally:
-        # Also after a failed or timed-out start: whatever did start is stopped.
+        starting.cancel()  # a start that timed out stops what it started
+        if platform is not None:
+            platform.run(platform.close())
         asyncio.run_coroutine_threadsafe(stack.stop(), loop).result(STOP_TIMEOUT)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -151,4 +227,4 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             loop.close()
 
 
-__all__ = ["Platform", "platform"]
+__all__ = ["Event", "Platform", "platform"]

@@ -14,6 +14,7 @@ from hms_tools.cli import (
     audit,
     certs,
     control,
+    deploy,
     events,
     gateway,
     ls,
@@ -24,7 +25,19 @@ from hms_tools.cli import (
 )
 from hms_tools.errors import OperatorError
 
-COMMANDS = (certs, up, control, ls, events, gateway, audit, manifest, new_service, token)
+COMMANDS = (
+    certs,
+    up,
+    control,
+    ls,
+    events,
+    gateway,
+    audit,
+    manifest,
+    new_service,
+    token,
+    deploy,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,13 @@ LIMIT_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "SECONDS",
         "an idle kept-alive connection is closed after this (default 5)",
     ),
+    (
+        "--linger-timeout",
+        float,
+        "SECONDS",
+        "a connection answered before its request was read keeps reading and dropping what "
+        "the client sends for at most this, so that the client reads the answer (default 5)",
+    ),
     ("--max-connections", int, "N", "open connections per listener (default 1000)"),
     ("--max-in-flight", int, "N", "requests served at once per listener (default 256)"),
 )

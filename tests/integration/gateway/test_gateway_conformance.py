@@ -391,7 +391,7 @@ BODIES = [
             headers={"content-type": "application/json"},
             status=400,
             expect=error(
-                3, "request body is not valid: Expecting value: line 1 column 11 (char 10)"
+                3, "request body is not valid: not JSON: expecting value at line 1, column 11"
             ),
         ),
         id="body-malformed-json-400",

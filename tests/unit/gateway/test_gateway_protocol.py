@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -33,14 +34,18 @@ LIMITS = ServerLimits(
     keepalive_timeout=0.3,
     max_connections=4,
     max_in_flight=2,
+    linger_timeout=1.0,
 )
+LINGER_BYTES = 1 << 20
 BOUND = 5.0  # no wait in this file lasts longer
+KiB = 1 << 10
 
 
 @dataclass
 class App:
     """Answers by path: /ok reads the body and says how long it was; /hold waits for
-    `release`; /early answers 401 without reading; /slowread reads after 1 s."""
+    `release`; /early answers 401 without reading (/early-big with 512 KiB of answer);
+    /slowread reads after 1 s."""
 
     release: asyncio.Event = field(default_factory=asyncio.Event)
     disconnects: int = 0
@@ -55,6 +60,9 @@ class App:
         if path == "/early":
             await _answer(send, 401, b"{}")
             return
+        if path == "/early-big":
+            await _answer(send, 401, BIG_ANSWER)
+            return
         if path == "/slowread":
             await asyncio.sleep(1.0)
         size = 0
@@ -67,6 +75,9 @@ class App:
             if not message.get("more_body"):
                 break
         await _answer(send, 200, json.dumps({"size": size}).encode())
+
+
+BIG_ANSWER = json.dumps({"pad": "p" * (512 * KiB)}).encode()
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:
@@ -100,7 +111,7 @@ class Served:
                 await writer.wait_closed()
 
 
-async def _serve(limits: ServerLimits) -> AsyncIterator[Served]:
+async def _serve(limits: ServerLimits, linger_bytes: int = LINGER_BYTES) -> AsyncIterator[Served]:
     app = App()
     refused: list[str] = []
     sockets = [listening_socket("127.0.0.1", 0), listening_socket("127.0.0.1", 0)]
@@ -109,6 +120,7 @@ async def _serve(limits: ServerLimits) -> AsyncIterator[Served]:
         limits,
         [Listener("public", app, addresses[0]), Listener("ops", app, addresses[1])],
         on_refused=refused.append,
+        linger_bytes=linger_bytes,
     )
     config = uvicorn.Config(
         app,
@@ -391,16 +403,121 @@ async def test_an_idle_kept_alive_connection_is_closed(served: Served) -> None:
     assert 0.1 <= elapsed < 2.0, elapsed
 
 
-async def test_an_answer_before_the_body_closes_the_connection(served: Served) -> None:
-    """A 401 (or 413) sent before the body was read: the rest is not waited for, and the
-    client still reads the answer (the server drops what it sends for a moment)."""
+# -- lingering close ---------------------------------------------------------------------------
+
+
+def _post_head(path: str, length: int, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: {length}\r\n{extra}\r\n".encode()
+
+
+async def _send_until_cut(writer: asyncio.StreamWriter, chunk: bytes, every: float = 0.0) -> int:
+    """Send `chunk` (every `every` s) until the connection is cut; the bytes sent."""
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(BOUND):
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+                await asyncio.sleep(every)
+    return sent
+
+
+async def test_an_answer_before_the_body_ends_the_connection_and_is_read(served: Served) -> None:
+    """A 401 (or 413) sent before the body was read: the rest is not waited for, the client
+    reads the answer and then the end, and the connection is gone once the client closes."""
     reader, writer = await served.connect()
-    writer.write(b"POST /early HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\nab")
+    writer.write(_post_head("/early", 100000) + b"ab")
     answer = await _answer_of(reader)
     assert answer.status == 401
-    writer.write(b"c" * 50000)
-    elapsed, _ = await _closed_after(reader)
-    assert elapsed < 2.0, elapsed
+    writer.write(b"c" * 50000)  # read and dropped
+    await writer.drain()
+    assert await _closed(reader) == b""  # the gateway's side is shut: an end, not a reset
+    assert served.guard.listeners[0].connections == 1  # lingering, still counted
+    writer.close()
+    await eventually(lambda: served.guard.listeners[0].connections == 0, timeout=0.5)
+    assert served.guard.lingering == 0
+
+
+@pytest.mark.parametrize("connection", ["keep-alive", "close"])
+async def test_a_client_that_sends_its_whole_body_first_reads_the_early_answer(
+    served: Served, connection: str
+) -> None:
+    """As urllib, httpx and curl do: the whole body, then the answer. urllib says
+    ``Connection: close``, after which uvicorn itself closed at once: the client was reset
+    while sending and never read the 401."""
+    reader, writer = await served.connect()
+    body = b"x" * (768 * KiB)  # well over what the sockets' buffers hold
+    writer.write(_post_head("/early", len(body), f"Connection: {connection}\r\n"))
+    writer.write(body)
+    await writer.drain()
+    answer = await _answer_of(reader)
+    assert answer.status == 401
+    assert answer.headers["connection"] == "close"
+    assert await _closed(reader) == b""
+
+
+async def test_an_early_answer_is_delivered_whole_before_the_end(served: Served) -> None:
+    """512 KiB of answer, more than the socket buffers take, and a client that sends its body
+    before it reads a byte: all of the answer arrives, then the end."""
+    reader, writer = await served.connect()
+    body = b"x" * (512 * KiB)
+    writer.write(_post_head("/early-big", len(body), "Connection: close\r\n") + body)
+    await writer.drain()
+    answer = await _answer_of(reader)
+    assert answer.status == 401
+    assert answer.body == BIG_ANSWER
+    assert await _closed(reader) == b""
+
+
+@pytest.fixture
+async def long_linger() -> AsyncIterator[Served]:
+    """A server whose lingering ends at 256 KiB dropped, long before its time bound."""
+    async for one in _serve(dataclasses.replace(LIMITS, linger_timeout=60.0), 256 * KiB):
+        yield one
+
+
+async def test_lingering_ends_at_its_byte_bound(long_linger: Served) -> None:
+    """A client that keeps sending after its answer, as fast as it can: cut once the gateway
+    has dropped `linger_bytes` (the time bound is far off)."""
+    served = long_linger
+    reader, writer = await served.connect()
+    writer.write(_post_head("/early", 1 << 30))
+    assert (await _answer_of(reader)).status == 401
+    started = time.monotonic()
+    sent = await _send_until_cut(writer, b"x" * (64 * KiB))
+    assert time.monotonic() - started < 2.0
+    assert sent >= 256 * KiB
+    await eventually(lambda: served.guard.listeners[0].connections == 0, timeout=BOUND)
+    assert served.guard.lingering == 0
+
+
+async def test_lingering_ends_at_its_time_bound(served: Served) -> None:
+    """A client that keeps sending after its answer, slowly (far below the byte bound): cut
+    `linger_timeout` (1 s) after the answer, counted against the connection cap until then."""
+    reader, writer = await served.connect()
+    writer.write(_post_head("/early", 1 << 30))
+    assert (await _answer_of(reader)).status == 401
+    started = time.monotonic()
+    assert served.guard.lingering == 1
+    assert served.guard.listeners[0].connections == 1
+    sent = await _send_until_cut(writer, b"x" * KiB, every=0.02)
+    elapsed = time.monotonic() - started
+    assert 0.8 <= elapsed < 3.0, elapsed
+    assert sent < LINGER_BYTES
+    await eventually(lambda: served.guard.listeners[0].connections == 0, timeout=BOUND)
+    assert served.guard.lingering == 0
+
+
+async def test_a_refused_head_lingers_too(served: Served) -> None:
+    """A 431 to a client still sending its header: it reads the answer, then the end."""
+    reader, writer = await served.connect()
+    writer.write(_get(extra="X-Big: " + "a" * 1100 + "\r\n"))
+    writer.write(b"a" * (256 * KiB))
+    await writer.drain()
+    answer = await _answer_of(reader)
+    assert answer.status == 431
+    assert await _closed(reader) == b""
 
 
 # -- caps ---------------------------------------------------------------------------------------
