@@ -59,6 +59,7 @@ from jwt.types import Options
 from hms_gateway.access import Access
 from hms_gateway.errors import GatewayError
 from hms_gateway.jwt_keys import ALGORITHMS, JwtConfig, VerificationKey
+from mesh.claims import granted_scopes
 
 __all__ = [
     "ALGORITHMS",
@@ -225,31 +226,6 @@ class Identity:
             raise ValueError(f"subject must be non-empty printable ASCII, not {self.subject!r}")
         object.__setattr__(self, "claims", types.MappingProxyType(dict(self.claims)))
         object.__setattr__(self, "scopes", frozenset(self.scopes))
-
-
-def granted_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
-    """The scopes a token's claims grant: ``scope`` (space-separated) and ``scp`` (a list, or
-    space-separated). Raises ``ValueError`` saying which claim is malformed.
-
-    >>> sorted(granted_scopes({"scope": "housing:apply  housing:read", "scp": ["audit:read"]}))
-    ['audit:read', 'housing:apply', 'housing:read']
-    """
-    granted: set[str] = set()
-    scope = claims.get("scope")
-    if scope is not None:
-        if not isinstance(scope, str):
-            raise ValueError("'scope' must be a string of space-separated scopes")
-        granted.update(scope.split())
-    scp = claims.get("scp")
-    if isinstance(scp, str):
-        granted.update(scp.split())
-    elif isinstance(scp, list):
-        if not all(isinstance(item, str) and item for item in scp):
-            raise ValueError("'scp' must be a list of non-empty strings")
-        granted.update(scp)
-    elif scp is not None:
-        raise ValueError("'scp' must be a list of scopes or a space-separated string")
-    return frozenset(granted)
 
 
 def require_scopes(identity: Identity, access: Access, method: str) -> None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from mesh.events import EventMeta, IdempotentHandler
-    from mesh.server.enduser import end_user
+    from mesh.server.enduser import end_user, may_act_for, require_acting_for
     from mesh.server.runner import run_service
     from mesh.server.runtime import Runtime
 
@@ -60,6 +60,8 @@ __all__ = [
     "Runtime",
     "Unavailable",
     "end_user",
+    "may_act_for",
+    "require_acting_for",
     "run_service",
 ]
 
@@ -77,6 +79,8 @@ _HOMES = {
     "Runtime": "mesh.server.runtime",
     "Unavailable": "mesh.errors",
     "end_user": "mesh.server.enduser",
+    "may_act_for": "mesh.server.enduser",
+    "require_acting_for": "mesh.server.enduser",
     "run_service": "mesh.server.runner",
 }
 

@@ -93,7 +93,7 @@ class FlowReport:
 class Rest:
     """A small HTTP client for the gateway (urllib: the demo needs nothing extra installed)."""
 
-    def __init__(self, gateway: str, tokens: TokenMaker, subject: str = "maya") -> None:
+    def __init__(self, gateway: str, tokens: TokenMaker, subject: str = "C12345") -> None:
         self.gateway = gateway.rstrip("/")
         self.tokens = tokens
         self.subject = subject
@@ -107,10 +107,13 @@ class Rest:
         json_body: Any = None,
         raw: bytes | None = None,
         content_type: str = "application/json",
+        subject: str | None = None,
     ) -> Answer:
+        """`subject`: whose token (default: the citizen the flows act for)."""
         headers = {"content-type": content_type}
         if scopes is not None:  # None: no token at all
-            headers["authorization"] = f"Bearer {self.tokens(self.subject, scopes)}"
+            token = self.tokens(subject or self.subject, scopes)
+            headers["authorization"] = f"Bearer {token}"
         data = raw if raw is not None else None
         if json_body is not None:
             data = json.dumps(json_body).encode()
@@ -129,6 +132,8 @@ class Flows:
         self.rest = rest
         self.citizen = citizen
         self.report = report
+        #: The path of the first case read back (another citizen tries it).
+        self.first_case = ""
 
     def step(
         self,
@@ -190,6 +195,7 @@ class Flows:
         if applied.status == 200:
             application_id = applied.json()["applicationId"]
             self.report.cases[application_id] = applied.trace_id
+            self.first_case = f"/v1/housing/applications/{application_id}"
             self.step(
                 "Read the application back",
                 "GET",
@@ -356,6 +362,7 @@ class Flows:
             "/v1/licences:apply",
             expect=400,
             scopes=["licences:apply"],
+            subject=c.declined_payer,
             json_body={
                 "citizenId": c.declined_payer,
                 "licenceType": c.licence_type,
@@ -366,6 +373,7 @@ class Flows:
             "POST",
             f"/v1/documents?owner={c.lapsed_citizen_id}&kind=PHOTO",
             scopes=["documents:write"],
+            subject=c.lapsed_citizen_id,
             raw=PNG,
             content_type="image/png",
         )
@@ -376,12 +384,37 @@ class Flows:
             "/v1/passport/renewals",
             expect=400,
             scopes=["passport:renew"],
+            subject=c.lapsed_citizen_id,
             json_body={
                 "citizenId": c.lapsed_citizen_id,
                 "passportNumber": c.lapsed_passport_number,
                 "photoDocumentId": photo_id,
             },
         )
+        self.step(
+            "Another citizen's token applies in this citizen's name: 403",
+            "POST",
+            "/v1/housing/applications",
+            expect=403,
+            scopes=["housing:apply"],
+            subject=c.lapsed_citizen_id,
+            json_body={
+                "citizenId": c.citizen_id,
+                "annualIncomePence": "100",
+                "householdSize": 1,
+                "residenceMonths": 12,
+                "documentIds": ["any"],
+            },
+        )
+        if self.first_case:
+            self.step(
+                "Another citizen reads this citizen's case by its id: 404, as for no such id",
+                "GET",
+                self.first_case,
+                expect=404,
+                scopes=["housing:read", "passport:read", "licences:read"],
+                subject=c.lapsed_citizen_id,
+            )
         self.step(
             "A token without the scope: 403 naming it",
             "POST",

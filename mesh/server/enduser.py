@@ -10,28 +10,42 @@ per caller and method):
     user = end_user()          # EndUser(subject="alice", claims={...}) or None
     if user is None:
         raise PermissionDenied("sign in first")
+
+Scopes say what a user may do, not whose data: a handler whose request names a citizen calls
+`require_acting_for(citizen_id, "citizen_id")`, which lets the citizen themself (the token's
+subject) and staff (a token with the `caseworker` scope) through, and refuses anyone else
+with PERMISSION_DENIED; a call from another service (no end user) is the matrix's to judge.
+Reading a record by id, `may_act_for(record.owner)` tells whether to answer or say NOT_FOUND
+(so that ids of other citizens' records reveal nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any
 
+from mesh.claims import granted_scopes
+from mesh.errors import PermissionDenied
 from mesh.identity import caller_identity
 from mesh.server.wrap import Around, AroundInterceptor
 
 __all__ = [
     "CLAIMS_KEY",
     "DEFAULT_GATEWAY_IDENTITIES",
+    "STAFF_SCOPE",
     "SUBJECT_KEY",
     "EndUser",
     "EndUserInterceptor",
     "end_user",
+    "may_act_for",
+    "require_acting_for",
+    "signed_in",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,6 +53,8 @@ log = logging.getLogger(__name__)
 SUBJECT_KEY = "x-hms-subject"
 CLAIMS_KEY = "x-hms-claims"
 DEFAULT_GATEWAY_IDENTITIES = ("spiffe://hms.local/svc/gateway",)
+#: The scope of staff who act for any citizen (caseworkers).
+STAFF_SCOPE = "caseworker"
 
 _current: contextvars.ContextVar[EndUser | None] = contextvars.ContextVar(
     "mesh_end_user", default=None
@@ -49,6 +65,54 @@ _current: contextvars.ContextVar[EndUser | None] = contextvars.ContextVar(
 class EndUser:
     subject: str
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The scopes the token granted (none if its scope claims are malformed: the gateway
+        refuses such a token, so only a broken sender gets here)."""
+        try:
+            return granted_scopes(self.claims)
+        except ValueError:
+            return frozenset()
+
+    def acts_for(self, owner: str) -> bool:
+        """Whether this user may act on `owner`'s behalf: it is them, or staff.
+
+        >>> EndUser("C12345").acts_for("C12345"), EndUser("C12345").acts_for("C99999")
+        (True, False)
+        >>> EndUser("kim", MappingProxyType({"scope": "caseworker"})).acts_for("C99999")
+        True
+        """
+        return self.subject == owner or STAFF_SCOPE in self.scopes
+
+
+@contextlib.contextmanager
+def signed_in(subject: str, scopes: Collection[str] = ()) -> Iterator[EndUser]:
+    """Handle calls as `subject` holding `scopes`, as if the gateway had verified its token
+    (for handler tests, which call handlers without a server or an interceptor)."""
+    user = EndUser(subject, MappingProxyType({"sub": subject, "scope": " ".join(scopes)}))
+    token = _current.set(user)
+    try:
+        yield user
+    finally:
+        _current.reset(token)
+
+
+def may_act_for(owner: str) -> bool:
+    """Whether the call being handled may act for `owner`: no end user (a call from another
+    service, which the authorization policy let in), the owner themself, or staff."""
+    user = _current.get()
+    return user is None or user.acts_for(owner)
+
+
+def require_acting_for(owner: str, field_name: str) -> None:
+    """Raises PermissionDenied naming `field_name` unless the call may act for `owner`."""
+    user = _current.get()
+    if user is not None and not user.acts_for(owner):
+        raise PermissionDenied(
+            f"{field_name}: {owner!r} is not the signed-in user {user.subject!r}; acting for "
+            f"another citizen needs the {STAFF_SCOPE!r} scope"
+        )
 
 
 def end_user() -> EndUser | None:

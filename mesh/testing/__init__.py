@@ -16,6 +16,7 @@ gRPC, server side (a handler called directly, no server):
 
     FakeContext                a `grpc.aio.ServicerContext`: deadline, metadata, peer, abort ...
     Aborted                    what `FakeContext.abort` raises (a `grpc.aio.AbortError`)
+    signed_in(subject, scopes) handle calls as an end user the gateway verified
 
 gRPC, client side (the mesh's transport without a channel):
 
@@ -42,6 +43,7 @@ A handler test, as a service's tests are written (docs/new-service.md):
         assert bad.value.violations == [("kind", "is required")]
 """
 
+from mesh.server.enduser import signed_in
 from mesh.testing.calls import DummyChannel, FakeEndpoint, FakeMulticallable, FakeRpc, SentCall
 from mesh.testing.clock import FakeSleep, VirtualClock, VirtualWallClock
 from mesh.testing.etcd import FakeEtcd
@@ -61,5 +63,6 @@ __all__ = [
     "VirtualClock",
     "VirtualWallClock",
     "eventually",
+    "signed_in",
     "wait_until",
 ]

@@ -29,6 +29,7 @@ from hms_services.documents.media import (
 )
 from hms_services.documents.store import DocumentStore, StoredDocument
 from mesh.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+from mesh.server.enduser import may_act_for, require_acting_for
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -88,6 +89,7 @@ class DocumentsService(documents_pb2_grpc.DocumentsServiceServicer):
         ],
     ) -> documents_pb2.CreateDocumentResponse:
         _check_id("owner", request.owner)
+        require_acting_for(request.owner, "owner")
         _check_kind(request.kind, required=True)
         data = request.file.data
         _check_size(len(data), self._max_bytes)
@@ -147,6 +149,7 @@ class DocumentsService(documents_pb2_grpc.DocumentsServiceServicer):
         ],
     ) -> documents_pb2.ListDocumentsResponse:
         _check_id("owner", request.owner)
+        require_acting_for(request.owner, "owner")
         _check_kind(request.kind, required=False)
         found = self._store.list(request.owner, request.kind or None)
         return documents_pb2.ListDocumentsResponse(documents=[_document_pb(d) for d in found])
@@ -154,7 +157,8 @@ class DocumentsService(documents_pb2_grpc.DocumentsServiceServicer):
     def _find(self, document_id: str) -> StoredDocument:
         _check_id("document_id", document_id)
         stored = self._store.get(document_id)
-        if stored is None:
+        # Another citizen's document is not found: its id reveals nothing.
+        if stored is None or not may_act_for(stored.owner):
             raise NotFound(f"document {document_id!r} not found")
         return stored
 

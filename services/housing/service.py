@@ -20,6 +20,7 @@ from hms.housing.v1 import housing_pb2, housing_pb2_grpc
 from hms_services.housing.store import HousingStore, StoredApplication
 from mesh.dependency import ask
 from mesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from mesh.server.enduser import may_act_for, require_acting_for
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -74,6 +75,7 @@ class HousingService(housing_pb2_grpc.HousingServiceServicer):
         ],
     ) -> housing_pb2.SubmitApplicationResponse:
         _validate(request)
+        require_acting_for(request.citizen_id, "citizen_id")
         channel = await self._channel()
         decision = await self._check_income(channel, request)
         await self._check_pay_stubs(channel, request.citizen_id, request.document_ids)
@@ -108,7 +110,8 @@ class HousingService(housing_pb2_grpc.HousingServiceServicer):
         if not request.application_id.strip():
             raise InvalidArgument.field("application_id", "is required")
         application = self._store.application(request.application_id)
-        if application is None:
+        # Another citizen's application is not found: its id reveals nothing.
+        if application is None or not may_act_for(application.citizen_id):
             raise NotFound(f"application {request.application_id!r} not found")
         return housing_pb2.GetApplicationResponse(application=application.to_pb())
 

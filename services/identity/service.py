@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from hms.identity.v1 import identity_pb2, identity_pb2_grpc
 from hms_services.identity.store import CitizenRegister, Standing
 from mesh import InvalidArgument
+from mesh.server.enduser import require_acting_for
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -68,6 +69,7 @@ class IdentityService(identity_pb2_grpc.IdentityServiceServicer):
         ],
     ) -> identity_pb2.VerifyCitizenResponse:
         validate_citizen_id(request.citizen_id)
+        require_acting_for(request.citizen_id, "citizen_id")
         citizen = self._register.get(request.citizen_id)
         status = identity_pb2.UNKNOWN if citizen is None else _STATUS[citizen.standing]
         return identity_pb2.VerifyCitizenResponse(citizen_id=request.citizen_id, status=status)

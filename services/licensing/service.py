@@ -44,6 +44,7 @@ from mesh.errors import (
     NotFound,
     Unavailable,
 )
+from mesh.server.enduser import may_act_for, require_acting_for
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -148,6 +149,7 @@ class LicensingService(licensing_pb2_grpc.LicensingServiceServicer):
         ],
     ) -> licensing_pb2.ApplyForLicenceResponse:
         _validate_application(request)
+        require_acting_for(request.citizen_id, "citizen_id")
         key = request.idempotency_key
         async with self._locks.hold(key):
             application = self._store.application(key)
@@ -192,7 +194,8 @@ class LicensingService(licensing_pb2_grpc.LicensingServiceServicer):
         if not request.licence_id.strip():
             raise InvalidArgument.field("licence_id", "is required")
         licence = self._store.licence(request.licence_id)
-        if licence is None:
+        # Another citizen's licence is not found: its id reveals nothing.
+        if licence is None or not may_act_for(licence.citizen_id):
             raise NotFound(f"licence {request.licence_id!r} not found")
         return licensing_pb2.GetLicenceResponse(licence=licence.pb())
 

@@ -15,7 +15,8 @@ from google.protobuf import timestamp_pb2
 
 from hms.notify.v1 import notify_pb2, notify_pb2_grpc
 from hms_services.notify.store import Cursor, Notification, NotificationStore
-from mesh import InvalidArgument
+from mesh import InvalidArgument, PermissionDenied
+from mesh.server.enduser import STAFF_SCOPE, may_act_for, require_acting_for
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -86,6 +87,14 @@ class NotifyService(notify_pb2_grpc.NotifyServiceServicer):
         if request.page_size < 0:
             raise InvalidArgument.field(
                 "page_size", f"must not be negative, got {request.page_size}"
+            )
+        if request.applicant_id:
+            require_acting_for(request.applicant_id, "applicant_id")
+        elif not may_act_for(""):  # everyone's notifications: staff (or another service) only
+            raise PermissionDenied(
+                "applicant_id: is required: list your own notifications "
+                "(?applicantId=<your citizen id>); listing everyone's needs the "
+                f"{STAFF_SCOPE!r} scope"
             )
         # 0 means "not set" in proto3; above the maximum is clamped, not refused (AIP-158).
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

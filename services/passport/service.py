@@ -22,6 +22,7 @@ from hms.passport.v1 import passport_pb2, passport_pb2_grpc
 from hms_services.passport.store import IssuedPassport, PassportStore, StoredRenewal
 from mesh.dependency import ask
 from mesh.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from mesh.server.enduser import may_act_for, require_acting_for
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -92,6 +93,7 @@ class PassportService(passport_pb2_grpc.PassportServiceServicer):
         ],
     ) -> passport_pb2.SubmitRenewalResponse:
         _validate(request)
+        require_acting_for(request.citizen_id, "citizen_id")
         channel = await self._channel()
         await self._verify_citizen(channel, request.citizen_id)
         passport = self._issued_to(request.citizen_id, request.passport_number)
@@ -121,7 +123,8 @@ class PassportService(passport_pb2_grpc.PassportServiceServicer):
         if not request.renewal_id.strip():
             raise InvalidArgument.field("renewal_id", "is required")
         renewal = self._store.renewal(request.renewal_id)
-        if renewal is None:
+        # Another citizen's renewal is not found: its id reveals nothing.
+        if renewal is None or not may_act_for(renewal.citizen_id):
             raise NotFound(f"renewal {request.renewal_id!r} not found")
         return passport_pb2.GetRenewalResponse(renewal=renewal.to_pb())
 

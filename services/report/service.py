@@ -26,6 +26,7 @@ import grpc.aio
 from hms.identity.v1 import identity_pb2, identity_pb2_grpc
 from hms.report.v1 import report_pb2, report_pb2_grpc
 from mesh.errors import Internal, InvalidArgument, MeshError, Unavailable
+from mesh.server.enduser import require_acting_for
 
 __all__ = ["DEFAULT_IDENTITY_TIMEOUT", "ChannelSource", "ReportService"]
 
@@ -80,6 +81,7 @@ class ReportService(report_pb2_grpc.ReportServiceServicer):
     ) -> report_pb2.CreateIdentityCheckReportResponse:
         if not request.id.strip():
             raise InvalidArgument.field("id", "is required: the citizen id, e.g. C12345")
+        require_acting_for(request.id, "id")
         status = await self._standing(request.id)
         word = _WORDS.get(status)
         if word is None:  # a newer identity with a standing this report has no words for

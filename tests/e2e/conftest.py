@@ -34,6 +34,7 @@ from hms_tools.flows import Answer, wait_for_routes
 from hms_tools.stack import Stack, StackConfig
 from mesh.controlplane import nats_access
 from mesh.events.subjects import Headers, events_stream
+from mesh.server.enduser import STAFF_SCOPE
 from mesh.tls import TlsFiles
 
 T = TypeVar("T")
@@ -92,12 +93,17 @@ class Platform:
         json_body: Any = None,
         raw: bytes | None = None,
         content_type: str = "application/json",
+        subject: str | None = None,
     ) -> Answer:
         """One REST request through the gateway with a token holding `scopes` (None: no
-        token at all); the body is `json_body` as JSON, or `raw` as it is."""
+        token at all); the body is `json_body` as JSON, or `raw` as it is. The token is
+        `subject`'s, holding just `scopes`; by default a caseworker's (`e2e`, with the
+        `caseworker` scope too), who may act for any citizen."""
         headers = {"content-type": content_type}
         if scopes is not None:
-            token = mint_token(self.stack.state_dir, "e2e", scopes)
+            if subject is None:
+                subject, scopes = "e2e", [*scopes, STAFF_SCOPE]
+            token = mint_token(self.stack.state_dir, subject, scopes)
             headers["authorization"] = f"Bearer {token}"
         data = json.dumps(json_body).encode() if json_body is not None else raw
         host, port = self._address.hostname or "127.0.0.1", self._address.port

@@ -14,7 +14,7 @@ import mesh
 PUBLIC = {
     "AlreadyExists", "ClientConfig", "EventMeta", "FailedPrecondition", "IdempotentHandler",
     "InvalidArgument", "MeshChannel", "MeshError", "NotFound", "PermissionDenied", "Runtime",
-    "Unavailable", "end_user", "run_service",
+    "Unavailable", "end_user", "may_act_for", "require_acting_for", "run_service",
 }  # fmt: skip
 
 
