@@ -387,13 +387,16 @@ class Stack:
 
     def service_args(self, deployment: str, slot: int, instance_id: str) -> list[str]:
         """The flags of one replica: its lease, data dir and instance id, and its manifest's
-        drain delay if it says one (the policy and the rest come in MESH_* variables)."""
+        version (what the registry advertises) and drain delay if it says one (the policy and
+        the rest come in MESH_* variables)."""
         args = [
             f"--ttl={self.config.lease_ttl}",
             f"--data-dir={self.run_dir / 'data' / f'{deployment}-{slot}'}",
             f"--instance-id={instance_id}",
         ]
         manifest = self.manifests.get(deployment)
+        if manifest is not None:
+            args.append(f"--version={manifest.version}")
         if manifest is not None and manifest.drain_delay is not None:
             args.append(f"--drain-delay={manifest.drain_delay:g}")
         return args

@@ -183,6 +183,13 @@ def test_the_stack_runs_what_the_manifests_declare(
     assert stack.policy_path == tmp_path.resolve() / "policy.toml"
 
 
+def test_the_manifests_version_is_what_the_replica_registers(tmp_path: Path) -> None:
+    stack = Stack(StackConfig(state_dir=tmp_path, deployments=("eligibility", "echo")))
+    version = stack.manifests["eligibility"].version
+    assert f"--version={version}" in stack.service_args("eligibility", 1, "x")
+    assert not any(a.startswith("--version") for a in stack.service_args("echo", 1, "e"))
+
+
 def test_a_declared_drain_delay_is_passed(tmp_path: Path) -> None:
     stack = Stack(StackConfig(state_dir=tmp_path, deployments=("eligibility",)))
     declared = stack.manifests["eligibility"]
