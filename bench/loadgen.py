@@ -7,7 +7,8 @@
     python -m bench.loadgen --mode http --url http://127.0.0.1:PORT --concurrency 64
 
 `bare` is a plain grpc.aio mTLS channel to one instance (`mesh.tls.instance_channel`); `mesh`
-is a MeshChannel routed through the registry; either way the caller's identity is `ops`.
+is a MeshChannel routed through the registry (with `--trace-sample` and `--nats`, recording
+svc.trace as a service's channel does); either way the caller's identity is `ops`.
 `http` is `POST /v1/echo {"message": "x"}` over HTTP/1.1, one keep-alive connection per caller,
 written on asyncio streams so that the client costs as little as it can (httpx would spend more
 CPU per request than the servers it measures).
@@ -39,6 +40,7 @@ from bench import BenchmarkFailed, percentile
 from hms.testing.v1 import echo_pb2, echo_pb2_grpc
 from mesh import tls
 from mesh.client import ClientConfig, MeshChannel
+from mesh.tracerecords import TraceEmitter
 
 __all__ = ["CallFailed", "Plan", "Round", "interleaved", "main", "measure", "run_loadgen"]
 
@@ -212,13 +214,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         return {"mode": args.mode, "concurrency": args.concurrency, **figures}
     files = tls.TlsFiles(Path(args.tls_dir), args.cert_name)
+    records = None
     if args.mode == "bare":
         channel: Any = tls.instance_channel(args.address, args.identity, files)
     else:
         config = ClientConfig(
             etcd=tuple(e for e in args.etcd.split(",") if e), namespace=args.namespace, tls=files
         )
-        channel = await MeshChannel.connect(config)
+        if args.trace_sample > 0:
+            records = await _records(args.nats, args.trace_sample, tls.identity_of(files))
+        channel = await MeshChannel.connect(config, records=records)
     try:
         stub = echo_pb2_grpc.EchoServiceStub(channel)
         request = echo_pb2.EchoRequest(message="x")
@@ -229,7 +234,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         figures = await measure(grpc_caller, args.concurrency, args.warmup, args.duration)
     finally:
         await channel.close()
-    return {"mode": args.mode, "concurrency": args.concurrency, **figures}
+        if records is not None:
+            await records.close()
+    result = {"mode": args.mode, "concurrency": args.concurrency, **figures}
+    if records is not None:
+        result["trace_records_dropped"] = records.dropped
+    return result
+
+
+async def _records(url: str, rate: float, identity: str) -> TraceEmitter:
+    """A started svc.trace emitter on its own NATS connection (left open until exit)."""
+    import nats
+
+    async def connect() -> Any:
+        return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+
+    emitter = TraceEmitter("loadgen", connect=connect, sample=rate, identity=identity)
+    emitter.start()
+    return emitter
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -242,6 +264,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="hms", help="mesh: registry namespace")
     parser.add_argument("--tls-dir", help="bare and mesh: the certificates")
     parser.add_argument("--cert-name", default="ops", help="the caller's certificate name")
+    parser.add_argument("--nats", default="", help="mesh: NATS URL for svc.trace records")
+    parser.add_argument(
+        "--trace-sample", type=float, default=0.0, help="mesh: svc.trace sampling rate (0: off)"
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="calls in flight")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds not measured")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured")
@@ -252,6 +278,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--mode mesh needs --etcd")
     if args.mode == "http" and not args.url:
         parser.error("--mode http needs --url")
+    if args.trace_sample > 0 and not (args.mode == "mesh" and args.nats):
+        parser.error("--trace-sample is for --mode mesh, with --nats")
     if args.mode != "http" and not args.tls_dir:
         parser.error(f"--mode {args.mode} needs --tls-dir")
     if args.concurrency < 1 or args.duration <= 0 or args.warmup < 0:

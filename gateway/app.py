@@ -32,6 +32,11 @@ requests in flight are the connection's business (gateway/protocol.py), before t
 An exception nobody expected (grpc.aio's CancelledError from a closed channel included) never
 reaches uvicorn: it answers 500 as a google.rpc.Status naming the request id, is logged once
 with its traceback and counted (``gateway_unexpected_errors_total``).
+
+With svc.trace records on (``records``, mesh.tracerecords), every routed request of a sampled
+trace is one SIDE_GATEWAY record: the gateway's span, the HTTP method, route template and
+status, the gRPC code (the backend's, or the gateway's own refusal's) and the instance the call
+went to (none when the gateway answered itself).
 """
 
 from __future__ import annotations
@@ -61,7 +66,13 @@ from hms_gateway.asgi import (
     json_bytes,
     read_body,
 )
-from hms_gateway.auth import IDENTITY_KEYS, JwtVerifier, identity_metadata, require_scopes
+from hms_gateway.auth import (
+    IDENTITY_KEYS,
+    JwtVerifier,
+    bearer_challenge,
+    identity_metadata,
+    require_scopes,
+)
 from hms_gateway.config import GatewayConfig
 from hms_gateway.endpoint import Endpoint
 from hms_gateway.errors import GatewayError, http_status, status_body
@@ -73,19 +84,22 @@ from hms_gateway.headers import (
     success_status,
     to_metadata,
 )
+from hms_gateway.jsonpb import JsonOptions, pool_of
 from hms_gateway.openapi import build_openapi
 from hms_gateway.query import parse_query
 from hms_gateway.ratelimit import RateLimiter
 from hms_gateway.router import Match, MethodNotAllowed
 from hms_gateway.routes import RouteTable
 from hms_gateway.template.match import BadPath
-from hms_gateway.tracing import NO_TRACING, Tracing
+from hms_gateway.tracing import NO_TRACING, RequestTrace, Tracing
 from hms_gateway.transcode import HTTP_BODY, render_response
 from hms_gateway.upstream import public_message, replacement
 from mesh.aio import cancel_and_wait, cancelled_by_caller
 from mesh.client.call import CallKind
 from mesh.client.channel import MeshChannel
 from mesh.client.rpc import MeshCall
+from mesh.tracecontext import from_carrier
+from mesh.tracerecords import SIDE_GATEWAY, TraceEmitter
 
 __all__ = ["Gateway", "GatewayMetrics"]
 
@@ -149,6 +163,7 @@ class Gateway:
         verifier: JwtVerifier | None = None,
         limiter: RateLimiter | None = None,
         tracing: Tracing = NO_TRACING,
+        records: TraceEmitter | None = None,
     ) -> None:
         self.config = config
         self.table = table
@@ -158,6 +173,7 @@ class Gateway:
         self.verifier = verifier or (JwtVerifier(config.jwt) if config.jwt else None)
         self.limiter = limiter or (RateLimiter(config.rate_limit) if config.rate_limit else None)
         self.tracing = tracing
+        self.records = records
         self._openapi: tuple[int, bytes] = (-1, b"")
         probes: dict[str, Operation] = {"/healthz": self._healthz, "/readyz": self._readyz}
         documents: dict[str, Operation] = {
@@ -196,7 +212,7 @@ class Gateway:
                 raise GatewayError.method_not_allowed(request.method, request.path, ["GET"])
             await operation(responder)
         except GatewayError as error:
-            await responder.error(error)
+            await responder.error(error, self.config.json)
         except Exception:
             await self._unexpected(request, responder)
 
@@ -213,6 +229,8 @@ class Gateway:
         ]
         responder = Responder(send, common)
         endpoint: Endpoint | None = None
+        call: MeshCall | None = None
+        refused: grpc.StatusCode | None = None  # the gateway's own answer's code
         try:
             cors = self.config.cors
             if cors is not None:
@@ -236,23 +254,69 @@ class Gateway:
                     raise GatewayError.rate_limited(wait)
             endpoint, bindings = self._route(request)
             with request_trace.current(str(endpoint.mapping.template)):
-                await self._serve(request, responder, endpoint, bindings)
+                call = await self._serve(request, responder, endpoint, bindings)
         except GatewayError as error:
-            await responder.error(error)
+            refused = error.code
+            await responder.error(error, self.config.json)
         except ClientGone:
+            refused = grpc.StatusCode.CANCELLED
             responder.status = 499
         except asyncio.CancelledError:
             if cancelled_by_caller():
+                refused = grpc.StatusCode.CANCELLED
                 raise  # the server is cancelling this request (shutdown): not ours to answer
+            refused = grpc.StatusCode.INTERNAL
             await self._unexpected(request, responder)  # e.g. grpc.aio's, from a closed channel
         except Exception:
+            refused = grpc.StatusCode.INTERNAL
             await self._unexpected(request, responder)
         finally:
-            service, method = (
-                ("", "") if endpoint is None else (endpoint.service, endpoint.method.name)
+            self._finish(
+                request,
+                request_trace,
+                endpoint=endpoint,
+                call=call,
+                refused=refused,
+                status=responder.status,
+                elapsed=time.perf_counter() - started,
             )
-            self.metrics.observe(service, method, responder.status, time.perf_counter() - started)
-            request_trace.end(responder.status)
+
+    def _finish(
+        self,
+        request: Request,
+        request_trace: RequestTrace,
+        *,
+        endpoint: Endpoint | None,
+        call: MeshCall | None,
+        refused: grpc.StatusCode | None,
+        status: int,
+        elapsed: float,
+    ) -> None:
+        """A request answered with `status` (0: nothing was sent): counted, its span ended,
+        and, routed and sampled, recorded on svc.trace."""
+        service, method = ("", "") if endpoint is None else (endpoint.service, endpoint.method.name)
+        self.metrics.observe(service, method, status, elapsed)
+        request_trace.end(status)
+        if self.records is None or endpoint is None:
+            return
+        span = request_trace.span.get_span_context()
+        if not self.records.sampled(span.trace_id):
+            return
+        caller = from_carrier(request.headers)
+        instance, address = call.instance if call is not None else ("", "")
+        if refused is not None:
+            code = refused.value[0]
+        elif call is not None and call.error is not None:
+            code = call.error.code().value[0]
+        else:
+            code = 0
+        duration = int(elapsed * 1e9)
+        self.records.call(
+            SIDE_GATEWAY, span.trace_id, span.span_id, caller.span_id if caller else 0,
+            self.records.identity, instance, address, endpoint.service, endpoint.method.name,
+            code, time.time_ns() - duration, duration, 0, False, request.method,
+            str(endpoint.mapping.template), status,
+        )  # fmt: skip
 
     async def _unexpected(self, request: Request, responder: Responder) -> None:
         """Nothing reaches uvicorn: logged once with its traceback, counted, answered as a
@@ -261,7 +325,7 @@ class Gateway:
         self.metrics.unexpected.inc()
         try:
             if responder.status == 0:
-                await responder.error(GatewayError.internal(request.request_id))
+                await responder.error(GatewayError.internal(request.request_id), self.config.json)
             else:
                 await responder.body(b"")
         except Exception as exc:  # the client is gone too: nothing more to tell anyone
@@ -292,7 +356,8 @@ class Gateway:
 
     async def _serve(
         self, request: Request, responder: Responder, endpoint: Endpoint, bindings: Any
-    ) -> None:
+    ) -> MeshCall:
+        """Answer a routed request; the call it made (GatewayError if it made none)."""
         if endpoint.kind.request_streaming:
             shape = "bidi" if endpoint.kind.response_streaming else "client"
             raise GatewayError(
@@ -340,6 +405,7 @@ class Gateway:
             await self._stream(request, responder, endpoint, call)
         else:
             await self._unary(request, responder, endpoint, call)
+        return call
 
     def access(self, endpoint: Endpoint) -> Access:
         """Who may call `endpoint`: its contract's rule, made public by ``--public``."""
@@ -412,7 +478,7 @@ class Gateway:
                     message = await rpc.read()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not grpc.StatusCode.CANCELLED or not watcher.done():
-                    status = _status_json(exc, endpoint, request.request_id)
+                    status = _status_json(exc, endpoint, request.request_id, self.config.json)
                     await responder.body(error_frame(json_bytes(status)), more=True)
             await responder.body(b"")
         except asyncio.CancelledError:
@@ -431,7 +497,15 @@ class Gateway:
         endpoint: Endpoint,
     ) -> None:
         headers = from_metadata(exc.initial_metadata(), exc.trailing_metadata())
-        body = json_bytes(_status_json(exc, endpoint, request.request_id))
+        status_json = _status_json(exc, endpoint, request.request_id, self.config.json)
+        if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+            # grpc-gateway sets WWW-Authenticate on UNAUTHENTICATED (DefaultHTTPErrorHandler,
+            # runtime/errors.go), to the bare message; here the gate's RFC 6750 challenge,
+            # carrying the message when the request sent credentials.
+            sent = request.header("authorization") is not None
+            challenge = bearer_challenge(status_json["message"] if sent else None)
+            headers.append(("www-authenticate", challenge))
+        body = json_bytes(status_json)
         status = http_status(exc.code(), _backend_details(exc))
         await responder.whole(status, body, _JSON, headers)
 
@@ -508,8 +582,12 @@ def _check_content_type(content_type: str, endpoint: Endpoint) -> None:
         )
 
 
-def _status_json(exc: grpc.aio.AioRpcError, endpoint: Endpoint, request_id: str) -> dict[str, Any]:
-    """The google.rpc.Status of a failed call, with the details the backend attached.
+def _status_json(
+    exc: grpc.aio.AioRpcError, endpoint: Endpoint, request_id: str, options: JsonOptions
+) -> dict[str, Any]:
+    """The google.rpc.Status of a failed call, with the details the backend attached, in
+    order, each written with its fields by `options` and its type looked up among the
+    service's (errors.status_body).
 
     The message is the backend's, unless it names addresses or is grpc core's text (then the
     gateway's words replace it: gateway/upstream.py). An UNAVAILABLE message that does not
@@ -530,7 +608,8 @@ def _status_json(exc: grpc.aio.AioRpcError, endpoint: Endpoint, request_id: str)
         message = replacement(code, service)
     if not shown or http_status(code) >= 500:
         log.warning("request %s: %s failed: %s: %s", request_id, endpoint.path, code.name, original)
-    return status_body(code, message, details)
+    pool = pool_of(endpoint.response_class)
+    return status_body(code, message, details, options=options, pool=pool)
 
 
 def _backend_details(exc: grpc.aio.AioRpcError) -> list[Any]:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from hms_gateway.errors import GatewayError
+from hms_gateway.jsonpb import DEFAULT_OPTIONS, JsonOptions
 
 __all__ = ["ClientGone", "Request", "Responder", "json_bytes", "read_body"]
 
@@ -125,7 +126,7 @@ class Responder:
         await self.start(status, content_type, [*headers, ("content-length", str(len(data)))])
         await self.body(data)
 
-    async def error(self, error: GatewayError) -> None:
-        await self.whole(
-            error.http_status, json_bytes(error.body()), "application/json", list(error.headers)
-        )
+    async def error(self, error: GatewayError, options: JsonOptions = DEFAULT_OPTIONS) -> None:
+        """Answer `error`, its details written by the gateway's JSON options."""
+        body = json_bytes(error.body(options))
+        await self.whole(error.http_status, body, "application/json", list(error.headers))

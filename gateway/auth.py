@@ -74,6 +74,7 @@ __all__ = [
     "JwtVerifier",
     "ScopeError",
     "VerificationKey",
+    "bearer_challenge",
     "granted_scopes",
     "identity_metadata",
     "require_scopes",
@@ -130,6 +131,27 @@ def _shown(value: object) -> str:
     return text[:_SHOWN_LIMIT] + f"... ({len(text)} characters)"
 
 
+_DESCRIPTION_LIMIT = 200
+
+
+def bearer_challenge(description: str | None) -> str:
+    """RFC 6750's ``WWW-Authenticate`` challenge: ``invalid_token`` with `description` (its
+    characters outside RFC 6750's set as ``?``, cut short), or a bare one when the request
+    carried no credentials (``None``: RFC 6750 §3.1 asks for no error code then).
+
+    >>> bearer_challenge('token "revoked"')
+    'Bearer realm="hms", error="invalid_token", error_description="token ?revoked?"'
+    >>> bearer_challenge(None)
+    'Bearer realm="hms"'
+    """
+    if description is None:
+        return f'Bearer realm="{REALM}"'
+    shown = _NOT_IN_DESCRIPTION.sub("?", description)
+    if len(shown) > _DESCRIPTION_LIMIT:
+        shown = shown[: _DESCRIPTION_LIMIT - 3] + "..."
+    return f'Bearer realm="{REALM}", error="invalid_token", error_description="{shown}"'
+
+
 class AuthError(GatewayError):
     """The request carries no valid bearer token: 401, UNAUTHENTICATED, with a challenge.
 
@@ -148,13 +170,7 @@ class AuthError(GatewayError):
     """
 
     def __init__(self, reason: str, detail: str = "", *, credentials_sent: bool = True) -> None:
-        if credentials_sent:
-            description = _NOT_IN_DESCRIPTION.sub("?", reason)
-            challenge = (
-                f'Bearer realm="{REALM}", error="invalid_token", error_description="{description}"'
-            )
-        else:
-            challenge = f'Bearer realm="{REALM}"'
+        challenge = bearer_challenge(reason if credentials_sent else None)
         super().__init__(
             401,
             grpc.StatusCode.UNAUTHENTICATED,

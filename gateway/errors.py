@@ -5,7 +5,10 @@ Every error leaves the gateway as a google.rpc.Status in JSON, whatever its sour
     {"code": 5, "message": "book shelves/1/books/9 not found", "details": [...]}
 
 ``code`` is the gRPC code's number, ``details`` a list of ``google.protobuf.Any`` in their JSON
-form (each with an ``"@type"``). The HTTP status comes from :func:`http_status`, grpc-gateway
+form, in the order the backend sent them: ``"@type"`` and the detail's own fields, as
+grpc-gateway writes them (``DefaultHTTPErrorHandler`` marshals the whole Status), so a REST
+client reads a ``google.rpc.BadRequest``'s ``fieldViolations`` or an ``ErrorInfo``'s ``reason``
+rather than base64. The HTTP status comes from :func:`http_status`, grpc-gateway
 v2's table (``runtime/errors.go``, ``HTTPStatusFromCode``), so clients written against
 grpc-gateway see the same statuses here.
 
@@ -25,17 +28,19 @@ with another code, changes nothing.
 
 from __future__ import annotations
 
-import base64
 import math
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import grpc
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
+
+from hms_gateway.jsonpb import DEFAULT_OPTIONS, JsonOptions, to_json
 
 __all__ = [
     "PAYLOAD_TOO_LARGE",
@@ -137,13 +142,18 @@ def status_body(
     code: grpc.StatusCode,
     message: str,
     details: Iterable[Message | Mapping[str, Any]] = (),
+    *,
+    options: JsonOptions = DEFAULT_OPTIONS,
+    pool: DescriptorPool | None = None,
 ) -> dict[str, Any]:
     """The google.rpc.Status JSON body for an error.
 
     ``details`` are protobuf messages (an ``Any`` is used as it is, any other message is packed
     into one) or mappings already in Any's JSON form, which must then carry an ``"@type"``.
-    An ``Any`` whose type the descriptor pool does not know (a backend's own detail type) is
-    kept as ``{"@type": ..., "value": <base64 of its bytes>}`` rather than dropped.
+    Each message detail is written by ``options`` as a response is (gateway/jsonpb.py), its
+    type looked up in ``pool`` (the route's: the types learnt with the service, then the
+    well-known and google.rpc ones); one whose type is unknown there is kept as
+    ``{"@type": ..., "value": <base64 of its bytes>}`` rather than dropped.
 
     >>> status_body(grpc.StatusCode.NOT_FOUND, "shelf 3 not found")
     {'code': 5, 'message': 'shelf 3 not found', 'details': []}
@@ -151,26 +161,21 @@ def status_body(
     return {
         "code": code.value[0],
         "message": message,
-        "details": [_detail_json(detail) for detail in details],
+        "details": [_detail_json(detail, options, pool) for detail in details],
     }
 
 
-def _detail_json(detail: Message | Mapping[str, Any]) -> dict[str, Any]:
+def _detail_json(
+    detail: Message | Mapping[str, Any], options: JsonOptions, pool: DescriptorPool | None
+) -> dict[str, Any]:
     if isinstance(detail, Message):
         if isinstance(detail, any_pb2.Any):
             packed = detail
         else:
             packed = any_pb2.Any()
             packed.Pack(detail)
-        try:
-            return json_format.MessageToDict(packed)
-        except (TypeError, KeyError, json_format.Error):
-            # The type is unknown to this process: keep its bytes, as the JSON mapping of Any
-            # does for well-known types, so that nothing the backend sent is lost.
-            return {
-                "@type": packed.type_url,
-                "value": base64.b64encode(packed.value).decode("ascii"),
-            }
+        value: dict[str, Any] = to_json(packed, options, pool=pool)
+        return value
     if "@type" not in detail:
         raise ValueError(f'an error detail in JSON form needs an "@type": {dict(detail)!r}')
     return dict(detail)
@@ -214,9 +219,9 @@ class GatewayError(Exception):
     def __repr__(self) -> str:
         return f"GatewayError({self.http_status}, {self.code.name}, {self.message!r})"
 
-    def body(self) -> dict[str, Any]:
-        """The google.rpc.Status JSON body of this error."""
-        return status_body(self.code, self.message, self.details)
+    def body(self, options: JsonOptions = DEFAULT_OPTIONS) -> dict[str, Any]:
+        """The google.rpc.Status JSON body of this error, its details written by `options`."""
+        return status_body(self.code, self.message, self.details, options=options)
 
     # -- 400: the request is wrong ----------------------------------------------------------
 

@@ -4,7 +4,11 @@ The gateway fronts services it has no generated code for, so it asks one of thei
 (through the mesh channel: discovery, mTLS and deadlines as for any call) for the file that
 defines the service and every file that one imports, and builds them into a private
 ``DescriptorPool``: one pool per service, so two services that ship different versions of a
-shared file never clash.
+shared file never clash. A type that none of those files defines is looked up, last, among the
+well-known types and ``google.rpc``'s (status, error details, codes), so that an Any holding
+one resolves even when the service's files do not import it: a backend packs an ErrorInfo or a
+Timestamp from whatever it links, as grpc-gateway resolves them from every type linked into
+its binary (protojson's default resolver, ``protoregistry.GlobalTypes``).
 
 grpcio serves ``grpc.reflection.v1alpha``; servers in other languages may serve only
 ``grpc.reflection.v1``. The two protocols have the same messages, so v1alpha is asked first and
@@ -14,12 +18,24 @@ v1 when the server answers UNIMPLEMENTED.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf import (
+    any_pb2,
+    descriptor_pb2,
+    descriptor_pool,
+    duration_pb2,
+    empty_pb2,
+    field_mask_pb2,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from mesh.client.call import CallKind
@@ -142,16 +158,82 @@ def _missing(
     return sorted({dep for proto in protos for dep in proto.dependency if dep not in have})
 
 
+# The files a private pool falls back on, with everything they import.
+_KNOWN_FILES: dict[str, FileDescriptor] = {
+    module.DESCRIPTOR.name: module.DESCRIPTOR
+    for module in (
+        any_pb2,
+        duration_pb2,
+        empty_pb2,
+        field_mask_pb2,
+        struct_pb2,
+        timestamp_pb2,
+        wrappers_pb2,
+        code_pb2,
+        error_details_pb2,
+        status_pb2,
+    )
+}
+
+
+@functools.cache
+def _known_file(name: str) -> descriptor_pb2.FileDescriptorProto:
+    file = _KNOWN_FILES.get(name)
+    if file is None:
+        raise KeyError(name)
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    return proto
+
+
+class _Files:
+    """A descriptor database of the files received, then the well-known and google.rpc ones:
+    what a private pool reads its types from (DescriptorPool's ``descriptor_db``), loading a
+    fallback file only when a type its own files lack is asked for."""
+
+    def __init__(self, files: Mapping[str, descriptor_pb2.FileDescriptorProto]) -> None:
+        self._files = files
+        # Top-level names -> the first file defining them (a second one is the pool's to
+        # refuse when it loads that file).
+        self._symbols: dict[str, str] = {}
+        for proto in files.values():
+            prefix = f"{proto.package}." if proto.package else ""
+            for kind in (proto.message_type, proto.enum_type, proto.service, proto.extension):
+                for element in kind:
+                    self._symbols.setdefault(prefix + element.name, proto.name)
+
+    def FindFileByName(self, name: str) -> descriptor_pb2.FileDescriptorProto:
+        own = self._files.get(name)
+        return own if own is not None else _known_file(name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> descriptor_pb2.FileDescriptorProto:
+        # A nested name (a message's nested type, field or enum value) is found by its
+        # top-level enclosing name.
+        name = symbol
+        while name:
+            if name in self._symbols:
+                return self._files[self._symbols[name]]
+            name = name.rpartition(".")[0]
+        return _known_file(descriptor_pool.Default().FindFileContainingSymbol(symbol).name)
+
+    def FindFileContainingExtension(self, extendee: str, number: int) -> None:
+        raise KeyError(f"{extendee} ({number})")
+
+    def FindAllExtensionNumbers(self, extendee: str) -> list[int]:
+        return []
+
+
 def build_pool(
     files: Iterable[descriptor_pb2.FileDescriptorProto],
 ) -> descriptor_pool.DescriptorPool:
-    """A private pool holding `files`, added dependencies first.
+    """A private pool holding `files`, each loaded once its imports are, falling back on the
+    well-known and google.rpc types for a name they do not define (module docstring).
 
     Raises ``ReflectionError`` for an import cycle, a missing import or a file the pool
     refuses (the message names the file).
     """
     by_name = {proto.name: proto for proto in files}
-    pool = descriptor_pool.DescriptorPool()
+    pool = descriptor_pool.DescriptorPool(descriptor_db=_Files(by_name))
     added: set[str] = set()
     visiting: set[str] = set()
 
@@ -162,14 +244,16 @@ def build_pool(
             raise ReflectionError(f"import cycle through {name}")
         proto = by_name.get(name)
         if proto is None:
+            if name in _KNOWN_FILES:
+                return  # the pool loads the process's own copy when it is first needed
             raise ReflectionError(f"file {name} is imported but was not received")
         visiting.add(name)
         for dependency in proto.dependency:
             add(dependency)
         visiting.discard(name)
         try:
-            pool.Add(proto)
-        except (TypeError, ValueError) as exc:
+            pool.FindFileByName(name)  # loads it from the database, and checks it
+        except (TypeError, ValueError, KeyError) as exc:
             raise ReflectionError(f"file {name} is not a valid descriptor: {exc}") from None
         added.add(name)
 

@@ -12,6 +12,10 @@ Every connection is a file descriptor: the soft ``RLIMIT_NOFILE`` is raised (up 
 one) to fit ``max_connections`` per listener and a reserve; if it cannot, ``max_connections`` is
 lowered to what fits, with a warning, rather than let ``accept()`` fail with EMFILE and take
 the backends' connections down with it.
+
+With ``trace_sample`` above 0 and a NATS URL (``mesh gateway --nats``, ``--trace-sample``), the
+gateway opens a NATS connection of its own, for svc.trace and svc.mesh records only
+(mesh.tracerecords), in the background: a NATS that is down delays nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -36,8 +41,11 @@ from hms_gateway.routes import RouteTable
 from hms_gateway.tracing import NO_TRACING, RequestTracer, Tracing
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig
+from mesh.controlplane import NatsAccess
 from mesh.gc_tuning import settle_heap
 from mesh.telemetry import ClientMetrics, setup_tracing
+from mesh.tls import identity_of
+from mesh.tracerecords import TraceEmitter, check_sample_rate
 
 __all__ = ["GatewayServer", "ListenConfig", "fit_open_files", "listening_socket"]
 
@@ -80,8 +88,14 @@ class ListenConfig:
     #: ``GatewayConfig.ops`` must then be ``listener``.
     ops_port: int | None = None
     ops_host: str = "127.0.0.1"
+    #: svc.trace: the share of traces recorded (0: none) and the NATS to send them to (no
+    #: URL: none sent), with how to connect (TLS as the gateway's identity).
+    trace_sample: float = 0.0
+    nats: tuple[str, ...] = ()
+    nats_access: NatsAccess = dataclasses.field(default_factory=NatsAccess)
 
     def __post_init__(self) -> None:
+        check_sample_rate(self.trace_sample)
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be within 0..65535, got {self.port}")
         if self.ops_port is not None and not 0 <= self.ops_port < 65536:
@@ -128,6 +142,7 @@ class GatewayServer:
         self.url = ""
         self.ops_url = ""
         self._server: uvicorn.Server | None = None
+        self._nats: Any = None
 
     async def run(self, on_listening: Callable[[str], object] = print) -> None:
         sock = listening_socket(self.listen.host, self.listen.port)
@@ -154,7 +169,10 @@ class GatewayServer:
         if "telemetry" in client.layers:
             layers = tuple(layer for layer in client.layers if layer != "telemetry")
             client = dataclasses.replace(client, layers=layers)
-        channel = await MeshChannel.connect(client, metrics=ClientMetrics(self.registry))
+        records = self._trace_emitter()
+        channel = await MeshChannel.connect(
+            client, metrics=ClientMetrics(self.registry), records=records
+        )
         learner: RegistryLearner | None = None
         try:
             if self.listen.descriptor_set is not None:
@@ -175,6 +193,7 @@ class GatewayServer:
                 metrics=GatewayMetrics(self.registry),
                 ready=ready,
                 tracing=tracing,
+                records=records,
             )
             guard = self._guard(app, sockets)
             server = self._server = uvicorn.Server(
@@ -205,6 +224,47 @@ class GatewayServer:
             if learner is not None:
                 await learner.stop()
             await channel.close()
+            await self._close_records(records)
+
+    def _trace_emitter(self) -> TraceEmitter | None:
+        """svc.trace records, if sampling and given a NATS (None: nothing is recorded); the
+        emitter is started, and connects in the background."""
+        if self.listen.trace_sample <= 0:
+            return None
+        if not self.listen.nats:
+            log.info(
+                "trace sample %g but no NATS URL (--nats): no svc.trace", self.listen.trace_sample
+            )
+            return None
+        files = self.client.tls
+        records = TraceEmitter(
+            "gateway",
+            connect=self._connect_nats,
+            sample=self.listen.trace_sample,
+            identity=identity_of(files) if files is not None else "",
+            registry=self.registry,
+        )
+        records.start()
+        return records
+
+    async def _close_records(self, records: TraceEmitter | None) -> None:
+        if records is not None:
+            await records.close()
+        if self._nats is not None:
+            await self._nats.close()
+
+    async def _connect_nats(self) -> Any:
+        """The gateway's NATS connection, for svc.trace only (reconnects for ever)."""
+        import nats
+
+        self._nats = await nats.connect(
+            list(self.listen.nats),
+            name="gateway",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            **self.listen.nats_access.options(),
+        )
+        return self._nats
 
     def _guard(self, app: Gateway, sockets: list[socket.socket]) -> Guard:
         """The limits the connections of both listeners share, and their figures."""

@@ -49,6 +49,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 
 from hms_gateway.errors import GatewayError
+from hms_gateway.jsonpb import DEFAULT_OPTIONS, JsonOptions, to_json
 from hms_gateway.query import (
     EXPECTED_BASE64,
     EXPECTED_DURATION,
@@ -72,7 +73,7 @@ from hms_gateway.query import (
 )
 from hms_gateway.template.parse import parse_template
 
-__all__ = ["JsonOptions", "RequestMapping", "render_response"]
+__all__ = ["DEFAULT_OPTIONS", "JsonOptions", "RequestMapping", "render_response"]
 
 HTTP_BODY = "google.api.HttpBody"
 _FIELD_MASK = "google.protobuf.FieldMask"
@@ -81,31 +82,6 @@ _OCTET_STREAM = "application/octet-stream"
 _RULE_METHODS = ("get", "put", "post", "delete", "patch")
 
 M = TypeVar("M", bound=Message)
-
-
-@dataclass(frozen=True, slots=True)
-class JsonOptions:
-    """How JSON is read and written; the defaults are grpc-gateway v2's.
-
-    ``use_proto_names``: output ``page_size`` rather than ``pageSize``.
-    ``emit_unpopulated``: output fields without presence even when they hold their default.
-    ``enums_as_ints``: output enums as numbers rather than names.
-    ``strict``: an unknown JSON field or query parameter answers 400 naming it, instead of
-    being discarded.
-    """
-
-    use_proto_names: bool = False
-    emit_unpopulated: bool = True
-    enums_as_ints: bool = False
-    strict: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("use_proto_names", "emit_unpopulated", "enums_as_ints", "strict"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"JsonOptions.{name} must be a bool")
-
-
-DEFAULT_OPTIONS = JsonOptions()
 
 
 def _rule_pattern(rule: http_pb2.HttpRule) -> tuple[str, str]:
@@ -737,7 +713,7 @@ class _BodyCheck:
             raise _Refusal(path, expected)
         try:
             packed = self.pool.FindMessageTypeByName(type_url.rsplit("/", 1)[-1])
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: a fallback file clashing with the service's
             raise _Refusal(
                 _member(path, "@type"), f"unknown message type {_quoted(type_url)}"
             ) from None
@@ -900,11 +876,6 @@ def render_response(
     >>> json.loads(body)["deadlineLeftMs"], kind
     ('5', 'application/json')
     """
-    kwargs: dict[str, Any] = {
-        "always_print_fields_with_no_presence": options.emit_unpopulated,
-        "preserving_proto_field_name": options.use_proto_names,
-        "use_integers_for_enums": options.enums_as_ints,
-    }
     value: Any
     descriptor = descriptor_of(message)
     if response_body:
@@ -915,17 +886,15 @@ def render_response(
             sub = getattr(message, field.name)
             if field.message_type.full_name == HTTP_BODY:
                 return bytes(sub.data), sub.content_type or _OCTET_STREAM
-            value = json_format.MessageToDict(sub, **kwargs)
+            value = to_json(sub, options, pool=descriptor.file.pool)
         else:
-            whole = json_format.MessageToDict(
-                message, **{**kwargs, "always_print_fields_with_no_presence": True}
-            )
+            whole = to_json(message, options, print_defaults=True)
             value = whole.get(field.name if options.use_proto_names else field.json_name)
     elif descriptor.full_name == HTTP_BODY:
         # An HttpBody, perhaps of a pool learnt by reflection: its class is built at run time
         # and its fields are not attributes of Message's stub.
         return bytes(message.data), message.content_type or _OCTET_STREAM  # type: ignore[attr-defined]
     else:
-        value = json_format.MessageToDict(message, **kwargs)
+        value = to_json(message, options)
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.encode("utf-8"), _JSON

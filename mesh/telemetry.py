@@ -13,6 +13,7 @@ Metrics are Prometheus text on a per-process metrics port, from a registry of ou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -26,13 +27,17 @@ from prometheus_client.registry import Collector
 
 from mesh import tracecontext
 from mesh.errors import MeshError
+from mesh.identity import caller_identity
 from mesh.server.wrap import Around, AroundInterceptor
+from mesh.tracerecords import SIDE_SERVER, TraceEmitter, recorded
 
 __all__ = [
     "EXPORTERS",
+    "CallRecordInterceptor",
     "ClientMetrics",
     "ServerMetrics",
     "ServerMetricsInterceptor",
+    "ServerRecords",
     "TraceContextInterceptor",
     "serve_metrics",
     "setup_tracing",
@@ -69,14 +74,62 @@ def setup_tracing(exporter: str, service_name: str) -> bool:
     return True
 
 
-def tracing_server_interceptors(tracing: bool) -> list[grpc.aio.ServerInterceptor]:
+def tracing_server_interceptors(
+    tracing: bool, records: ServerRecords | None = None
+) -> list[grpc.aio.ServerInterceptor]:
     """What makes the caller's trace current for a handler: OpenTelemetry's instrumentation
-    with `tracing` on (a span per call), else `TraceContextInterceptor`."""
+    with `tracing` on (a span per call), else `TraceContextInterceptor`; with `records`, each
+    call of a sampled trace is also a svc.trace record (mesh.tracerecords)."""
     if not tracing:
-        return [TraceContextInterceptor()]
+        return [TraceContextInterceptor(records)]
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()]
+    if records is not None:
+        interceptors.append(CallRecordInterceptor(records))
+    return interceptors
+
+
+class ServerRecords:
+    """The service host's side of svc.trace: one SIDE_SERVER record per call of a sampled
+    trace, its span the hop's own, its parent the caller's, its caller the peer
+    certificate's identity. The instance and address are set once the host serves
+    (`serving_as`)."""
+
+    def __init__(self, emitter: TraceEmitter) -> None:
+        self.emitter = emitter
+        self.instance = ""
+        self.address = ""
+
+    def serving_as(self, instance: str, address: str) -> None:
+        self.instance, self.address = instance, address
+
+    def emit(
+        self,
+        site: tuple[str, str],
+        span: Any,
+        parent_span_id: int,
+        started: tuple[int, int],
+        *,
+        exc: BaseException | None,
+        context: Any,
+    ) -> None:
+        """Queue the record of one call that began at `started` (wall, perf ns)."""
+        duration = time.perf_counter_ns() - started[1]
+        try:
+            caller = caller_identity(context.auth_context()) or ""
+        except Exception:  # a test context without one
+            caller = ""
+        self.emitter.call(
+            SIDE_SERVER, span.trace_id, span.span_id, parent_span_id, caller, self.instance,
+            self.address, site[0], site[1], _code_number(exc, context), started[0], duration,
+        )  # fmt: skip
+
+
+def _site(method: str) -> tuple[str, str]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
+    _, service, name = [*method.split("/"), "", ""][:3]
+    return service, name
 
 
 class _TraceScope:
@@ -103,16 +156,108 @@ class _TraceScope:
         tracecontext.detach(self._token)
 
 
+class _RecordedTraceScope:
+    """`_TraceScope`, and the call's svc.trace record when its trace is sampled."""
+
+    __slots__ = ("_context", "_parent", "_records", "_site", "_span", "_started", "_token")
+
+    def __init__(self, records: ServerRecords, site: tuple[str, str], context: Any) -> None:
+        self._records = records
+        self._site = site
+        self._context = context
+        self._token: object = None
+        self._span: Any = None
+        self._parent = 0
+        self._started = (0, 0)
+
+    async def __aenter__(self) -> None:
+        caller = tracecontext.from_carrier(self._context.invocation_metadata() or ())
+        own = tracecontext.child_of(caller)
+        self._token = tracecontext.attach(own)
+        if self._records.emitter.sampled(own.trace_id):
+            self._span = own
+            self._parent = caller.span_id if caller is not None else 0
+            self._started = (time.time_ns(), time.perf_counter_ns())
+
+    async def __aexit__(
+        self,
+        _type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        tracecontext.detach(self._token)
+        if self._span is not None:
+            self._records.emit(
+                self._site, self._span, self._parent, self._started, exc=exc, context=self._context
+            )
+
+
 _TRACE_SCOPE = Around(scope=_TraceScope)
 
 
 class TraceContextInterceptor(AroundInterceptor):
     """W3C trace context without spans: the incoming ``traceparent``/``tracestate`` (or a new
     trace) is current while the handler runs (sync handlers, in the thread pool, are left
-    alone)."""
+    alone); with `records`, a sampled call is recorded too."""
+
+    def __init__(self, records: ServerRecords | None = None) -> None:
+        super().__init__()
+        self.records = records
 
     def around(self, method: str) -> Around:
-        return _TRACE_SCOPE
+        records = self.records
+        if records is None or not recorded(method):
+            return _TRACE_SCOPE
+        site = _site(method)
+        return Around(scope=lambda context: _RecordedTraceScope(records, site, context))
+
+
+class _RecordScope:
+    """With OpenTelemetry's spans: the current span is the hop's; the caller's comes in the
+    metadata (read only for a sampled trace)."""
+
+    __slots__ = ("_context", "_records", "_site", "_span", "_started")
+
+    def __init__(self, records: ServerRecords, site: tuple[str, str], context: Any) -> None:
+        self._records = records
+        self._site = site
+        self._context = context
+        self._span: Any = None
+        self._started = (0, 0)
+
+    async def __aenter__(self) -> None:
+        span = tracecontext.current_span_context()
+        if span is not None and self._records.emitter.sampled(span.trace_id):
+            self._span = span
+            self._started = (time.time_ns(), time.perf_counter_ns())
+
+    async def __aexit__(
+        self,
+        _type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        if self._span is None:
+            return
+        caller = tracecontext.from_carrier(self._context.invocation_metadata() or ())
+        parent = caller.span_id if caller is not None else 0
+        self._records.emit(
+            self._site, self._span, parent, self._started, exc=exc, context=self._context
+        )
+
+
+class CallRecordInterceptor(AroundInterceptor):
+    """svc.trace records of the calls served, under OpenTelemetry's server interceptor."""
+
+    def __init__(self, records: ServerRecords) -> None:
+        super().__init__()
+        self.records = records
+
+    def around(self, method: str) -> Around | None:
+        if not recorded(method):
+            return None
+        records, site = self.records, _site(method)
+        return Around(scope=lambda context: _RecordScope(records, site, context))
 
 
 def serve_metrics(registry: CollectorRegistry, port: int = 0, host: str = "127.0.0.1") -> int:
@@ -174,10 +319,16 @@ class ChannelCollector(Collector):
         endpoints = GaugeMetricFamily(
             "mesh_client_endpoints", "Known instances", labels=["service"]
         )
+        ejected = GaugeMetricFamily(
+            "mesh_client_endpoints_ejected",
+            "Known instances ejected by outlier detection now (or on probation)",
+            labels=["service"],
+        )
         for service in stats.services:
             ejections.add_metric([service.service], service.ejections_total)
             endpoints.add_metric([service.service], service.instances)
-        return [retries, refused, ejections, endpoints]
+            ejected.add_metric([service.service], service.ejected)
+        return [retries, refused, ejections, endpoints, ejected]
 
 
 def _code_of(exc: BaseException | None, context: Any) -> str:
@@ -189,6 +340,18 @@ def _code_of(exc: BaseException | None, context: Any) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     return _CODE_NAMES.get(code, "UNKNOWN") if isinstance(code, int) else "UNKNOWN"
+
+
+_CODE_NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
+
+
+def _code_number(exc: BaseException | None, context: Any) -> int:
+    """The status code number a served call ended with (0 OK, 2 UNKNOWN if unknown)."""
+    if exc is None:
+        return 0
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED.value[0]
+    return _CODE_NUMBERS.get(_code_of(exc, context), 2)
 
 
 class _MethodMetrics:

@@ -10,16 +10,27 @@ identity                etcd (role)                                    NATS (per
 ======================  =============================================  ==========================
 deployment ``d``        read ``/<ns>/services/``; read and write       publish its own event
                         ``/<ns>/services/<svc>/d-`` for each gRPC      types, its dead letters
-                        service ``svc`` it serves (instance ids start  ``<p>.dlq.d.>``, and the
+                        service ``svc`` it serves (instance ids start  ``<p>.dlq.d.>``, the
                         with the deployment: ``d-<slot>-<hex>``)       JetStream API of its own
-                                                                       consumers ``d__<type>``;
-                                                                       subscribe to its inbox
+                                                                       consumers ``d__<type>``
+                                                                       and its telemetry
+                                                                       ``svc.trace.>``,
+                                                                       ``svc.mesh.>``; subscribe
+                                                                       to its inbox
                                                                        ``_INBOX.d.>`` only
 reader (ops, gateway)   read ``/<ns>/services/``                       ops: look (stream and
-                                                                       consumer info, tail);
-                                                                       gateway: nothing
+                                                                       consumer info, tail) and
+                                                                       subscribe ``svc.>``;
+                                                                       gateway: publish its
+                                                                       telemetry only
 root (``mesh up``)      etcd's root role                               everything (streams)
 ======================  =============================================  ==========================
+
+The telemetry subjects are core NATS, never stored: ``svc.trace.<service>`` and
+``svc.mesh.<service>`` (mesh.tracerecords), read by the console as ``ops``. A deployment's
+telemetry names any service (a client records the calls it makes to others), so the
+permission is the whole of ``svc.trace.>`` and ``svc.mesh.>``: a deployment can write
+misleading telemetry about another, which is what telemetry, never authority, may suffer.
 
 A deployment's own event types are those its manifest publishes (services/<d>/service.toml,
 `publishes`; none if it says none): `mesh up` passes them to `policy_for`. A deployment
@@ -50,6 +61,7 @@ from mesh.events.subjects import DEFAULT_PREFIX, consumer_name, stream_name
 from mesh.identity import check_deployment, spiffe_id
 from mesh.registry import keys
 from mesh.tls import TlsFiles
+from mesh.tracerecords import MESH_PREFIX, TRACE_PREFIX
 
 __all__ = [
     "ADMIN_IDENTITY",
@@ -77,8 +89,15 @@ NATS_SERVER = "nats"
 RESERVED_NAMES = frozenset({ADMIN_IDENTITY, ETCD_SERVER, NATS_SERVER})
 #: Identities that only read the registry: operators' tools and the gateway.
 DEFAULT_READERS = ("ops", "gateway")
-#: Of those, the ones that may look at the event streams (`mesh events ls|tail`).
+#: Of those, the ones that may look at the event streams (`mesh events ls|tail`) and listen
+#: to the mesh's telemetry (`mesh console`).
 DEFAULT_OBSERVERS = ("ops",)
+#: Of those, the ones that publish telemetry (the gateway's svc.trace records).
+DEFAULT_TELEMETRY_READERS = ("gateway",)
+#: What every deployment (and those readers) may publish: svc.trace and svc.mesh records.
+TELEMETRY_PUBLISH = (f"{TRACE_PREFIX}.>", f"{MESH_PREFIX}.>")
+#: What observers may subscribe to: all of the mesh's telemetry.
+TELEMETRY_SUBSCRIBE = "svc.>"
 
 _READ, _WRITE, _READWRITE = 0, 1, 2  # etcd's authpb.Permission.Type
 
@@ -147,6 +166,9 @@ class Policy:
     prefix: str = DEFAULT_PREFIX
     readers: tuple[str, ...] = DEFAULT_READERS
     observers: tuple[str, ...] = DEFAULT_OBSERVERS
+    #: Readers that publish telemetry (svc.trace, svc.mesh) and nothing else; None: the
+    #: gateway, if it is a reader.
+    telemetry: tuple[str, ...] | None = None
     #: Event types a deployment may consume (one consumer each): by default every message
     #: type of the generated contracts, read when the policy is made.
     event_types: tuple[str, ...] = field(default_factory=contract_message_types)
@@ -167,6 +189,16 @@ class Policy:
         unknown = sorted(set(self.observers) - set(self.readers))
         if unknown:
             raise ValueError(f"observers {unknown} must be readers too")
+        if self.telemetry is None:
+            chosen = tuple(r for r in DEFAULT_TELEMETRY_READERS if r in self.readers)
+            object.__setattr__(self, "telemetry", chosen)
+        unknown = sorted(set(self.telemetry or ()) - set(self.readers))
+        if unknown:
+            raise ValueError(f"telemetry publishers {unknown} must be readers too")
+        if self.prefix == TELEMETRY_SUBSCRIBE.partition(".")[0]:
+            raise ValueError(
+                f"events prefix {self.prefix!r} is the mesh's telemetry's: choose another"
+            )
 
     # -- etcd -------------------------------------------------------------------------------
 
@@ -215,9 +247,21 @@ class Policy:
                     f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                     f"$JS.ACK.{stream}.{consumer}.>",
                 ]
+            publish += TELEMETRY_PUBLISH
             users.append(NatsUser(spiffe_id(d), tuple(publish), (f"_INBOX.{d}.>",)))
-        for observer in self.observers:
-            look = (
+        for reader in self.readers:
+            user = self._reader_user(reader)
+            if user is not None:
+                users.append(user)
+        return users
+
+    def _reader_user(self, reader: str) -> NatsUser | None:
+        """What a reader may do in NATS: observers look at the streams and listen to the
+        telemetry, telemetry publishers publish it; None (no NATS user) for the others."""
+        publish: list[str] = []
+        subscribe: list[str] = []
+        if reader in self.observers:
+            publish += (
                 "$JS.API.INFO",
                 "$JS.API.STREAM.NAMES",
                 "$JS.API.STREAM.LIST",
@@ -229,8 +273,13 @@ class Policy:
                 "$JS.API.CONSUMER.CREATE.*",
                 "$JS.FC.>",
             )
-            users.append(NatsUser(spiffe_id(observer), look, (f"_INBOX.{observer}.>",)))
-        return users
+            subscribe.append(TELEMETRY_SUBSCRIBE)
+        if reader in (self.telemetry or ()):
+            publish += TELEMETRY_PUBLISH
+        if not publish:
+            # No user at all: nats-server reads an empty allow list as "everything".
+            return None
+        return NatsUser(spiffe_id(reader), tuple(publish), (*subscribe, f"_INBOX.{reader}.>"))
 
     def nats_authorization(self) -> str:
         """nats-server's ``authorization`` block for these users (strings JSON-quoted)."""

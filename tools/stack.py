@@ -82,6 +82,7 @@ _STACK_GATEWAY_FLAGS = {
     "--etcd-cert": "the gateway reaches the stack's etcd with its own certificate",
     "--etcd-key": "the gateway reaches the stack's etcd with its own certificate",
     "--namespace": "the gateway uses the stack's namespace (mesh up --namespace)",
+    "--nats": "the gateway sends svc.trace records to the stack's NATS",
     "--state-dir": "the gateway uses the stack's state (mesh up --state-dir)",
     "--tls-dir": "the gateway uses the stack's certificates",
     "--cert-name": f"the gateway presents the stack's {GATEWAY_IDENTITY!r} certificate",
@@ -295,6 +296,8 @@ class Stack:
             "MESH_NAMESPACE": self.config.namespace,
             "MESH_SERVING": str(self.serving_path),
             "MESH_POLICY": str(self.policy_path),
+            # svc.trace: every call recorded, for the console (unless the operator says).
+            "MESH_TRACE_SAMPLE": os.environ.get("MESH_TRACE_SAMPLE", "1.0"),
             **self.config.extra_env,
         }
 
@@ -442,6 +445,7 @@ class Stack:
             # The stack's own last: for an option given twice argparse keeps the last one.
             f"--etcd={self.etcd_endpoint}",
             f"--namespace={self.config.namespace}",
+            f"--nats={self.env()['MESH_NATS']}",
             f"--tls-dir={self.tls_dir}",
             f"--cert-name={GATEWAY_IDENTITY}",
         ]

@@ -65,6 +65,8 @@ class CallInfo:
     deadline: float | None = None  # absolute, time.monotonic()
     wait_for_ready: bool | None = None
     attempt: int = 0
+    #: True for a hedged copy (sent while an earlier attempt is still out).
+    hedge: bool = False
     tried: set[str] = field(default_factory=set)  # instance keys already used by this call
     #: Set by the transport once the request may have reached a server.
     sent: bool = False

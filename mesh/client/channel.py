@@ -29,6 +29,7 @@ from mesh.client.middleware import (
     PickLayer,
     RetryLayer,
     TelemetryLayer,
+    TraceRecordLayer,
     build_chain,
     transport,
 )
@@ -44,7 +45,8 @@ from mesh.resilience.budget import RetryBudget
 from mesh.resilience.outlier import HealthState
 from mesh.resilience.retry import Idempotency, idempotency_of
 from mesh.telemetry import ChannelCollector, ClientMetrics
-from mesh.tracecontext import inject_metadata
+from mesh.tracecontext import TRACEPARENT, current_span_context, inject_metadata, new_traceparent
+from mesh.tracerecords import BUDGET_REFUSED, TraceEmitter
 
 __all__ = ["ChannelStats", "MeshChannel", "ServiceStats"]
 
@@ -84,6 +86,7 @@ class MeshChannel:
         *,
         owns_etcd: bool = False,
         metrics: ClientMetrics | None = None,
+        records: TraceEmitter | None = None,
     ) -> None:
         self.config = config
         self.etcd = etcd
@@ -99,7 +102,14 @@ class MeshChannel:
             window=config.budget_window,
             min_per_second=config.budget_min_per_second,
         )
-        self.retry_layer = RetryLayer(config.retry_for, self.budget, rand=self._rand.random)
+        #: svc.trace records and svc.mesh decisions (mesh.tracerecords); None: neither.
+        self.records = records
+        self.retry_layer = RetryLayer(
+            config.retry_for,
+            self.budget,
+            rand=self._rand.random,
+            on_refused=self._budget_refused if records is not None else None,
+        )
         layers: dict[str, Layer | None] = {
             "telemetry": TelemetryLayer(metrics) if metrics is not None else None,
             "deadline": DeadlineLayer(config.deadlines),
@@ -107,6 +117,10 @@ class MeshChannel:
             "pick": PickLayer(self.pool, no_instance_wait=config.no_instance_wait),
         }
         chosen = [layers[name] for name in config.layers]
+        if records is not None:
+            # Per attempt, so just outside pick: it sees which instance each one went to.
+            at = config.layers.index("pick")
+            chosen.insert(at, TraceRecordLayer(records, sends_trace_context=not config.tracing))
         self._chain: Handler = build_chain([x for x in chosen if x is not None], transport)
         if metrics is not None:
             metrics.registry.register(ChannelCollector(self))
@@ -123,13 +137,17 @@ class MeshChannel:
 
     @classmethod
     async def connect(
-        cls, config: ClientConfig, *, metrics: ClientMetrics | None = None
+        cls,
+        config: ClientConfig,
+        *,
+        metrics: ClientMetrics | None = None,
+        records: TraceEmitter | None = None,
     ) -> MeshChannel:
         etcd = None
         if config.etcd:
             etcd = Etcd(config.etcd, tls=etcd_client_tls(config.etcd, config.etcd_tls, config.tls))
             await etcd.connect()
-        channel = cls(etcd, config, owns_etcd=etcd is not None, metrics=metrics)
+        channel = cls(etcd, config, owns_etcd=etcd is not None, metrics=metrics, records=records)
         channel.start()
         return channel
 
@@ -183,6 +201,7 @@ class MeshChannel:
             drain_grace=self.config.drain_grace,
             probe=tcp_reachable if self.config.probe_connectivity else None,
             admit=self._admit,
+            decisions=self.records.decision if self.records is not None else None,
         )
         discovery: Discovery | StaticDiscovery
         if service in self.config.upstreams or self.etcd is None:
@@ -199,6 +218,30 @@ class MeshChannel:
         self._discoveries[service] = discovery
         self._opening.pop(service, None)
         return pool
+
+    def _budget_refused(self, call: CallInfo) -> None:
+        assert self.records is not None
+        endpoint = call.endpoint
+        instance, address = (
+            ("", "") if endpoint is None else (endpoint.key, endpoint.instance.address)
+        )
+        reason = f"retry budget exhausted: {call.method} attempt {call.attempt + 1} not sent"
+        self.records.decision(BUDGET_REFUSED, call.service, instance, address, reason)
+
+    def _outgoing(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> list[Any]:
+        """The metadata a call sends: the caller's, with the current trace context. With
+        svc.trace on, a call made outside any trace starts one, so that all its attempts and
+        the server's side share it (and one sampling choice)."""
+        sent: list[tuple[str, str | bytes]] = list(metadata or ())
+        if self.sends_trace_context:
+            inject_metadata(sent)
+            if (
+                self.records is not None
+                and current_span_context() is None
+                and all(key != TRACEPARENT for key, _ in sent)
+            ):
+                sent.append((TRACEPARENT, new_traceparent()))
+        return sent
 
     def _admit(self, instance: Instance) -> str | None:
         """Why `instance` may not serve its service (the serving policy), or None."""
@@ -318,9 +361,7 @@ class MeshChannel:
         ...                     deserializer=SendResponse.FromString, timeout=2)
         >>> response = await call
         """
-        sent = list(metadata)
-        if self.sends_trace_context:
-            inject_metadata(sent)
+        sent = self._outgoing(metadata)
         info = CallInfo(
             kind=kind,
             method=method,
@@ -397,9 +438,7 @@ class _MultiCallable:
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        sent = list(metadata or ())
-        if self._channel.sends_trace_context:
-            inject_metadata(sent)
+        sent = self._channel._outgoing(metadata)
         call = CallInfo(
             kind=self._kind,
             method=self._method,

@@ -42,6 +42,7 @@ class Endpoint:
         *,
         watch_health: bool = True,
         drain_grace: float = DRAIN_GRACE,
+        on_draining: Callable[[Endpoint], None] | None = None,
     ) -> None:
         self.instance = instance
         self.key = instance.instance_id
@@ -56,6 +57,8 @@ class Endpoint:
         self._make_channel = make_channel
         self._watch_health = watch_health
         self._drain_grace = drain_grace
+        #: Told when the instance's health turns from SERVING to not (it is draining).
+        self._on_draining = on_draining
         self._closed = False
         self._channel: grpc.aio.Channel | None = None
         self._callables: dict[tuple[Any, ...], Any] = {}
@@ -142,7 +145,10 @@ class Endpoint:
                 stub = health_pb2_grpc.HealthStub(self.channel())
                 # types-grpcio-health-checking declares HealthStub without its methods.
                 async for answer in stub.Watch(request):  # type: ignore[attr-defined]
-                    self.serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+                    serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+                    if self.serving and not serving and self._on_draining is not None:
+                        self._on_draining(self)
+                    self.serving = serving
                     backoff.reset()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:

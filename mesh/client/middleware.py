@@ -9,8 +9,12 @@
   default, never past the inbound deadline it is made under) and bounds the whole chain by it;
 - RetryLayer: retries and hedges where safe, within the deadline and the channel's budget;
 - PickLayer: chooses the instance (outlier detection, health, P2C over peak EWMA) and does
-  the per-instance accounting around the attempt;
+  the per-instance accounting around the attempt (and tells the pool's decision sink of
+  ejections, readmissions and unreachable instances: svc.mesh);
 - transport: the per-instance grpc.aio call.
+
+With svc.trace records on (mesh.tracerecords), the channel puts `TraceRecordLayer` between
+retry and pick: one SIDE_CLIENT record per attempt of a sampled trace.
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry.trace import SpanContext
 
 from mesh.aio import cancel_and_wait, cancelled_by_caller
 from mesh.client.call import CallInfo, GuardedStream, channel_closed_error, rpc_error
 from mesh.deadline import DeadlineConfig, inbound_deadline, outbound_deadline
 from mesh.resilience.budget import RetryBudget
+from mesh.resilience.outlier import HealthState
 from mesh.resilience.retry import (
     Pushback,
     RetryPolicy,
@@ -37,6 +43,16 @@ from mesh.resilience.retry import (
     retry_delay,
     should_retry,
 )
+from mesh.tracecontext import TRACEPARENT, current_span_context, parse_traceparent
+from mesh.tracerecords import (
+    EJECTED,
+    READMITTED,
+    SIDE_CLIENT,
+    UNREACHABLE,
+    TraceEmitter,
+    new_span_id,
+    recorded,
+)
 
 __all__ = [
     "DeadlineLayer",
@@ -44,6 +60,7 @@ __all__ = [
     "Layer",
     "PickLayer",
     "RetryLayer",
+    "TraceRecordLayer",
     "build_chain",
     "transport",
 ]
@@ -191,15 +208,23 @@ class RetryLayer:
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[CallInfo], object] | None = None,
     ) -> None:
         self.policy_for = policy_for
         self.budget = budget
         self.rand = rand
         self.sleep = sleep
         self.clock = clock
+        #: Told of each retry the budget refused (svc.mesh), with the call as it stands.
+        self.on_refused = on_refused
         #: Retries and hedges sent, and retries refused by the budget (metrics read these).
         self.retries = 0
         self.budget_refusals = 0
+
+    def _refused(self, call: CallInfo) -> None:
+        self.budget_refusals += 1
+        if self.on_refused is not None:
+            self.on_refused(call)
 
     async def __call__(self, call: CallInfo, next: Handler) -> Any:
         self.budget.record_request()
@@ -227,7 +252,10 @@ class RetryLayer:
             return await next(call)
         except grpc.aio.AioRpcError as exc:
             retryable = policy.max_attempts > 1 and exc.code() in policy.retryable_codes
-            if call.sent or not retryable or not self.budget.try_withdraw():
+            if call.sent or not retryable:
+                raise
+            if not self.budget.try_withdraw():
+                self._refused(call)
                 raise
         call.attempt += 1
         self.retries += 1
@@ -255,7 +283,7 @@ class RetryLayer:
         if left is not None and delay >= left:
             return None  # the next attempt could not finish in time
         if not self.budget.try_withdraw():
-            self.budget_refusals += 1
+            self._refused(call)
             log.debug("retry budget exhausted: %s not retried", call.method)
             return None
         return delay
@@ -268,7 +296,8 @@ class RetryLayer:
         last_error: grpc.aio.AioRpcError | None = None
 
         def launch() -> None:
-            copy = CallInfo(**{**call.__dict__, "attempt": len(attempts), "tried": call.tried})
+            n = len(attempts)
+            copy = CallInfo(**{**call.__dict__, "attempt": n, "hedge": n > 0, "tried": call.tried})
             attempts.append(asyncio.ensure_future(next(copy)))
 
         launch()
@@ -297,7 +326,7 @@ class RetryLayer:
                         launch()
                         pending.add(attempts[-1])
                     else:
-                        self.budget_refusals += 1
+                        self._refused(call)
         finally:
             for task in attempts:
                 if task.done() and not task.cancelled():
@@ -360,7 +389,8 @@ class PickLayer:
         endpoint.ewma.observe(now - started)
         endpoint.observed = True
         endpoint.reach.succeeded()
-        pool.detector.on_success(endpoint.key, now)
+        if pool.detector.on_success(endpoint.key, now):
+            pool.report(READMITTED, endpoint, "its probe call succeeded")
         return response
 
     async def _wait_for_instance(self, pool: Any, call: CallInfo) -> Any:
@@ -388,6 +418,150 @@ class PickLayer:
             unreachable = never_sent(error)
             if unreachable:
                 endpoint.reach.failed(now)  # not picked again until its gate opens
-            pool.detector.on_failure(endpoint.key, now, connection=unreachable)
-        else:
-            pool.detector.on_success(endpoint.key, now)
+                if endpoint.reach.failures == 1:
+                    pool.report(UNREACHABLE, endpoint, f"a call could not connect: {code.name}")
+            probing = _probing(pool, endpoint.key)
+            if pool.detector.on_failure(endpoint.key, now, connection=unreachable):
+                pool.report(EJECTED, endpoint, _ejection_reason(pool, code, unreachable, probing))
+        elif pool.detector.on_success(endpoint.key, now):
+            pool.report(READMITTED, endpoint, "its probe call succeeded")
+
+
+def _probing(pool: Any, key: str) -> bool:
+    try:
+        return bool(pool.detector.health(key).state is HealthState.PROBING)
+    except KeyError:
+        return False
+
+
+def _ejection_reason(pool: Any, code: grpc.StatusCode, unreachable: bool, probing: bool) -> str:
+    if probing:
+        return f"its probe call failed ({code.name})"
+    if unreachable:
+        return f"a call could not connect ({code.name})"
+    return f"{pool.detector.config.consecutive_failures} consecutive failures (last {code.name})"
+
+
+class TraceRecordLayer:
+    """svc.trace, client side: one SIDE_CLIENT record per attempt of a sampled trace (a
+    retry or a hedge is a record of its own, with its attempt number and hedge flag).
+
+    The attempt is a span of its own, under the caller's: with `sends_trace_context` it goes
+    out as the attempt's ``traceparent``, so the server's record names it as parent (with
+    OpenTelemetry's interceptor, its client span is the parent instead). For a response
+    stream the record is made when the stream ends (read to its end, failed or cancelled).
+    Unsampled calls pass through untouched.
+    """
+
+    def __init__(self, records: TraceEmitter, *, sends_trace_context: bool = True) -> None:
+        self.records = records
+        self.sends_trace_context = sends_trace_context
+
+    async def __call__(self, call: CallInfo, next: Handler) -> Any:
+        if not recorded(call.method):
+            return await next(call)
+        parent = current_span_context() or _traceparent_in(call.metadata)
+        if parent is None or not self.records.sampled(parent.trace_id):
+            return await next(call)
+        span_id = new_span_id()
+        if self.sends_trace_context:
+            own = f"00-{parent.trace_id:032x}-{span_id:016x}-{parent.trace_flags:02x}"
+            call.metadata = [*((k, v) for k, v in call.metadata if k != TRACEPARENT),
+                             (TRACEPARENT, own)]  # fmt: skip
+        call.endpoint = None  # this attempt's, once picked
+        attempt = _Attempt(self.records, call, parent.trace_id, span_id, parent.span_id)
+        try:
+            response = await next(call)
+        except grpc.aio.AioRpcError as exc:
+            attempt.end(exc.code().value[0])
+            raise
+        except asyncio.CancelledError:
+            attempt.end(grpc.StatusCode.CANCELLED.value[0])
+            raise
+        if call.kind.response_streaming:
+            return _RecordedStream(response, attempt)
+        attempt.end(0)
+        return response
+
+
+def _traceparent_in(metadata: Sequence[tuple[str, str | bytes]]) -> SpanContext | None:
+    """The trace a call's own metadata names (a caller outside any current trace)."""
+    for key, value in metadata:
+        if key == TRACEPARENT and isinstance(value, str):
+            return parse_traceparent(value)
+    return None
+
+
+class _Attempt:
+    """One sampled attempt, timed from its start; `end(code)` queues its record once."""
+
+    __slots__ = ("call", "parent", "records", "span_id", "started", "t0", "trace_id")
+
+    def __init__(
+        self, records: TraceEmitter, call: CallInfo, trace_id: int, span_id: int, parent: int
+    ) -> None:
+        self.records: TraceEmitter | None = records
+        self.call = call
+        self.trace_id, self.span_id, self.parent = trace_id, span_id, parent
+        self.started = time.time_ns()
+        self.t0 = time.perf_counter_ns()
+
+    def end(self, code: int) -> None:
+        if self.records is None:
+            return
+        duration = time.perf_counter_ns() - self.t0
+        records, self.records = self.records, None
+        call = self.call
+        endpoint = call.endpoint
+        instance, address = (
+            ("", "") if endpoint is None else (endpoint.key, endpoint.instance.address)
+        )
+        # The method's own service (a call routed to another's instances is still its own).
+        _, service, method = call.method.split("/", 2)
+        records.call(
+            SIDE_CLIENT, self.trace_id, self.span_id, self.parent, records.identity, instance,
+            address, service, method, code, self.started, duration, call.attempt, call.hedge,
+        )  # fmt: skip
+
+
+class _RecordedStream:
+    """A response stream whose end (EOF, an error, a cancel) ends its attempt's record."""
+
+    def __init__(self, stream: Any, attempt: _Attempt) -> None:
+        self._stream = stream
+        self._attempt = attempt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def cancel(self) -> bool:
+        self._attempt.end(grpc.StatusCode.CANCELLED.value[0])
+        return bool(self._stream.cancel())
+
+    async def read(self) -> Any:
+        try:
+            message = await self._stream.read()
+        except grpc.aio.AioRpcError as exc:
+            self._attempt.end(exc.code().value[0])
+            raise
+        except asyncio.CancelledError:
+            self._attempt.end(grpc.StatusCode.CANCELLED.value[0])
+            raise
+        if message is grpc.aio.EOF:
+            self._attempt.end(0)
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        try:
+            async for message in self._stream:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            self._attempt.end(exc.code().value[0])
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self._attempt.end(grpc.StatusCode.CANCELLED.value[0])
+            raise
+        self._attempt.end(0)

@@ -13,6 +13,7 @@ from mesh.client.endpoint import DRAIN_GRACE, ChannelFactory, Endpoint
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
 from mesh.resilience.outlier import OutlierConfig, OutlierDetector
+from mesh.tracerecords import DRAINING, UNREACHABLE, DecisionSink
 
 __all__ = ["Admit", "Probe", "ServicePool"]
 
@@ -40,6 +41,7 @@ class ServicePool:
         drain_grace: float = DRAIN_GRACE,
         probe: Probe | None = None,
         admit: Admit | None = None,
+        decisions: DecisionSink | None = None,
     ) -> None:
         self.service = service
         self.endpoints: dict[str, Endpoint] = {}
@@ -51,6 +53,9 @@ class ServicePool:
         self._drain_grace = drain_grace
         self._probe = probe
         self._admit = admit
+        #: Where ejections, readmissions, draining and unreachable instances are told
+        #: (svc.mesh: mesh.tracerecords); None: nowhere, at no cost.
+        self.decisions = decisions
         self._refused: set[tuple[str, str]] = set()
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._probe_slots = asyncio.Semaphore(PROBES_AT_ONCE)
@@ -84,6 +89,7 @@ class ServicePool:
                 self._clock,
                 watch_health=self._watch_health,
                 drain_grace=self._drain_grace,
+                on_draining=self._draining if self.decisions is not None else None,
             )
             self.endpoints[key] = endpoint
             self.detector.add(key)
@@ -105,7 +111,20 @@ class ServicePool:
                 return
             delay = endpoint.reach.failed(self._clock())
             endpoint.reach.hold()  # opens only when a probe answers
+            if endpoint.reach.failures == 1:
+                self.report(UNREACHABLE, endpoint, "nothing accepts a connection at its address")
             await asyncio.sleep(delay)
+
+    # -- decisions, told to whoever listens (svc.mesh) -------------------------------------
+
+    def report(self, kind: int, endpoint: Endpoint, reason: str) -> None:
+        """Tell the decision sink, if any, what was decided about `endpoint`."""
+        if self.decisions is not None:
+            instance = endpoint.instance
+            self.decisions(kind, self.service, instance.instance_id, instance.address, reason)
+
+    def _draining(self, endpoint: Endpoint) -> None:
+        self.report(DRAINING, endpoint, "its health check says NOT_SERVING: no new calls")
 
     def _close_later(self, endpoint: Endpoint) -> None:
         # A departing instance gets no new call from now on (it left `endpoints`); the calls

@@ -49,6 +49,19 @@ class MeshCall:
     def __repr__(self) -> str:
         return f"MeshCall({self._info.method}, {self._info.kind.value})"
 
+    @property
+    def instance(self) -> tuple[str, str]:
+        """(instance id, address) of the instance the latest attempt went to; ("", "")
+        before one was picked."""
+        endpoint = self._info.endpoint
+        return ("", "") if endpoint is None else (endpoint.key, endpoint.instance.address)
+
+    @property
+    def error(self) -> grpc.aio.AioRpcError | None:
+        """The error the call (or the opening of its stream) ended with, once it has; None
+        while it has not, or when it succeeded."""
+        return self._error
+
     # -- unary response --------------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, Any]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,7 +57,9 @@ from mesh.events.subjects import (
     event_subject,
     stream_name,
 )
+from mesh.identity import check_deployment, spiffe_id
 from mesh.resilience.backoff import Backoff, BackoffPolicy
+from mesh.tracerecords import SIDE_HANDLER, TraceEmitter
 
 __all__ = [
     "Ack",
@@ -261,10 +264,12 @@ class Subscription(Generic[M]):
         headers = dict(msg.headers or {})
         parent = owner.propagator.extract(headers)
         handled_in = parent
-        if not trace.get_current_span(parent).get_span_context().is_valid and not owner.spans:
-            # It came without a trace and no tracer starts one: a new trace for the handler,
-            # so that what it calls and publishes is one trace.
-            new = trace.NonRecordingSpan(tracecontext.child_of(None))
+        if not owner.spans:
+            # No tracer starts a span: the handler gets one of its own, under the publisher's
+            # (or, for an event that came without a trace, the first of a new trace), so that
+            # what it calls and publishes is one trace, under its own svc.trace record.
+            published = trace.get_current_span(parent).get_span_context()
+            new = trace.NonRecordingSpan(tracecontext.child_of(published))
             handled_in = trace.set_span_in_context(new, parent)
         delivery = msg.metadata.num_delivered
         # Ours carry the id as Nats-Msg-Id; a CloudEvents publisher's ce-id is read too.
@@ -334,13 +339,47 @@ class Subscription(Generic[M]):
             trace_context=parent,
             headers=headers,
         )
+        started = (time.time_ns(), time.perf_counter_ns())
         try:
             await self.handler(message, meta)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            self._record(meta, parent, started, failed=True)
             return HandlerFailed(_describe(exc))
+        self._record(meta, parent, started, failed=False)
         return Handled()
+
+    def _record(
+        self,
+        meta: EventMeta,
+        parent: otel_context.Context,
+        started: tuple[int, int],
+        *,
+        failed: bool,
+    ) -> None:
+        """The handler's svc.trace record (SIDE_HANDLER), if the trace is sampled."""
+        records = self._owner.records
+        if records is None:
+            return
+        mine = trace.get_current_span().get_span_context()
+        if not mine.is_valid or not records.sampled(mine.trace_id):
+            return
+        published = trace.get_current_span(parent).get_span_context()
+        records.call(
+            SIDE_HANDLER,
+            mine.trace_id,
+            mine.span_id,
+            published.span_id if published.is_valid else 0,
+            _identity_of(meta.source),
+            "",
+            "",
+            self.full_name,
+            self.consumer,
+            _UNKNOWN_CODE if failed else 0,
+            started[0],
+            time.perf_counter_ns() - started[1],
+        )
 
     def _decode(self, data: bytes, headers: Mapping[str, str]) -> M:
         declared = headers.get(Headers.TYPE)
@@ -399,7 +438,8 @@ class Subscriber:
     """The event consumers of one deployment.
 
     `spec` sets redelivery (see `ConsumerSpec`); `poll` is how long one fetch waits for events.
-    `tracer_provider` and `propagator` default to OpenTelemetry's global ones.
+    `tracer_provider` and `propagator` default to OpenTelemetry's global ones; `records`
+    sends a svc.trace record (SIDE_HANDLER) per handled delivery of a sampled trace.
     """
 
     def __init__(
@@ -413,6 +453,7 @@ class Subscriber:
         poll: float = 1.0,
         tracer_provider: trace.TracerProvider | None = None,
         propagator: TextMapPropagator | None = None,
+        records: TraceEmitter | None = None,
     ) -> None:
         consumer_name(deployment, "Probe")  # validates the deployment name now
         if poll <= 0:
@@ -426,6 +467,8 @@ class Subscriber:
         self.tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
         self._own_provider = tracer_provider is not None
         self.propagator = propagator or propagate.get_global_textmap()
+        #: svc.trace: a record per handled delivery of a sampled trace (None: no records).
+        self.records = records
         self._subscriptions: list[Subscription[Any]] = []  # of any message types
 
     @property
@@ -476,3 +519,16 @@ def _parse_time(text: str | None) -> datetime | None:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+#: grpc's UNKNOWN: what a handler that raised is recorded as.
+_UNKNOWN_CODE = 2
+
+
+def _identity_of(source: str) -> str:
+    """The publisher's identity as the event's ce-source names it ("" if it is no deployment
+    name: the header is the publisher's word, shown, not trusted)."""
+    try:
+        return spiffe_id(check_deployment(source))
+    except ValueError:
+        return ""

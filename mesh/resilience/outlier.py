@@ -94,14 +94,17 @@ class InstanceHealth:
         self._active_since = -math.inf
         self._probe_sent_at = -math.inf  # when the outstanding probe was granted
 
-    def record_success(self, now: float) -> None:
-        """A call succeeded: the streak ends; a successful probe readmits the instance."""
+    def record_success(self, now: float) -> bool:
+        """A call succeeded: the streak ends; a successful probe readmits the instance (True
+        when this success did)."""
         if self.state is HealthState.EJECTED:
-            return  # a call sent before the ejection; the probe decides
-        if self.state is HealthState.PROBING:
+            return False  # a call sent before the ejection; the probe decides
+        readmitted = self.state is HealthState.PROBING
+        if readmitted:
             self.state = HealthState.ACTIVE
             self._active_since = now
         self.consecutive_failures = 0
+        return readmitted
 
     def record_failure(self, now: float) -> bool:
         """A call failed; True when this failure asks for ejection (the streak reached N)."""
@@ -202,11 +205,11 @@ class OutlierDetector:
             return True
         return False
 
-    def on_success(self, key: str, now: float) -> None:
-        """Record a successful call. Unknown keys are ignored."""
+    def on_success(self, key: str, now: float) -> bool:
+        """Record a successful call; True if it readmitted the instance (its probe call
+        succeeded). Unknown keys are ignored."""
         health = self._instances.get(key)
-        if health is not None:
-            health.record_success(now)
+        return health is not None and health.record_success(now)
 
     def available(self, key: str, now: float) -> bool:
         """May a call go to `key` now? Untracked instances are available (nothing against them).

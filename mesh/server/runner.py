@@ -1,6 +1,7 @@
 """The `main()` of a mesh service: flags and environment in, a running ServiceHost out.
 
-Environment is read here, at the edge: MESH_ETCD, MESH_NATS, MESH_TLS_DIR, MESH_NAMESPACE, and
+Environment is read here, at the edge: MESH_ETCD, MESH_NATS, MESH_TLS_DIR, MESH_NAMESPACE,
+MESH_TRACE_SAMPLE (svc.trace records: mesh.tracerecords), and
 the control plane's TLS files MESH_ETCD_CA/_CERT/_KEY and MESH_NATS_CA/_CERT/_KEY/_CREDS (by
 default the service's own certificate: mesh.controlplane). Flags win.
 
@@ -28,6 +29,7 @@ from mesh.gc_tuning import settle_heap
 from mesh.server.enduser import DEFAULT_GATEWAY_IDENTITIES
 from mesh.server.host import DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, HostConfig, ServiceHost
 from mesh.server.runtime import Runtime, etcd_tls, tls_files
+from mesh.tracerecords import check_sample_rate
 
 __all__ = [
     "MakeServicers",
@@ -35,6 +37,7 @@ __all__ = [
     "host_config",
     "parse_args",
     "run_service",
+    "trace_sample",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,14 @@ def parse_args(
         help="OpenTelemetry tracing exporter (env MESH_TRACING)",
     )
     parser.add_argument(
+        "--trace-sample",
+        type=trace_sample,
+        default=env.get("MESH_TRACE_SAMPLE", "0"),
+        metavar="RATE",
+        help="share of traces whose calls are recorded on NATS svc.trace.<service>, 0.0 to 1.0 "
+        "(env MESH_TRACE_SAMPLE; default 0: none; `mesh up` sets 1; 0.01 for production)",
+    )
+    parser.add_argument(
         "--policy",
         default=env.get("MESH_POLICY", ""),
         help="authorization policy (TOML, docs/authz.md), reloaded on change (env MESH_POLICY)",
@@ -127,6 +138,16 @@ def parse_args(
     if add_arguments is not None:
         add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def trace_sample(value: str) -> float:
+    """A --trace-sample value: a number from 0.0 to 1.0 (argparse's error otherwise)."""
+    try:
+        return check_sample_rate(float(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a sampling rate from 0.0 to 1.0"
+        ) from None
 
 
 def add_control_plane_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -191,6 +212,7 @@ async def _serve(runtime: Runtime, servicers: Sequence[object]) -> int:
     for servicer in servicers:
         host.add_servicer(servicer)
     await host.start()
+    runtime.serving_as(host.instance_id, host.address)
     try:
         await runtime.start()
         settle_heap()  # start-up is done: see mesh/gc_tuning.py

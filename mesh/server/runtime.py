@@ -48,11 +48,13 @@ from mesh.telemetry import (
     ClientMetrics,
     ServerMetrics,
     ServerMetricsInterceptor,
+    ServerRecords,
     serve_metrics,
     setup_tracing,
     tracing_server_interceptors,
 )
-from mesh.tls import TlsFiles
+from mesh.tls import TlsFiles, identity_of
+from mesh.tracerecords import TraceEmitter
 
 __all__ = ["Hook", "Runtime", "etcd_tls", "nats_settings", "tls_files"]
 
@@ -111,7 +113,13 @@ class Runtime:
         self._channel: MeshChannel | None = None
         self._client_metrics: ClientMetrics | None = None
         self._lock = asyncio.Lock()
+        # Apart from the channel's: svc.trace waits on NATS in the background, and a call
+        # must never wait for NATS to open a mesh channel.
+        self._nats_lock = asyncio.Lock()
         self._nats: Any = None
+        #: svc.trace / svc.mesh records (mesh.tracerecords); None when not sampling.
+        self.records = self._trace_emitter()
+        self._server_records: ServerRecords | None = None
         self._publisher: Publisher | None = None
         self._subscriptions: list[tuple[type[Message], Handler[Any], ConsumerSpec | None]] = []
         self._subscribers: list[Subscriber] = []
@@ -120,6 +128,22 @@ class Runtime:
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
         self._started = False
+
+    def _trace_emitter(self) -> TraceEmitter | None:
+        rate = float(getattr(self.args, "trace_sample", 0.0) or 0.0)
+        if rate <= 0:
+            return None
+        if not getattr(self.args, "nats", ""):
+            log.info("%s: --trace-sample %g but no NATS URL: no svc.trace", self.deployment, rate)
+            return None
+        files = tls_files(self.args)
+        return TraceEmitter(
+            self.deployment,
+            connect=self.nats,
+            sample=rate,
+            identity=identity_of(files) if files is not None else "",
+            registry=self.registry,
+        )
 
     # -- calling other services -------------------------------------------------------------
 
@@ -135,24 +159,38 @@ class Runtime:
                     serving=self._serving,
                 )
                 self._client_metrics = ClientMetrics(self.registry)
-                self._channel = await MeshChannel.connect(config, metrics=self._client_metrics)
+                self._channel = await MeshChannel.connect(
+                    config, metrics=self._client_metrics, records=self.records
+                )
         return self._channel
 
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ServerMetricsInterceptor(ServerMetrics(self.registry))
         ]
-        # The caller's trace is current for the handler, with tracing on or off.
-        interceptors.extend(tracing_server_interceptors(self.tracing))
+        if self.records is not None:
+            self._server_records = ServerRecords(self.records)
+        # The caller's trace is current for the handler, with tracing on or off (and the
+        # sampled calls recorded, inside it: authorization's refusals included).
+        interceptors.extend(tracing_server_interceptors(self.tracing, self._server_records))
         if self.args.policy:
             interceptors.append(AuthzInterceptor(PolicySource(Path(self.args.policy))))
         return interceptors
+
+    def serving_as(self, instance_id: str, address: str) -> None:
+        """The host serves as this instance at this address (its svc.trace records say so)."""
+        if self._server_records is not None:
+            self._server_records.serving_as(instance_id, address)
 
     # -- events -----------------------------------------------------------------------------
 
     async def jetstream(self) -> Any:
         """This service's JetStream context (NATS connected on first use)."""
-        async with self._lock:
+        return (await self.nats()).jetstream()
+
+    async def nats(self) -> Any:
+        """This service's NATS connection (connected on first use; reconnects for ever)."""
+        async with self._nats_lock:
             if self._nats is None:
                 url = getattr(self.args, "nats", "")
                 if not url:
@@ -166,7 +204,7 @@ class Runtime:
                 self._nats = await nats.connect(
                     url.split(","), name=self.deployment, **_NATS_OPTIONS, **access.options()
                 )
-        return self._nats.jetstream()
+        return self._nats
 
     async def publisher(self) -> Publisher:
         """Publishes events with this deployment as their source."""
@@ -202,8 +240,11 @@ class Runtime:
         self._on_stop.append(hook)
 
     async def start(self) -> None:
-        """Start what was declared: outbox relays, subscriptions, then the start hooks."""
+        """Start what was declared: svc.trace, outbox relays, subscriptions, then the start
+        hooks."""
         self._started = True
+        if self.records is not None:
+            self.records.start()
         if self._outboxes:
             publisher = await self.publisher()
             for outbox in self._outboxes:
@@ -214,7 +255,9 @@ class Runtime:
         for message_type, handler, spec in self._subscriptions:
             subscriber = by_spec.get(spec)
             if subscriber is None:
-                subscriber = Subscriber(await self.jetstream(), self.deployment, spec=spec)
+                subscriber = Subscriber(
+                    await self.jetstream(), self.deployment, spec=spec, records=self.records
+                )
                 by_spec[spec] = subscriber
                 self._subscribers.append(subscriber)
             await subscriber.subscribe(message_type, handler)
@@ -230,8 +273,9 @@ class Runtime:
         steps += [r.stop for r in reversed(self._relays)]
         steps += [*reversed(self._on_stop)]
         steps += [o.close for o in self._outboxes]
-        if self._nats is not None:
-            steps.append(self._nats.close)
+        if self.records is not None:
+            steps.append(self.records.close)  # what is queued, before NATS closes
+        steps.append(self._close_nats)
         if self._channel is not None:
             steps.append(self._channel.close)
         for step in steps:
@@ -239,6 +283,10 @@ class Runtime:
                 await _call(step)
             except Exception:
                 log.exception("%s: stopping %r failed", self.deployment, step)
+
+    async def _close_nats(self) -> None:
+        if self._nats is not None:
+            await self._nats.close()
 
 
 async def _call(hook: Hook) -> None:

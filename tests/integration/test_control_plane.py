@@ -9,7 +9,9 @@ real service registering, and each attack of the finding performed and refused:
   who may do what; no publishing a forged event on another deployment's subject, deleting or
   purging the event stream, reading through another deployment's consumer, eavesdropping on
   or answering into another deployment's inbox;
-- as a reader (ops, gateway): reading only.
+- as a reader (ops, gateway): reading only;
+- the mesh's telemetry (svc.trace, svc.mesh): deployments and the gateway publish it, ops
+  listens to it, and nobody publishes beyond their own subjects or listens in otherwise.
 
 And what must still work: registration, discovery and calls, `mesh ls`, publishing and
 consuming events through a service's Runtime, `mesh events ls`.
@@ -513,7 +515,7 @@ async def test_nats_refuses_a_certificate_from_another_ca(secured: Secured) -> N
         await asyncio.wait_for(connect(secured, foreign), 5)
 
 
-@pytest.mark.parametrize("name", ["mallory", "gateway"])
+@pytest.mark.parametrize("name", ["mallory"])
 async def test_a_valid_certificate_without_a_nats_user_is_refused(
     secured: Secured, name: str
 ) -> None:
@@ -641,6 +643,101 @@ async def test_operators_look_but_do_not_manage(
     await root_js.stream_info(STREAM)
 
 
+# -- NATS: the mesh's telemetry (svc.trace, svc.mesh) -----------------------------------------
+
+
+@pytest.fixture
+async def ops_hears() -> AsyncIterator[Callable[..., Awaitable[list[str]]]]:
+    """hear(client, *subjects): publish each subject from `client`, flush it, then flush a
+    listener that hears everything (root, or ops on svc.>): the subjects that arrived."""
+    listeners: list[Client] = []
+
+    async def hear(secured: Secured, client: Client, *subjects: str, as_root: bool) -> list[str]:
+        listener, _ = await connect(
+            secured, secured.admin if as_root else secured.client_tls("ops")
+        )
+        listeners.append(listener)
+        heard: list[str] = []
+
+        async def got(message: Any) -> None:
+            heard.append(message.subject)
+
+        await listener.subscribe(">" if as_root else "svc.>", cb=got)
+        await listener.flush()
+        for subject in subjects:
+            await client.publish(subject, b"record")
+        await client.flush()  # the server has taken (or refused) every publish ...
+        await listener.flush()  # ... and what it delivered to the listener came before this
+        return heard
+
+    yield hear
+    for listener in listeners:
+        await listener.close()
+
+
+TELEMETRY = (f"svc.trace.{ECHO}", f"svc.mesh.{ECHO}")
+
+
+@pytest.mark.parametrize("name", ["notify", "gateway"])
+async def test_deployments_and_the_gateway_publish_telemetry_that_ops_hears(
+    secured: Secured, ops_hears: Callable[..., Awaitable[list[str]]], name: str
+) -> None:
+    client, errors = await connect(secured, secured.client_tls(name))
+    try:
+        heard = await ops_hears(secured, client, *TELEMETRY, as_root=False)
+    finally:
+        await client.close()
+    assert heard == list(TELEMETRY)
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        pytest.param("svc.console.hms.notify", id="svc-other-kind"),
+        pytest.param("svc.trace", id="svc-trace-itself"),
+        pytest.param("svc", id="svc"),
+        pytest.param("metrics.notify", id="outside-svc"),
+        pytest.param("hms.dlq.fees.x", id="anothers-dead-letters"),
+    ],
+)
+async def test_a_deployment_publishes_nothing_beyond_its_own_subjects(
+    secured: Secured,
+    notify_nats: tuple[Client, list[str]],
+    ops_hears: Callable[..., Awaitable[list[str]]],
+    subject: str,
+) -> None:
+    client, errors = notify_nats
+    assert await ops_hears(secured, client, subject, as_root=True) == []
+    await _eventually(lambda: violated(errors, subject))
+
+
+@pytest.mark.parametrize(
+    ("name", "action", "subject"),
+    [
+        pytest.param("notify", "subscribe", "svc.>", id="a-deployment-listens-to-telemetry"),
+        pytest.param("notify", "subscribe", "svc.trace.>", id="a-deployment-listens-to-traces"),
+        pytest.param("gateway", "subscribe", "svc.>", id="the-gateway-listens-to-telemetry"),
+        pytest.param("gateway", "publish", f"hms.events.{VOUCHER}", id="the-gateway-forges"),
+        pytest.param("gateway", "publish", "$JS.API.STREAM.NAMES", id="the-gateway-looks"),
+        pytest.param("ops", "publish", f"svc.trace.{ECHO}", id="ops-forges-telemetry"),
+    ],
+)
+async def test_telemetry_is_heard_by_ops_only_and_the_gateway_may_do_nothing_else(
+    secured: Secured, name: str, action: str, subject: str
+) -> None:
+    client, errors = await connect(secured, secured.client_tls(name))
+    try:
+        if action == "subscribe":
+            await client.subscribe(subject)
+        else:
+            await client.publish(subject, b"x")
+        await client.flush()
+        await _eventually(lambda: violated(errors, subject))
+    finally:
+        await client.close()
+
+
 # -- NATS: what still works ----------------------------------------------------------------
 
 
@@ -689,7 +786,7 @@ async def test_mesh_events_ls_works_as_ops(secured: Secured, root_js: Any, tmp_p
     listed = await asyncio.to_thread(mesh, "events", "ls", *common)
     assert listed.returncode == 0, listed.stderr
     assert STREAM in listed.stdout
-    refused = await asyncio.to_thread(mesh, "events", "ls", *common, "--cert-name", "gateway")
+    refused = await asyncio.to_thread(mesh, "events", "ls", *common, "--cert-name", "mallory")
     assert refused.returncode == 2
     assert "Authorization Violation" in refused.stderr
 

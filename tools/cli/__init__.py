@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from hms_tools.cli import (
     audit,
     certs,
+    console,
     control,
     deploy,
     events,
@@ -31,6 +32,7 @@ COMMANDS = (
     control,
     ls,
     events,
+    console,
     gateway,
     audit,
     manifest,

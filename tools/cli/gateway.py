@@ -12,13 +12,22 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hms_tools.cli.env import add_stack_arguments, etcd_endpoints, etcd_tls, namespace
+from hms_tools.cli.env import (
+    add_nats_tls_arguments,
+    add_stack_arguments,
+    etcd_endpoints,
+    etcd_tls,
+    namespace,
+    nats_settings,
+)
 from hms_tools.stackfile import read_stack_file
 
 if TYPE_CHECKING:
     from hms_gateway.config import GatewayConfig
     from hms_gateway.serve import ListenConfig
     from mesh.client.config import ClientConfig
+    from mesh.controlplane import NatsAccess
+    from mesh.tls import TlsFiles
 
 __all__ = ["LIMIT_FLAGS", "gateway_configs", "register"]
 
@@ -154,6 +163,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="OpenTelemetry exporter, off, console or otlp: a span per request, continuing the "
         "caller's trace (env MESH_TRACING)",
     )
+    records = parser.add_argument_group(
+        "svc.trace",
+        "call records of sampled requests on NATS (svc.trace.<service>, svc.mesh.<service>), "
+        "sent in the background: a NATS that is slow or down loses records, never requests",
+    )
+    records.add_argument(
+        "--trace-sample",
+        default=os.environ.get("MESH_TRACE_SAMPLE", "0"),
+        metavar="RATE",
+        help="share of traces recorded, 0.0 to 1.0 (env MESH_TRACE_SAMPLE; default 0: none; "
+        "`mesh up` sets 1; 0.01 for production)",
+    )
+    records.add_argument(
+        "--nats",
+        default=os.environ.get("MESH_NATS", ""),
+        help="NATS URL(s) for the records (env MESH_NATS); tls:// connects as the gateway's "
+        "own identity",
+    )
+    add_nats_tls_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -239,6 +267,7 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
     limits = ServerLimits(
         **{name: getattr(args, name) for name in fields if getattr(args, name) is not None}
     )
+    trace_sample, nats, nats_access = _trace_settings(args, tls)
     listen = ListenConfig(
         host=args.host,
         port=args.port,
@@ -247,8 +276,29 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         limits=limits,
         ops_port=args.ops_port,
         ops_host=args.ops_host,
+        trace_sample=trace_sample,
+        nats=nats,
+        nats_access=nats_access,
     )
     return config, client, listen
+
+
+def _trace_settings(
+    args: argparse.Namespace, tls: TlsFiles | None
+) -> tuple[float, tuple[str, ...], NatsAccess]:
+    """svc.trace's sampling rate, NATS URLs (none when not sampling) and how to connect: TLS
+    as the gateway's own identity, given files replacing any part."""
+    from mesh.controlplane import NatsAccess
+    from mesh.tracerecords import check_sample_rate
+
+    try:
+        rate = check_sample_rate(float(args.trace_sample))
+    except ValueError:
+        raise ValueError(
+            f"--trace-sample {args.trace_sample!r}: a sampling rate from 0.0 to 1.0"
+        ) from None
+    urls = tuple(u for u in str(args.nats).split(",") if u) if rate > 0 else ()
+    return rate, urls, nats_settings(args, urls, tls) if urls else NatsAccess()
 
 
 def run(args: argparse.Namespace) -> int:

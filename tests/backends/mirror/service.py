@@ -2,8 +2,9 @@
 
 Every method answers with the request it received and the metadata it came with, so a test
 sees exactly what the gateway made of an HTTP request. ``Shape`` and ``Stream`` also fail with
-a chosen status code, send chosen response metadata and trailers, or choose the HTTP success
-status through ``x-http-code``; like Echo, it fails with arbitrary codes on purpose, so it uses
+a chosen status code and google.rpc details (``fail_details``, then ``opaque_details`` packed as
+given), send chosen response metadata and trailers, or choose the HTTP success status through
+``x-http-code``; like Echo, it fails with arbitrary codes on purpose, so it uses
 ``context.abort``.
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
 
 from hms.testing.v1 import mirror_pb2, mirror_pb2_grpc
 from mesh import InvalidArgument
@@ -34,6 +37,23 @@ def _metadata_seen(context: Any) -> list[mirror_pb2.MetadataEntry]:
         text = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
         entries.append(mirror_pb2.MetadataEntry(key=key, value=text))
     return entries
+
+
+def _opaque(request: mirror_pb2.MirrorRequest) -> list[any_pb2.Any]:
+    return [any_pb2.Any(type_url=o.type_url, value=o.value) for o in request.opaque_details]
+
+
+async def _fail(request: mirror_pb2.MirrorRequest, context: Any) -> None:
+    """Abort with the request's fail_code and fail_message, and its details as
+    ``grpc-status-details-bin`` (the google.rpc.Status grpc-status-details carry)."""
+    code = _status(request.fail_code)
+    message = request.fail_message or "shaped"
+    details = [*request.fail_details, *_opaque(request)]
+    if not details:
+        await context.abort(code, message)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    trailers = (("grpc-status-details-bin", status.SerializeToString()),)
+    await context.abort(code, message, trailers)
 
 
 def _status(number: int) -> grpc.StatusCode:
@@ -103,8 +123,10 @@ class MirrorService(mirror_pb2_grpc.MirrorServiceServicer):
         if request.response_trailers:
             context.set_trailing_metadata(list(request.response_trailers.items()))
         if request.fail_code:
-            await context.abort(_status(request.fail_code), request.fail_message or "shaped")
-        return self._mirror("Shape", request, context)
+            await _fail(request, context)
+        reply = self._mirror("Shape", request, context)
+        reply.attached.extend(_opaque(request))
+        return reply
 
     async def Upload(
         self, request: mirror_pb2.UploadRequest, context: Any
@@ -130,12 +152,12 @@ class MirrorService(mirror_pb2_grpc.MirrorServiceServicer):
             raise InvalidArgument(f"count must be within 0..{_MAX_STREAM}, not {request.count}")
         for index in range(request.count):
             if request.fail_code and index == request.fail_after:
-                await context.abort(_status(request.fail_code), request.fail_message or "shaped")
+                await _fail(request, context)
             reply = self._mirror("Stream", request, context)
             reply.index = index
             yield reply
         if request.fail_code and request.fail_after >= request.count:
-            await context.abort(_status(request.fail_code), request.fail_message or "shaped")
+            await _fail(request, context)
 
     async def Gather(
         self, request_iterator: AsyncIterator[mirror_pb2.MirrorRequest], context: Any

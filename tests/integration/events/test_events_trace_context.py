@@ -9,6 +9,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from hms.testing.v1.events_pb2 import VoucherSubmitted
@@ -134,3 +136,58 @@ async def test_an_event_without_a_trace_is_handled_in_a_new_one(js: JetStreamCon
     assert meta_trace == ""
     assert len(handler_trace) == 32
     assert handler_trace != "0" * 32
+
+
+async def test_a_handled_event_is_a_svc_trace_record_under_the_publishers_span(
+    js: JetStreamContext, nats_client: Client
+) -> None:
+    """The console's waterfall ends REST -> hops -> event -> handler: the subscriber sends a
+    SIDE_HANDLER record whose span is the handler's own (what it calls runs under it) and
+    whose parent is the publisher's span."""
+    from hms.mesh.v1 import trace_pb2
+    from mesh.tracerecords import TraceEmitter
+
+    got: asyncio.Queue[trace_pb2.CallRecord] = asyncio.Queue()
+
+    async def heard(msg: Msg) -> None:
+        for record in trace_pb2.CallRecordBatch.FromString(msg.data).records:
+            await got.put(record)
+
+    await nats_client.subscribe("svc.trace.>", cb=heard)
+
+    async def connect() -> Client:
+        return nats_client
+
+    emitter = TraceEmitter("notify", connect=connect, interval=0.05)
+    emitter.start()
+    inside: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def handler(message: VoucherSubmitted, meta: EventMeta) -> None:
+        span = tracecontext.current_span_context()
+        assert span is not None
+        if not inside.done():
+            inside.set_result(f"{span.span_id:016x}")
+
+    subscriber = Subscriber(js, "notify", spec=FAST, poll=0.2, records=emitter)
+    await subscriber.subscribe(VoucherSubmitted, handler)
+    try:
+        token = _in_writers_trace()
+        try:
+            await Publisher(js, "housing").publish(VoucherSubmitted(voucher_id="v9"))
+        finally:
+            tracecontext.detach(token)
+        async with asyncio.timeout(WAIT):
+            handler_span = await inside
+            record = await got.get()
+    finally:
+        await subscriber.close()
+        await emitter.close()
+    assert record.side == trace_pb2.SIDE_HANDLER
+    assert record.trace_id == TRACE
+    assert record.parent_span_id == WRITER.split("-")[2]  # the publisher's span
+    assert record.span_id == handler_span  # the handler's own: its calls are under it
+    assert record.service == "hms.testing.v1.VoucherSubmitted"
+    assert record.method == "notify__hms_testing_v1_VoucherSubmitted"
+    assert record.caller == "spiffe://hms.local/svc/housing"
+    assert record.deployment == "notify"
+    assert record.code == 0

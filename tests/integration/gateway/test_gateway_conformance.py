@@ -578,7 +578,11 @@ QUERY = [
             query="nested.label=hello&nested.level=3&nested.child.label=deep",
             expect=mirrored(
                 "ListBooks",
-                nested={"label": "hello", "level": 3, "child": {"label": "deep", "level": 0}},
+                nested={
+                    "label": "hello",
+                    "level": 3,
+                    "child": {"label": "deep", "level": 0, "child": None},
+                },
             ),
         ),
         id="query-nested-with-dots",
@@ -699,7 +703,7 @@ QUERY = [
             expect=error(
                 3,
                 "query parameter 'duration': invalid value '1.5': "
-                'expected a duration in seconds with an "s" suffix (like "1.5s")',
+                'expected a duration like "1.5s", "300ms" or "1h30m" (units h, m, s, ms, us, ns)',
             ),
         ),
         id="query-duration-without-unit-400",
@@ -784,6 +788,178 @@ QUERY = [
         ),
         id="query-singular-field-repeated-400",
     ),
+    # -- query fidelity to grpc-gateway v2's runtime/query.go (issue #18, item 4) --
+    # query.go parseMessage, Duration: time.ParseDuration's forms.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="duration=1h30m",
+            expect=mirrored("ListBooks", duration="5400s"),
+        ),
+        id="query-duration-go-form",
+    ),
+    # Difference (docs/gateway.md): Go truncates below a nanosecond; the gateway refuses.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="duration=1.5ns",
+            status=400,
+            expect=error_where(3, "query parameter 'duration'", "in whole nanoseconds"),
+        ),
+        id="query-duration-sub-nanosecond-400",
+    ),
+    # query.go parseMessage, Timestamp: time.Parse(time.RFC3339Nano) takes "," before the fraction.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="time=2024-05-01T10:00:00,5Z",
+            expect=mirrored("ListBooks", time="2024-05-01T10:00:00.500Z"),
+        ),
+        id="query-timestamp-comma-fraction",
+    ),
+    # query.go parseField, DoubleKind: strconv.ParseFloat's words, any case, with a sign.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="double_value=-inf",
+            expect=mirrored("ListBooks", doubleValue="-Infinity"),
+        ),
+        id="query-double-go-infinity",
+    ),
+    # query.go parseField, Uint64Kind: strconv.ParseUint takes no sign ("%2B" is "+").
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="uint64_value=%2B1",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'uint64_value': invalid value '+1': "
+                "expected an integer from 0 to 18446744073709551615, without a sign",
+            ),
+        ),
+        id="query-uint-sign-400",
+    ),
+    # query_test.go TestPopulateParameters: Struct and Value as JSON text (protojson).
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query=[("attributes", '{"a":{"b":1},"c":[true,null]}'), ("setting", '"on"')],
+            expect=mirrored(
+                "ListBooks", attributes={"a": {"b": 1}, "c": [True, None]}, setting="on"
+            ),
+        ),
+        id="query-struct-and-value-json",
+    ),
+    # query.go parseMessage, Value: protojson.Unmarshal refuses what is not JSON.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="setting=on",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'setting': invalid value 'on': "
+                'expected JSON (like 1, "text", true, null, [1,2] or {"a":1})',
+            ),
+        ),
+        id="query-value-not-json-400",
+    ),
+    # query.go populateMapField: a map value is parsed by its kind, a Timestamp too.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="deadlines%5Breview%5D=2024-05-01T10:00:00Z",
+            expect=mirrored("ListBooks", deadlines={"review": "2024-05-01T10:00:00Z"}),
+        ),
+        id="query-map-of-timestamps",
+    ),
+    # query_test.go TestPopulateParameters: "field already set for oneof".
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="choice_text=a&choiceBook.title=b",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'choiceBook.title': invalid value 'b': "
+                "oneof 'choice' already has 'choice_text': give only one of its fields",
+            ),
+        ),
+        id="query-oneof-two-members-400",
+    ),
+    # query_test.go TestPopulateParameters: one message member of a oneof, entered twice.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="choiceBook.title=t&choice_book.pages=3",
+            expect=mirrored("ListBooks", **{"choiceBook.title": "t", "choiceBook.pages": "3"}),
+        ),
+        id="query-oneof-message-member-twice",
+    ),
+    # query_test.go TestPopulateParameters: invalid path: "repeated_message" is not a message.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="books.title=x",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'books.title': invalid value 'x': 'books' is a repeated field, "
+                "not a message: nothing can follow it after a dot",
+            ),
+        ),
+        id="query-path-through-repeated-400",
+    ),
+    # query_test.go TestPopulateQueryParametersWithInvalidNestedParameters; a bound field
+    # (the path's shelf) is filtered before its path is walked (query.go Parse).
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="shelf.x=1&id.x=1",
+            status=400,
+            expect=error(
+                3,
+                "query parameter 'id.x': invalid value '1': 'id' is a field of type string, "
+                "not a message: nothing can follow it after a dot",
+            ),
+        ),
+        id="query-path-through-scalar-400",
+    ),
+    # Difference (docs/gateway.md): grpc-gateway keeps whichever comes last in map order.
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="time=2024-05-01T10:00:00Z&time.seconds=5",
+            status=400,
+            expect=error_where(3, "query parameter 'time.seconds'", "whole or by its fields"),
+        ),
+        id="query-message-whole-and-by-field-400",
+    ),
+    # Go net/url parseQuery: "invalid semicolon separator in query" (ParseForm: 400).
+    pytest.param(
+        Case(
+            "GET",
+            BOOKS,
+            query="tags=a;b",
+            status=400,
+            expect=error_where(3, "query parameter 'tags'", "a raw ';' is not allowed"),
+        ),
+        id="query-raw-semicolon-400",
+    ),
 ]
 
 BINDINGS = [
@@ -801,7 +977,9 @@ BINDINGS = [
             "/v1/lookup",
             json={"id": "9", "bogus": {"x": 1}, "nested": {"label": "L"}},
             query="name=ignored-with-body-star",
-            expect=mirrored("Lookup", id="9", name="", nested={"label": "L", "level": 0}),
+            expect=mirrored(
+                "Lookup", id="9", name="", nested={"label": "L", "level": 0, "child": None}
+            ),
         ),
         id="bindings-additional-post-body-star",
     ),
@@ -1136,7 +1314,405 @@ STREAMING = [
     ),
 ]
 
-CASES = TEMPLATES + BODIES + QUERY + BINDINGS + HTTP_BODY + STATUS + HEADERS + STREAMING
+# -- JSON fidelity to grpc-gateway v2 (issue 18): Any, error details, unpopulated fields,
+# bodies, UNAUTHENTICATED. Each case names the grpc-gateway (or protojson, which its default
+# marshaler calls) source it follows; a deliberate difference says so and is listed in
+# docs/gateway.md, "Differences from grpc-gateway".
+
+TYPE = "type.googleapis.com/"
+BOOK_JSON = {"name": "", "title": "Dune", "pages": "412", "authors": []}
+# MirrorRequest's fields with presence, unset: null under grpc-gateway's default marshaler.
+UNSET_MESSAGES = (
+    "book",
+    "updateMask",
+    "nested",
+    "time",
+    "duration",
+    "wrappedInt",
+    "wrappedString",
+    "anyValue",
+)
+
+
+def received_json(response: httpx.Response) -> dict[str, Any]:
+    received: dict[str, Any] = response.json()["received"]
+    return received
+
+
+def unpopulated_as_grpc_gateway(response: httpx.Response) -> None:
+    """Every unset field written: message fields null, repeated [], maps {}, scalars their
+    zero; members of a oneof (a proto3 optional's synthetic one too) left out."""
+    received = received_json(response)
+    shown = {name: received.get(name, "absent") for name in UNSET_MESSAGES}
+    assert shown == dict.fromkeys(UNSET_MESSAGES), shown
+    empty = ("books", "anyValues", "tags", "booksById", "labels")
+    assert [received[name] for name in empty] == [[], [], [], {}, {}]
+    zeros = ("int32Value", "int64Value", "color", "boolValue")
+    assert [received[name] for name in zeros] == [0, "0", "COLOR_UNSPECIFIED", False]
+    absent_from_received("note", "choiceText", "choiceBook")(response)
+
+
+def absent_from_received(*names: str) -> Check:
+    def check(response: httpx.Response) -> None:
+        received = received_json(response)
+        assert [name for name in names if name in received] == []
+
+    return check
+
+
+def details_are(*expected: dict[str, Any]) -> Check:
+    def check(response: httpx.Response) -> None:
+        assert response.json()["details"] == list(expected)
+
+    return check
+
+
+ANY = [
+    # protojson's Any mapping, both ways, resolved where the gateway learnt the service's
+    # types (protobuf-go encoding/protojson/well_known_types.go, marshalAny/unmarshalAny,
+    # called by grpc-gateway's defaultMarshaler, runtime/marshaler_registry.go); a message
+    # type is written field by field beside "@type", with its unpopulated fields.
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={
+                "anyValue": {"@type": TYPE + "hms.testing.v1.Book", "title": "Dune", "pages": 412}
+            },
+            expect=mirrored(
+                "Lookup", anyValue={"@type": TYPE + "hms.testing.v1.Book", **BOOK_JSON}
+            ),
+        ),
+        id="any-type-learnt-by-reflection-both-ways",
+    ),
+    # A well-known type holds its JSON form under "value" (protojson marshalAny: the WKT's
+    # own marshaler, then "value").
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={
+                "anyValues": [
+                    {"@type": TYPE + "google.protobuf.Timestamp", "value": "2024-01-02T03:04:05Z"},
+                    {"@type": TYPE + "google.protobuf.Duration", "value": "1.5s"},
+                    {"@type": TYPE + "google.protobuf.Int32Value", "value": 7},
+                    {"@type": TYPE + "google.protobuf.Struct", "value": {"a": [1, "x"]}},
+                ]
+            },
+            expect=mirrored(
+                "Lookup",
+                anyValues=[
+                    {"@type": TYPE + "google.protobuf.Timestamp", "value": "2024-01-02T03:04:05Z"},
+                    {"@type": TYPE + "google.protobuf.Duration", "value": "1.500s"},
+                    {"@type": TYPE + "google.protobuf.Int32Value", "value": 7},
+                    {"@type": TYPE + "google.protobuf.Struct", "value": {"a": [1.0, "x"]}},
+                ],
+            ),
+        ),
+        id="any-well-known-types-both-ways",
+    ),
+    # google.rpc types resolve though mirror.proto does not import error_details.proto: Go
+    # resolves every linked type (protojson's Resolver defaults to protoregistry.GlobalTypes).
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={
+                "anyValue": {
+                    "@type": TYPE + "google.rpc.ErrorInfo",
+                    "reason": "QUOTA",
+                    "metadata": {"k": "v"},
+                }
+            },
+            expect=mirrored(
+                "Lookup",
+                anyValue={
+                    "@type": TYPE + "google.rpc.ErrorInfo",
+                    "reason": "QUOTA",
+                    "domain": "",
+                    "metadata": {"k": "v"},
+                },
+            ),
+        ),
+        id="any-google-rpc-type-both-ways",
+    ),
+    # An Any holding an Any (protojson unmarshalAny: a WKT in "value"); inside it, a message
+    # with an unset message field: null (EmitUnpopulated).
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={
+                "anyValue": {
+                    "@type": TYPE + "google.protobuf.Any",
+                    "value": {"@type": TYPE + "hms.testing.v1.Nested", "label": "in"},
+                }
+            },
+            expect=mirrored(
+                "Lookup",
+                anyValue={
+                    "@type": TYPE + "google.protobuf.Any",
+                    "value": {
+                        "@type": TYPE + "hms.testing.v1.Nested",
+                        "label": "in",
+                        "level": 0,
+                        "child": None,
+                    },
+                },
+            ),
+        ),
+        id="any-in-any-with-null-inside",
+    ),
+    # protojson unmarshalAny: `unable to resolve "...": not found`, a 400 in grpc-gateway.
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={"anyValue": {"@type": "type.example.com/acme.Secret", "x": 1}},
+            status=400,
+            expect=error(
+                3,
+                'request body is not valid: anyValue["@type"]: unknown message type '
+                '"type.example.com/acme.Secret"',
+            ),
+        ),
+        id="any-unknown-type-in-request-400",
+    ),
+    # Deliberate difference: grpc-gateway cannot marshal an Any of a type it does not know
+    # (protobuf-go encoding/protojson/well_known_types.go, marshalAny: "unable to resolve")
+    # and answers 500 (runtime/handler.go, ForwardResponseMessage: "Marshal error" ->
+    # HTTPError); the gateway answers 200 with that Any as its type URL and its bytes,
+    # losing nothing else.
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"opaqueDetails": [{"typeUrl": "type.example.com/acme.Secret", "value": "AQI="}]},
+            expect={"attached": [{"@type": "type.example.com/acme.Secret", "value": "AQI="}]},
+        ),
+        id="any-unknown-type-in-response-kept-as-bytes",
+    ),
+]
+
+_BAD_REQUEST = {
+    "@type": TYPE + "google.rpc.BadRequest",
+    "fieldViolations": [{"field": "book.title", "description": "must not be empty"}],
+}
+
+DETAILS = [
+    # The Status a backend attaches, marshaled whole by grpc-gateway's default marshaler
+    # (runtime/errors.go, DefaultHTTPErrorHandler: marshaler.Marshal(s.Proto())): each detail
+    # with its fields, unpopulated ones included (a message field null), in the order sent.
+    # runtime/errors_test.go, TestDefaultHTTPError: PreconditionFailure detail's "@type".
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"failCode": 3, "failMessage": "bad book", "failDetails": [_BAD_REQUEST]},
+            status=400,
+            expect=all_of(
+                {"code": 3, "message": "bad book"},
+                details_are(
+                    {
+                        "@type": TYPE + "google.rpc.BadRequest",
+                        "fieldViolations": [
+                            {
+                                "field": "book.title",
+                                "description": "must not be empty",
+                                "reason": "",
+                                "localizedMessage": None,
+                            }
+                        ],
+                    }
+                ),
+            ),
+        ),
+        id="details-bad-request-field-violations",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={
+                "failCode": 9,
+                "failDetails": [
+                    {
+                        "@type": TYPE + "google.rpc.ErrorInfo",
+                        "reason": "SHELF_CLOSED",
+                        "domain": "library.example",
+                        "metadata": {"shelf": "s1"},
+                    },
+                    {
+                        "@type": TYPE + "google.rpc.PreconditionFailure",
+                        "violations": [{"type": "STATE", "subject": "shelves/s1"}],
+                    },
+                    {"@type": TYPE + "google.rpc.RetryInfo", "retryDelay": "2s"},
+                    {"@type": TYPE + "hms.testing.v1.Book", "title": "Dune", "pages": 412},
+                ],
+                "opaqueDetails": [{"typeUrl": "type.example.com/acme.Secret", "value": "AQI="}],
+            },
+            status=400,
+            expect=details_are(
+                {
+                    "@type": TYPE + "google.rpc.ErrorInfo",
+                    "reason": "SHELF_CLOSED",
+                    "domain": "library.example",
+                    "metadata": {"shelf": "s1"},
+                },
+                {
+                    "@type": TYPE + "google.rpc.PreconditionFailure",
+                    "violations": [{"type": "STATE", "subject": "shelves/s1", "description": ""}],
+                },
+                {"@type": TYPE + "google.rpc.RetryInfo", "retryDelay": "2s"},
+                # A detail of the service's own type, resolved by the types learnt with it.
+                {"@type": TYPE + "hms.testing.v1.Book", **BOOK_JSON},
+                # Deliberate difference: a detail nobody can resolve makes grpc-gateway's
+                # marshaler fail and answer 500 "failed to marshal error message"
+                # (DefaultHTTPErrorHandler's fallback); here it keeps its bytes and the
+                # error keeps its status.
+                {"@type": "type.example.com/acme.Secret", "value": "AQI="},
+            ),
+        ),
+        id="details-in-order-error-info-precondition-retry-own-type-unknown",
+    ),
+]
+
+UNPOPULATED = [
+    # grpc-gateway v2's default marshaler has EmitUnpopulated: true
+    # (runtime/marshaler_registry.go, defaultMarshaler; docs/docs/development/
+    # grpc-gateway_v2_migration_guide.md); protojson then writes message fields as null,
+    # repeated as [], maps as {}, scalars as their zero, and leaves out unset oneof members
+    # (protobuf-go encoding/protojson/encode.go, EmitUnpopulated and unpopulatedFieldRanger).
+    pytest.param(
+        Case("GET", "/v1/items/x", expect=unpopulated_as_grpc_gateway),
+        id="unpopulated-message-fields-null",
+    ),
+    # A set message field is an object whose own unset message fields are null, all the way
+    # down (marshalMessage applies the same ranger at every level).
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={"nested": {"label": "a", "child": {"label": "b"}}},
+            expect=mirrored(
+                "Lookup",
+                nested={
+                    "label": "a",
+                    "level": 0,
+                    "child": {"label": "b", "level": 0, "child": None},
+                },
+            ),
+        ),
+        id="unpopulated-null-at-every-depth",
+    ),
+    # Set members of a oneof and a set proto3 optional are written, even at their zero
+    # (presence: m.Has is true), the other members still left out.
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={"choiceBook": {}, "note": "", "books": [{"title": "Dune", "pages": 412}]},
+            expect=all_of(
+                mirrored(
+                    "Lookup",
+                    choiceBook={"name": "", "title": "", "pages": "0", "authors": []},
+                    note="",
+                    books=[BOOK_JSON],
+                ),
+                absent_from_received("choiceText"),
+            ),
+        ),
+        id="unpopulated-oneof-and-optional-written-when-set",
+    ),
+]
+
+JSON_BODIES = [
+    # protojson refuses one field given twice, under its JSON and its proto name alike
+    # (protobuf-go encoding/protojson/decode.go, unmarshalMessage: "duplicate field"), so
+    # grpc-gateway does.
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            json={"int32Value": 1, "int32_value": 2},
+            status=400,
+            expect=error(
+                3,
+                'request body is not valid: int32_value: given twice, as "int32Value" and '
+                '"int32_value"',
+            ),
+        ),
+        id="body-json-and-proto-name-for-one-field-400",
+    ),
+    # Deliberate difference: grpc-gateway decodes one JSON value (runtime/marshal_jsonpb.go,
+    # DecoderWrapper.Decode -> decodeJSONPb: json.Decoder.Decode once, the generated handler
+    # calls it once) and never reads what follows; protojson itself refuses data after the
+    # value (decode.go, unmarshal: "unexpected token"), and so does the gateway: what follows
+    # would be silently dropped.
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            content=b'{"id": "a"} {"id": "b"}',
+            headers={"content-type": "application/json"},
+            status=400,
+            expect=error(3, "request body is not valid: not JSON: extra data at line 1, column 13"),
+        ),
+        id="body-data-after-the-value-400",
+    ),
+    # White space after the value is not data (json.Decoder and protojson skip it).
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/lookup",
+            content=b'{"id": "a"}\r\n\t \n',
+            headers={"content-type": "application/json"},
+            expect=mirrored("Lookup", id="a"),
+        ),
+        id="body-white-space-after-the-value-ok",
+    ),
+]
+
+AUTH = [
+    # runtime/errors.go, DefaultHTTPErrorHandler: UNAUTHENTICATED sets WWW-Authenticate
+    # (examples/internal/integration/integration_test.go, TestEchoUnauthorized: 401 and a
+    # WWW-Authenticate that is not empty). Deliberate difference: grpc-gateway puts the bare
+    # status message there, which is not a challenge (RFC 9110 §11.6.1); the gateway sends
+    # the gate's RFC 6750 challenge, with the message as error_description when the request
+    # carried credentials, bare when it carried none (RFC 6750 §3.1).
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"failCode": 16, "failMessage": 'token "t1" revoked'},
+            headers={"Authorization": "Bearer t1"},
+            status=401,
+            expect=error(16, 'token "t1" revoked'),
+            expect_headers={
+                "www-authenticate": (
+                    'Bearer realm="hms", error="invalid_token", '
+                    'error_description="token ?t1? revoked"'
+                )
+            },
+        ),
+        id="unauthenticated-401-www-authenticate-with-credentials",
+    ),
+    pytest.param(
+        Case(
+            "POST",
+            "/v1/shape",
+            json={"failCode": 16, "failMessage": "sign in first"},
+            status=401,
+            expect=error(16, "sign in first"),
+            expect_headers={"www-authenticate": 'Bearer realm="hms"'},
+        ),
+        id="unauthenticated-401-www-authenticate-without-credentials",
+    ),
+]
+
+FIDELITY = ANY + DETAILS + UNPOPULATED + JSON_BODIES + AUTH
+
+CASES = TEMPLATES + BODIES + QUERY + BINDINGS + HTTP_BODY + STATUS + HEADERS + STREAMING + FIDELITY
 
 
 @pytest.mark.parametrize("case", CASES)

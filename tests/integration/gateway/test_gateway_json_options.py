@@ -61,3 +61,14 @@ def test_default_gateway_ignores_both(http: httpx.Client) -> None:
     query = http.get("/v1/shelves/s1/books?colour=COLOR_RED")
     assert (body.status_code, query.status_code) == (200, 200), (body.text, query.text)
     assert query.json()["received"]["color"] == "COLOR_UNSPECIFIED"
+
+
+def test_error_details_follow_the_options(options_http: httpx.Client) -> None:
+    """A backend's details are written as responses are: proto names, unpopulated left out."""
+    detail = {
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "field_violations": [{"field": "book.title", "description": "empty"}],
+    }
+    response = options_http.post("/v1/shape", json={"fail_code": 3, "fail_details": [detail]})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"code": 3, "message": "shaped", "details": [detail]}

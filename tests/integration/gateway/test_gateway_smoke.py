@@ -23,7 +23,12 @@ def test_a_services_field_violations_reach_the_rest_caller(http: httpx.Client) -
             {
                 "@type": "type.googleapis.com/google.rpc.BadRequest",
                 "fieldViolations": [
-                    {"field": "fail_code", "description": "99 is not a gRPC error code (1..16)"}
+                    {
+                        "field": "fail_code",
+                        "description": "99 is not a gRPC error code (1..16)",
+                        "reason": "",
+                        "localizedMessage": None,
+                    }
                 ],
             }
         ],

@@ -494,7 +494,16 @@ async def test_error_details_from_trailer() -> None:
         "details": [
             {
                 "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"field": "message", "description": "empty"}],
+                # Unpopulated fields too, the message-typed one null, as grpc-gateway's default
+                # marshaler writes the Status (protojson EmitUnpopulated).
+                "fieldViolations": [
+                    {
+                        "field": "message",
+                        "description": "empty",
+                        "reason": "",
+                        "localizedMessage": None,
+                    }
+                ],
             }
         ],
     }
@@ -535,7 +544,11 @@ async def test_unexpected_exception_is_500_without_internals(
         "code": grpc.StatusCode.INTERNAL.value[0],
         "message": "internal error in the gateway (request id req-500)",
         "details": [
-            {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req-500"}
+            {
+                "@type": "type.googleapis.com/google.rpc.RequestInfo",
+                "requestId": "req-500",
+                "servingData": "",
+            }
         ],
     }
     assert b"Traceback" not in response.content

@@ -30,6 +30,7 @@ from hms_gateway.auth import (
     JwtConfig,
     JwtVerifier,
     VerificationKey,
+    bearer_challenge,
     identity_metadata,
 )
 from hms_gateway.errors import GatewayError
@@ -479,6 +480,16 @@ def test_description_is_a_safe_quoted_string() -> None:
     ((name, value),) = err.headers
     assert name == "www-authenticate"
     assert _CHALLENGE_WITH_ERROR.fullmatch(value), value
+
+
+def test_a_backends_message_as_challenge_is_safe_and_short() -> None:
+    """A backend's UNAUTHENTICATED message becomes the challenge's description (app.py):
+    whatever it holds, the header stays one valid challenge of bounded length."""
+    challenge = bearer_challenge('token "t" revoked\r\n' + "x" * 500)
+    assert _CHALLENGE_WITH_ERROR.fullmatch(challenge), challenge
+    assert 'error_description="token ?t? revoked??xxx' in challenge
+    assert challenge.endswith('..."')
+    assert len(challenge) < 300
 
 
 # -- hypothesis: any header value is either an identity or an AuthError ----------------------

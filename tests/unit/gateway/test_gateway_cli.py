@@ -106,3 +106,45 @@ def test_ops_flags_that_do_not_go_together(flags: tuple[str, ...], fragment: str
 def test_a_bad_ops_port_is_refused() -> None:
     with pytest.raises(ValueError, match="ops_port"):
         _configs("--ops-port=70000")
+
+
+# -- svc.trace: the sampling rate and the gateway's own NATS ----------------------------------
+
+
+def test_without_a_sample_rate_the_gateway_records_nothing_and_opens_no_nats() -> None:
+    _, listen = _configs("--trace-sample=0", "--nats=nats://127.0.0.1:4222")
+    assert (listen.trace_sample, listen.nats) == (0.0, ())
+
+
+def test_trace_sample_and_nats_flags() -> None:
+    _, listen = _configs("--trace-sample=0.25", "--nats=nats://a:1,nats://b:2")
+    assert (listen.trace_sample, listen.nats) == (0.25, ("nats://a:1", "nats://b:2"))
+    assert not listen.nats_access.secured  # nats:// is plaintext
+
+
+def test_tls_nats_is_reached_as_the_gateways_own_identity(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["gateway", f"--tls-dir={tmp_path}", "--etcd=127.0.0.1:2379",
+         "--trace-sample=1", "--nats=tls://127.0.0.1:4222"]
+    )  # fmt: skip
+    _, client, listen = gateway_configs(args)
+    assert listen.nats_access.tls is not None
+    assert client.tls is not None
+    assert listen.nats_access.tls.cert == client.tls.cert == tmp_path / "gateway.pem"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        pytest.param(("--trace-sample=1.5",), "--trace-sample", id="rate-above-one"),
+        pytest.param(("--trace-sample=all",), "--trace-sample", id="not-a-number"),
+        pytest.param(
+            ("--trace-sample=1", "--nats=tls://127.0.0.1:4222"),
+            "no client certificate",
+            id="tls-nats-without-an-identity",
+        ),
+    ],
+)
+def test_bad_trace_settings_are_refused(flags: tuple[str, ...], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        _configs(*flags)

@@ -6,10 +6,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, descriptor_pb2, duration_pb2
 from google.rpc import error_details_pb2
 
 from hms_gateway.errors import GatewayError, http_status, status_body
+from hms_gateway.jsonpb import JsonOptions
+from hms_gateway.reflection import build_pool
 
 C = grpc.StatusCode
 
@@ -78,7 +80,15 @@ def _packed_unknown_type() -> any_pb2.Any:
             [
                 {
                     "@type": "type.googleapis.com/google.rpc.BadRequest",
-                    "fieldViolations": [{"field": "shelf", "description": "bad"}],
+                    # grpc-gateway's default: unpopulated fields written, a message one null.
+                    "fieldViolations": [
+                        {
+                            "field": "shelf",
+                            "description": "bad",
+                            "reason": "",
+                            "localizedMessage": None,
+                        }
+                    ],
                 }
             ],
             id="message-is-packed-into-any",
@@ -103,6 +113,35 @@ def _packed_unknown_type() -> any_pb2.Any:
 def test_status_body_details(details: Any, expected: list[dict[str, Any]]) -> None:
     body = status_body(C.FAILED_PRECONDITION, "shelf is closed", details)
     assert body == {"code": 9, "message": "shelf is closed", "details": expected}
+
+
+def test_status_body_details_follow_the_json_options() -> None:
+    violation = error_details_pb2.BadRequest.FieldViolation(field="shelf", description="bad")
+    detail = error_details_pb2.BadRequest(field_violations=[violation])
+    options = JsonOptions(use_proto_names=True, emit_unpopulated=False)
+    body = status_body(C.INVALID_ARGUMENT, "bad", [detail], options=options)
+    assert body["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "field_violations": [{"field": "shelf", "description": "bad"}],
+        }
+    ]
+
+
+def test_status_body_resolves_a_services_own_detail_type_in_its_pool() -> None:
+    """A detail type the service defines is known to the pool learnt with it, not to the
+    gateway's process: without that pool it keeps its bytes."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="acme/quota.proto", package="acme.v1", syntax="proto3"
+    )
+    file.message_type.add(name="Quota").field.add(
+        name="left", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_INT32, json_name="left"
+    )
+    detail = any_pb2.Any(type_url="type.googleapis.com/acme.v1.Quota", value=b"\x08\x05")
+    learnt = status_body(C.RESOURCE_EXHAUSTED, "x", [detail], pool=build_pool([file]))
+    assert learnt["details"] == [{"@type": "type.googleapis.com/acme.v1.Quota", "left": 5}]
+    unknown = status_body(C.RESOURCE_EXHAUSTED, "x", [detail])
+    assert unknown["details"] == [{"@type": "type.googleapis.com/acme.v1.Quota", "value": "CAU="}]
 
 
 def test_status_body_code_is_the_number() -> None:

@@ -222,6 +222,49 @@ def _file(name: str, *deps: str, message: str = "") -> descriptor_pb2.FileDescri
     return proto
 
 
+def test_build_pool_falls_back_on_well_known_and_google_rpc_types() -> None:
+    """An Any may hold a google.rpc or well-known type the service's files never import: Go
+    resolves every linked type (protojson's default resolver, protoregistry.GlobalTypes)."""
+    pool = build_pool([_file("a.proto", message="A")])
+    wanted = [
+        "google.rpc.BadRequest",
+        "google.rpc.BadRequest.FieldViolation",
+        "google.rpc.Status",
+        "google.protobuf.Timestamp",
+        "google.protobuf.Struct",
+    ]
+    assert [pool.FindMessageTypeByName(name).full_name for name in wanted] == wanted
+    assert pool.FindMessageTypeByName("t.A").file.name == "a.proto"
+    # Only those: the gateway's other types (its own generated code) are not the service's.
+    with pytest.raises(KeyError):
+        pool.FindMessageTypeByName("hms.testing.v1.EchoRequest")
+
+
+def test_build_pool_a_services_own_copy_of_a_fallback_file_wins() -> None:
+    own = descriptor_pb2.FileDescriptorProto(
+        name="google/rpc/error_details.proto", package="google.rpc", syntax="proto3"
+    )
+    own.message_type.add(name="ErrorInfo").field.add(
+        name="reason", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL
+    )
+    pool = build_pool([own])
+    assert [f.name for f in pool.FindMessageTypeByName("google.rpc.ErrorInfo").fields] == ["reason"]
+
+
+def test_build_pool_a_file_imported_from_the_fallback_need_not_be_sent() -> None:
+    uses = _file("uses.proto", "google/protobuf/timestamp.proto")
+    uses.message_type.add(name="U").field.add(
+        name="at",
+        number=1,
+        type=_F.TYPE_MESSAGE,
+        type_name=".google.protobuf.Timestamp",
+        label=_F.LABEL_OPTIONAL,
+    )
+    pool = build_pool([uses])
+    field = pool.FindMessageTypeByName("t.U").fields_by_name["at"]
+    assert field.message_type.full_name == "google.protobuf.Timestamp"
+
+
 def _orders() -> list[object]:
     files = _repo_files()
     return [

@@ -234,9 +234,9 @@ _INT32_RANGE = "expected an integer from -2147483648 to 2147483647"
         ),
         pytest.param(
             "ttl",
-            "5m",
-            'expected a duration in seconds with an "s" suffix (like "1.5s")',
-            id="duration-go-form-refused",
+            "5",
+            'expected a duration like "1.5s", "300ms" or "1h30m" (units h, m, s, ms, us, ns)',
+            id="duration-without-unit",
         ),
         pytest.param("w_i32", "x", "expected an integer", id="wrapper-bad"),
         pytest.param(
@@ -261,8 +261,8 @@ def test_bad_values_name_field_and_value(name: str, value: str, problem: str) ->
     [
         pytest.param(False, [("nope", "1"), ("message", "m")], False, id="unknown-ignored"),
         pytest.param(True, [("nope", "1")], True, id="unknown-strict"),
-        pytest.param(False, [("message.x", "1")], False, id="walk-into-scalar-ignored"),
-        pytest.param(True, [("message.x", "1")], True, id="walk-into-scalar-strict"),
+        pytest.param(False, [("nope.x", "1")], False, id="unknown-dotted-ignored"),
+        pytest.param(True, [("nope.x", "1")], True, id="unknown-dotted-strict"),
     ],
 )
 def test_unknown_parameters(strict: bool, params: list[tuple[str, str]], raises: bool) -> None:
@@ -295,6 +295,17 @@ def test_bound_fields(
     bound: set[str], params: list[tuple[str, str]], expected: dict[str, Any]
 ) -> None:
     assert _apply(params, bound=bound) == expected
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_walk_into_scalar_is_refused_strict_or_not(strict: bool) -> None:
+    # grpc-gateway: runtime/query_test.go, TestPopulateQueryParametersWithInvalidNestedParameters.
+    with pytest.raises(GatewayError) as caught:
+        apply_query(echo_pb2.EchoRequest(), [("message.x", "1")], bound=set(), strict=strict)
+    assert caught.value.message == (
+        "query parameter 'message.x': invalid value '1': 'message' is a field of type string, "
+        "not a message: nothing can follow it after a dot"
+    )
 
 
 def test_project_message_page_size() -> None:

@@ -636,7 +636,7 @@ QUERY_CASES = [
     ("i32[k]", "1", "only a map field takes [key]"),
     ("startTime", "yesterday", 'expected an RFC 3339 timestamp (like "2024-05-01T10:00:00Z")'),
     ("times", "5", 'expected an RFC 3339 timestamp (like "2024-05-01T10:00:00Z")'),
-    ("ttl", "5m", 'expected a duration in seconds with an "s" suffix (like "1.5s")'),
+    ("ttl", "5", 'expected a duration like "1.5s", "300ms" or "1h30m" (units h, m, s, ms, us, ns)'),
     (
         "update_mask",
         "a__b",
@@ -652,8 +652,9 @@ QUERY_CASES = [
     ("w_bool", "maybe", "expected true or false (or 1 or 0)"),
     ("w_bytes", "%%", "expected base64 (standard or URL-safe alphabet, padding optional)"),
     ("w_double", "x", "expected a number (or NaN, Infinity or -Infinity)"),
-    ("meta", "x", "a message cannot take a single value: give each of its fields"),
-    ("anything", "x", "a message cannot take a single value: give each of its fields"),
+    ("meta", "x", 'expected a JSON object (like {"a":1})'),
+    ("anything", "x", 'expected JSON (like 1, "text", true, null, [1,2] or {"a":1})'),
+    ("values", "[1]", "a message cannot take a single value: give each of its fields"),
     ("extra", "x", "a message cannot take a single value: give each of its fields"),
     ("text", "a\ud800", "expected valid Unicode text"),
 ]
@@ -696,7 +697,7 @@ PATH_CASES = [
     ("tags", "a\ud800", "expected valid Unicode text"),
     ("inner.deep.n", "x", "expected an integer"),
     ("start_time", "yesterday", 'expected an RFC 3339 timestamp (like "2024-05-01T10:00:00Z")'),
-    ("ttl", "5m", 'expected a duration in seconds with an "s" suffix (like "1.5s")'),
+    ("ttl", "5", 'expected a duration like "1.5s", "300ms" or "1h30m" (units h, m, s, ms, us, ns)'),
     (
         "update_mask",
         "A",

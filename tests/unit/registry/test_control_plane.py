@@ -141,8 +141,9 @@ def test_a_deployment_publishes_its_own_events_and_uses_only_its_own_consumers()
         f"$JS.API.CONSUMER.MSG.NEXT.HMS_EVENTS.{consumer}",
         f"$JS.ACK.HMS_EVENTS.{consumer}.>",
     }
-    assert len(publish) == 2 + 4 * len(TYPES)
-    assert all(".fee-calc__" in subject for subject in publish[2:])  # its consumers only
+    assert len(publish) == 2 + 4 * len(TYPES) + 2
+    assert all(".fee-calc__" in subject for subject in publish[2:-2])  # its consumers only
+    assert publish[-2:] == ("svc.trace.>", "svc.mesh.>")  # its telemetry
     assert not any(s.startswith(("$JS.API.STREAM", "_INBOX", ">")) for s in publish)
     assert subscribe == ("_INBOX.fee-calc.>",)
 
@@ -152,14 +153,26 @@ def test_explicit_event_types_replace_the_contract_package() -> None:
     assert publish[0] == f"hms.events.{VOUCHER}"
 
 
-def test_operators_look_root_manages_the_gateway_has_no_nats_user() -> None:
+def test_operators_look_root_manages_the_gateway_publishes_its_telemetry() -> None:
     table = users(policy(Grant("echo")))
     ops_publish, ops_subscribe = table["spiffe://hms.local/svc/ops"]
     assert not any("DELETE" in s or "PURGE" in s or "UPDATE" in s for s in ops_publish)
+    assert not any(s.startswith("svc.") for s in ops_publish)
     assert "$JS.API.STREAM.INFO.*" in ops_publish
-    assert ops_subscribe == ("_INBOX.ops.>",)
+    assert ops_subscribe == ("svc.>", "_INBOX.ops.>")
     assert table["spiffe://hms.local/svc/root"] == ((">",), (">",))
+    assert table["spiffe://hms.local/svc/gateway"] == (
+        ("svc.trace.>", "svc.mesh.>"),
+        ("_INBOX.gateway.>",),
+    )
+
+
+def test_a_reader_with_nothing_to_do_in_nats_gets_no_user() -> None:
+    """An empty allow list would mean "everything" to nats-server: no user at all instead."""
+    table = users(Policy((), readers=("ops", "auditor"), telemetry=(), event_types=()))
+    assert "spiffe://hms.local/svc/auditor" not in table
     assert "spiffe://hms.local/svc/gateway" not in table
+    assert all(publish for publish, _ in table.values())
 
 
 def test_the_authorization_block_quotes_every_subject() -> None:
