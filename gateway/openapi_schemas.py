@@ -162,7 +162,7 @@ class Schemas:
         return _ref(STATUS_SCHEMA)
 
     def _object(self, descriptor: Descriptor) -> dict[str, Any]:
-        properties = {json_name(fd, self.options): self.field(fd) for fd in descriptor.fields}
+        properties = {json_name(fd, self.options): self._property(fd) for fd in descriptor.fields}
         schema: dict[str, Any] = {"type": "object", "properties": properties}
         real_oneofs = [
             o for o in descriptor.oneofs if not (len(o.fields) == 1 and _is_synthetic(o.fields[0]))
@@ -174,6 +174,23 @@ class Schemas:
                 for o in real_oneofs
             )
         return schema
+
+    def _property(self, fd: FieldDescriptor) -> dict[str, Any]:
+        """A field inside an object: a singular message field that is unset is written as null
+        (gateway/jsonpb.py, as protojson's EmitUnpopulated), so it is nullable; a oneof member
+        is left out instead. OpenAPI 3.0 puts nothing beside a $ref: it goes in an allOf."""
+        schema = self.field(fd)
+        nullable = (
+            fd.message_type is not None
+            and not fd.is_repeated
+            and fd.containing_oneof is None
+            and self.options.emit_unpopulated
+        )
+        if not nullable or schema.get("nullable"):
+            return schema
+        if "$ref" in schema:
+            return {"allOf": [schema], "nullable": True}
+        return {**schema, "nullable": True}
 
     def field(self, fd: FieldDescriptor) -> dict[str, Any]:
         """The JSON schema of one field's value, repeated and map fields included."""

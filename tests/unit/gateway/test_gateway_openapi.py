@@ -426,7 +426,12 @@ def test_notify_get_has_query_parameters_in_json_names() -> None:
         {"name": "pageToken", "in": "query", "required": False, "schema": {"type": "string"}},
     ]
     notification = doc["components"]["schemas"]["hms.notify.v1.Notification"]["properties"]
-    assert notification["createTime"] == {"type": "string", "format": "date-time"}
+    # Unset, a message field is written as null (protojson's EmitUnpopulated): nullable.
+    assert notification["createTime"] == {
+        "type": "string",
+        "format": "date-time",
+        "nullable": True,
+    }
     assert notification["channel"] == {
         "type": "string",
         "enum": ["CHANNEL_UNSPECIFIED", "CHANNEL_EMAIL", "CHANNEL_SMS", "CHANNEL_LETTER"],
@@ -584,7 +589,9 @@ def test_component_schemas_for_every_field_shape() -> None:
     schemas = _library()["components"]["schemas"]
     book = schemas["test.library.Book"]
     props = book["properties"]
-    assert props["author"] == {"$ref": _REF + "test.library.Author"}
+    # A singular message field is null when unset: nullable, its $ref in an allOf (OpenAPI
+    # 3.0 ignores anything beside a $ref); list items are never null.
+    assert props["author"] == {"allOf": [{"$ref": _REF + "test.library.Author"}], "nullable": True}
     assert props["ratings"] == {
         "type": "object",
         "additionalProperties": {"type": "integer", "format": "int32"},
@@ -592,11 +599,11 @@ def test_component_schemas_for_every_field_shape() -> None:
     assert props["coauthors"] == {"type": "array", "items": {"$ref": _REF + "test.library.Author"}}
     assert props["copies"] == {"type": "string", "format": "int64", "nullable": True}
     assert props["inStock"] == {"type": "boolean", "nullable": True}
-    assert props["extra"] == {"type": "object", "additionalProperties": {}}
+    assert props["extra"] == {"type": "object", "additionalProperties": {}, "nullable": True}
     assert props["attachment"]["properties"] == {"@type": {"type": "string"}}
-    assert props["shelfList"] == {"type": "array", "items": {}}
+    assert props["shelfList"] == {"type": "array", "items": {}, "nullable": True}
     assert "type" not in props["metadata"]
-    assert props["nothing"] == {"type": "object"}
+    assert props["nothing"] == {"type": "object", "nullable": True}
     assert props["weight"] == {"type": "number", "format": "float"}
     assert props["edition"]["type"] == "integer"
     assert props["inPrint"] == {"type": "boolean"}
@@ -607,7 +614,8 @@ def test_component_schemas_for_every_field_shape() -> None:
     assert "test.library.Book.RatingsEntry" not in schemas
     # Recursive messages refer to themselves.
     assert schemas["test.library.Author"]["properties"]["mentor"] == {
-        "$ref": _REF + "test.library.Author"
+        "allOf": [{"$ref": _REF + "test.library.Author"}],
+        "nullable": True,
     }
 
 
