@@ -40,10 +40,12 @@ from hms_gateway.config import GatewayConfig
 from hms_gateway.endpoint import endpoints_of
 from hms_gateway.routes import RouteTable
 from hms_gateway.serve import listening_socket
-from mesh.client.call import CallInfo
+from mesh.client.call import CallInfo, CallKind, service_of
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig
+from mesh.client.rpc import MeshCall
 from mesh.gc_tuning import settle_heap
+from mesh.resilience.retry import idempotency_of
 from mesh.tls import TlsFiles, instance_channel
 
 ECHO = "/hms.testing.v1.EchoService/Echo"
@@ -57,10 +59,25 @@ FORWARDED = (
 
 
 class BareChannel:
-    """`invoke` as the gateway calls it, on one grpc.aio multicallable: no mesh chain."""
+    """`call` as the gateway calls it, on one grpc.aio multicallable: no mesh chain."""
 
     def __init__(self, multicallable: Any) -> None:
         self._multicallable = multicallable
+
+    def call(self, method: str, request: Any, **options: Any) -> MeshCall:
+        """A `MeshChannel.call` whose only step is the multicallable."""
+        info = CallInfo(
+            kind=options.get("kind", CallKind.UNARY_UNARY),
+            method=method,
+            service=service_of(method),
+            request=request,
+            metadata=list(options.get("metadata", ())),
+            serializer=options.get("serializer"),
+            deserializer=options.get("deserializer"),
+            idempotency=options.get("idempotency") or idempotency_of(method),
+            timeout=options.get("timeout"),
+        )
+        return MeshCall(info, self.invoke)
 
     async def invoke(self, call: CallInfo) -> Any:
         rpc = call.rpc = self._multicallable(
