@@ -75,6 +75,8 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Containers often give /dev/shm 64 MiB, which Chromium's renderer can outgrow.
+    "--disable-dev-shm-usage",
     "--window-size=1440,1000",
 )
 CITIZEN = "C12345"
