@@ -14,6 +14,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from types import TracebackType
 
+from hms_services.sqlite import open_database
 from mesh import AlreadyExists
 
 __all__ = ["DocumentStore", "StoredDocument"]
@@ -52,14 +53,7 @@ class DocumentStore:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn = open_database(path, lambda conn: conn.executescript(_SCHEMA))
 
     def close(self) -> None:
         with self._lock:

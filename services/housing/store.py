@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hms.housing.v1 import housing_pb2
+from hms_services.sqlite import open_database
 from mesh.events import Outbox
 
 __all__ = ["HousingStore", "StoredApplication"]
@@ -39,6 +40,11 @@ _COLUMNS = (
     "id, citizen_id, annual_income_pence, household_size, residence_months, document_ids,"
     " status, eligible, reasons, create_time"
 )
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    Outbox(conn)  # creates the outbox tables; the runtime's relay empties them
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +83,7 @@ class HousingStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        # Autocommit: the one write that spans statements opens its own transaction.
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-            Outbox(self._conn)  # creates the outbox tables; the runtime's relay empties them
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn = open_database(path, _prepare)
 
     def close(self) -> None:
         with self._lock:

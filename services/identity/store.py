@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from hms_services.sqlite import open_database
+
 __all__ = ["SEED", "Citizen", "CitizenRegister", "Standing"]
 
 
@@ -67,37 +69,7 @@ class CitizenRegister:
 
     def __init__(self, path: str | Path, seed: tuple[Citizen, ...] = SEED) -> None:
         self._lock = threading.Lock()
-        # isolation_level=None: autocommit; transactions are explicit.
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._create(seed)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _create(self, seed: tuple[Citizen, ...]) -> None:
-        # IMMEDIATE: a second replica opening the same new file waits, then finds it seeded.
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                self._conn.execute(_SCHEMA)
-                self._conn.executemany(
-                    "INSERT INTO citizens (citizen_id, name, standing) VALUES (?, ?, ?)",
-                    [(c.citizen_id, c.name, c.standing.value) for c in seed],
-                )
-                self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            elif version != _SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"citizen register schema version {version} is not {_SCHEMA_VERSION}: "
-                    "written by another version of identity"
-                )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        self._conn = open_database(path, lambda conn: _create(conn, seed))
 
     def close(self) -> None:
         with self._lock:
@@ -124,3 +96,26 @@ class CitizenRegister:
         if row is None:
             return None
         return Citizen(row[0], row[1], Standing(row[2]))
+
+
+def _create(conn: sqlite3.Connection, seed: tuple[Citizen, ...]) -> None:
+    # IMMEDIATE: a second replica opening the same new file waits, then finds it seeded.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            conn.execute(_SCHEMA)
+            conn.executemany(
+                "INSERT INTO citizens (citizen_id, name, standing) VALUES (?, ?, ?)",
+                [(c.citizen_id, c.name, c.standing.value) for c in seed],
+            )
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        elif version != _SCHEMA_VERSION:
+            raise RuntimeError(
+                f"citizen register schema version {version} is not {_SCHEMA_VERSION}: "
+                "written by another version of identity"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

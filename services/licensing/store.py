@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hms.licensing.v1 import licensing_pb2
+from hms_services.sqlite import open_database
 from mesh.events import Outbox
 
 __all__ = ["Application", "IssuedLicence", "LicenceStore", "State"]
@@ -127,15 +127,12 @@ class LicenceStore:
     def __init__(self, path: str | Path, outbox: Outbox) -> None:
         self._outbox = outbox
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE below).
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
-        except BaseException:
-            self._conn.close()
-            raise
+        # Money: synchronous stays FULL (no commit lost to a power cut).
+        self._conn = open_database(
+            path,
+            lambda conn: conn.executescript(_SCHEMA),
+            pragmas=("journal_mode=WAL", "foreign_keys=ON"),
+        )
 
     def close(self) -> None:
         with self._lock:

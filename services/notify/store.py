@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from hms_services.sqlite import open_database
 from mesh import AlreadyExists, InvalidArgument
 
 __all__ = ["Cursor", "Notification", "NotificationStore"]
@@ -140,20 +141,7 @@ class NotificationStore:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        # isolation_level=None: autocommit; each statement here is its own transaction.
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits.
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(notifications)")}
-            if "event_id" not in columns:
-                self._conn.execute(_EVENT_COLUMN)
-            self._conn.executescript(_EVENT_INDEX)
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn = open_database(path, _prepare)
 
     def close(self) -> None:
         with self._lock:
@@ -268,3 +256,12 @@ class NotificationStore:
             return items, ""
         last = items[-1]
         return items, Cursor(_to_us(last.create_time), last.notification_id).encode()
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    # A file made before notifications were recorded per event: the column added.
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(notifications)")}
+    if "event_id" not in columns:
+        conn.execute(_EVENT_COLUMN)
+    conn.executescript(_EVENT_INDEX)

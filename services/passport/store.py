@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hms.passport.v1 import passport_pb2
+from hms_services.sqlite import open_database
 from mesh.events import Outbox
 
 __all__ = [
@@ -123,20 +124,18 @@ class PassportStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         # Autocommit: the one write that spans statements opens its own transaction.
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-            Outbox(self._conn)  # creates the outbox tables; the runtime's relay empties them
-            self._conn.executemany(
+        rows = [(p.number, p.holder, p.expiry_date.isoformat()) for p in issued]
+
+        def prepare(conn: sqlite3.Connection) -> None:
+            conn.executescript(_SCHEMA)
+            Outbox(conn)  # creates the outbox tables; the runtime's relay empties them
+            conn.executemany(
                 "INSERT OR IGNORE INTO issued_passports (number, holder, expiry_date)"
                 " VALUES (?, ?, ?)",
-                [(p.number, p.holder, p.expiry_date.isoformat()) for p in issued],
+                rows,
             )
-        except BaseException:
-            self._conn.close()
-            raise
+
+        self._conn = open_database(path, prepare)
 
     def close(self) -> None:
         with self._lock:
