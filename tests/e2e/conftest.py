@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import threading
-import time
 from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from hms_tools.stack import Stack, StackConfig
 from mesh.controlplane import nats_access
 from mesh.events.subjects import Headers, events_stream
 from mesh.server.enduser import STAFF_SCOPE
+from mesh.testing import wait_until
 from mesh.tls import TlsFiles
 
 T = TypeVar("T")
@@ -182,16 +182,19 @@ class Platform:
         `after` (an outbox relay publishes in order: what its service wrote before is there
         too); every event after `after` then."""
         pairs = set(wanted)
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self.events_after(after)
-            if pairs <= {(event.type, event.aggregate) for event in events}:
-                return events
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"not all of {sorted(pairs)} after #{after} within {timeout} s: {events}"
-                )
-            time.sleep(0.05)
+        seen: list[Event] = []
+
+        def arrived() -> bool:
+            seen[:] = self.events_after(after)
+            return pairs <= {(event.type, event.aggregate) for event in seen}
+
+        try:
+            wait_until(arrived, timeout, interval=0.05)
+        except AssertionError:
+            raise AssertionError(
+                f"not all of {sorted(pairs)} after #{after} within {timeout} s: {seen}"
+            ) from None
+        return seen
 
     async def close(self) -> None:
         if self._nats is not None:

@@ -37,6 +37,7 @@ from hms_tools.control import send_request
 from hms_tools.devjwt import mint_token
 from hms_tools.flows import PAY_STUB_PDF
 from hms_tools.stack import Stack, StackConfig
+from mesh.testing import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -246,16 +247,14 @@ class Page:
         """Poll `condition` until true; the seconds it took. On timeout: a screenshot and the
         page's status bar in the failure."""
         started = time.monotonic()
-        while True:
-            if condition():
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                shot = self.shot(f"failed-{re.sub(r'[^a-z0-9]+', '-', what.lower())[:40]}")
-                raise AssertionError(
-                    f"not within {timeout} s: {what}; status bar: {self.status()!r}; "
-                    f"screenshot {shot}"
-                )
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: bool(condition()), timeout, interval=0.05)
+        except AssertionError:
+            shot = self.shot(f"failed-{re.sub(r'[^a-z0-9]+', '-', what.lower())[:40]}")
+            raise AssertionError(
+                f"not within {timeout} s: {what}; status bar: {self.status()!r}; screenshot {shot}"
+            ) from None
+        return time.monotonic() - started
 
     def status(self) -> str:
         return str(self.js("return document.getElementById('status-bar').innerText"))

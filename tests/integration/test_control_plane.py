@@ -657,17 +657,18 @@ async def ops_hears() -> AsyncIterator[Callable[..., Awaitable[list[str]]]]:
             secured, secured.admin if as_root else secured.client_tls("ops")
         )
         listeners.append(listener)
-        heard: list[str] = []
-
-        async def got(message: Any) -> None:
-            heard.append(message.subject)
-
-        await listener.subscribe(">" if as_root else "svc.>", cb=got)
+        # No callback: what the server delivers waits in the subscription's queue, put there
+        # as it is read, so after the flush below it is all there (a callback would run in a
+        # task of its own, maybe after this function looked).
+        subscription = await listener.subscribe(">" if as_root else "svc.>")
         await listener.flush()
         for subject in subjects:
             await client.publish(subject, b"record")
         await client.flush()  # the server has taken (or refused) every publish ...
         await listener.flush()  # ... and what it delivered to the listener came before this
+        heard: list[str] = []
+        while subscription.pending_msgs:
+            heard.append((await subscription.next_msg(timeout=1)).subject)
         return heard
 
     yield hear

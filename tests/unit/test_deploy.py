@@ -44,6 +44,7 @@ from hms_tools.deploy import (
 )
 from hms_tools.manifest import ANY_CALLER, Manifest, State, load_manifests, manifest_paths
 from mesh import tls
+from mesh.testing import wait_until
 
 NAMES = [path.parent.name for path in manifest_paths(REPO / "services")]
 CONTRACTS = Contracts.load(default_descriptor_set())
@@ -484,14 +485,20 @@ class Pod:
         return done.returncode, done.stdout + done.stderr
 
     def probe_until(self, want: str, status: int, deadline: float) -> str:
-        while True:
-            code, said = self.probe(want)
-            if code == status:
-                return said
+        last: list[tuple[int, str]] = []
+
+        def answered() -> bool:
+            last[:] = [self.probe(want)]
             if status == 0 and self.proc is not None:
                 assert self.proc.poll() is None, f"the service exited:\n{self.log()}"
-            assert time.monotonic() < deadline, f"{want} probe: {code} {said}\n{self.log()}"
-            time.sleep(0.2)
+            return last[0][0] == status
+
+        try:
+            wait_until(answered, max(deadline - time.monotonic(), 0.0), interval=0.2)
+        except AssertionError:
+            code, said = last[0] if last else (None, "")
+            raise AssertionError(f"{want} probe: {code} {said}\n{self.log()}") from None
+        return last[0][1]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +35,7 @@ from hms_gateway.errors import http_status
 from mesh.client import ClientConfig, MeshChannel
 from mesh.registry.keys import Instance
 from mesh.telemetry import ClientMetrics, ServerMetrics, ServerMetricsInterceptor, serve_metrics
+from mesh.testing import wait_until
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -305,11 +305,18 @@ def test_prometheus_scrapes_the_mesh_through_http_sd(
     with log.open("w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 30
-        while not (calls := query(web, "mesh_client_requests_total")):
+        found: list[Any] = []
+
+        def scraped() -> bool:
             assert process.poll() is None, f"prometheus exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no series within 30 s:\n{log.read_text()}"
-            time.sleep(0.2)
+            found[:] = query(web, "mesh_client_requests_total")
+            return bool(found)
+
+        try:
+            wait_until(scraped, 30, interval=0.2)
+        except AssertionError:
+            raise AssertionError(f"no series within 30 s:\n{log.read_text()}") from None
+        calls = found
         (up,) = query(web, "up")
     finally:
         process.terminate()

@@ -193,7 +193,10 @@ async def test_a_full_batch_goes_at_once_without_waiting_for_the_interval(
     try:
         for n in range(9):
             record(emitter, A, n)
-        await asyncio.sleep(0.2)
+        # A round trip on the emitter's connection, then on the listener's: a batch sent by
+        # now would have been handed to `queue` before these return.
+        for connection in (*opened, listener):
+            await connection.flush()
         assert queue.empty()  # 9 < 10, and the interval is an hour
         record(emitter, A, 9)
         batch = decoded(await asyncio.wait_for(queue.get(), 5))
@@ -272,7 +275,7 @@ async def test_nats_stopping_loses_records_counted_and_never_holds_a_caller(
             record(emitter, A, n)
             slowest = max(slowest, time.perf_counter() - began)
             if n % 1000 == 0:
-                await asyncio.sleep(0)  # the sender runs, and finds NATS gone
+                await emitter.flush()  # what the sender does: it finds NATS gone, and drops
         await eventually(lambda: emitter.dropped == 20_000, 10)
     finally:
         await emitter.close()

@@ -5,7 +5,7 @@ per call served, one trace, each hop's parent the span before it; unsampled call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ class Mesh:
     emitter: TraceEmitter
     records: asyncio.Queue[trace_pb2.CallRecord]
     port: int
+    #: Every record sent so far has reached `records` once this returns.
+    settle: Callable[[], Awaitable[None]]
 
     async def collect(self, count: int) -> list[trace_pb2.CallRecord]:
         await self.emitter.flush()
@@ -64,7 +66,7 @@ class Mesh:
         async with asyncio.timeout(10):
             while len(got) < count:
                 got.append(await self.records.get())
-        await asyncio.sleep(0.05)
+        await self.settle()
         assert self.records.empty(), "more records than expected"
         return got
 
@@ -99,6 +101,15 @@ async def _mesh(nats_server: NatsProcess, rate: float) -> AsyncIterator[Mesh]:
 
     await listener.subscribe("svc.trace.>", cb=received)
     await listener.flush()
+
+    async def settle() -> None:
+        # A round trip on each connection: what the emitter sent is at the server, then what
+        # the server routed to the listener is read (and handed to `received`) before the PONG.
+        await emitter.flush()
+        for connection in publisher:
+            await connection.flush()
+        await listener.flush()
+
     emitter.start()
     await eventually(lambda: emitter._available() is not None, 10)
     server_records = ServerRecords(emitter)
@@ -132,7 +143,7 @@ async def _mesh(nats_server: NatsProcess, rate: float) -> AsyncIterator[Mesh]:
     holder.append(await MeshChannel.connect(_config(port), records=emitter))
     client = await MeshChannel.connect(_config(port), records=emitter)
     try:
-        yield Mesh(client, emitter, records, port)
+        yield Mesh(client, emitter, records, port, settle)
     finally:
         await client.close()
         await holder[0].close()

@@ -5,13 +5,12 @@ renewal and no outbox row."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import re
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,8 @@ from mesh.errors import (
 )
 from mesh.server.errors import ErrorInterceptor
 from mesh.testing import FakeContext
+
+from .outage import Outage
 
 NOW = datetime.datetime(2026, 6, 15, 9, 30, tzinfo=datetime.UTC)
 TODAY = NOW.date()
@@ -102,36 +103,6 @@ class FakeDocuments(documents_pb2_grpc.DocumentsServiceServicer):
             document=documents_pb2.Document(
                 document_id=request.document_id, owner=owner, kind=kind, content_type="image/png"
             )
-        )
-
-
-@dataclass
-class Outage(grpc.aio.ServerInterceptor):
-    """Answers every call to a service in `down` UNAVAILABLE, and holds every call to one in
-    `slow` past any deadline the tests set."""
-
-    down: set[str] = field(default_factory=set)
-    slow: set[str] = field(default_factory=set)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        service = details.method.split("/")[1]
-        if service not in self.down | self.slow:
-            return handler
-
-        async def fail(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if service in self.slow:
-                await asyncio.sleep(30)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{service} is down")
-
-        return grpc.unary_unary_rpc_method_handler(
-            fail,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
         )
 
 
