@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nats as nats_py
 from nats.aio.client import Client
@@ -47,7 +47,7 @@ from nats.js import JetStreamContext
 
 from chaos import ScenarioFailed
 from hms.testing.v1.events_pb2 import VoucherSubmitted
-from hms_tools.devstack import NatsProcess
+from hms_tools.devstack import NatsCluster, NatsProcess
 from mesh.events import (
     EventMeta,
     IdempotentHandler,
@@ -60,7 +60,7 @@ from mesh.events import (
     events_stream,
 )
 
-__all__ = ["outbox_through_outage"]
+__all__ = ["NatsDown", "NodeLoss", "outbox_through_outage"]
 
 #: A client that must outlive an outage: never give up, and notice the server's return quickly
 #: (nats-py's defaults give up after 60 attempts 2 s apart).
@@ -156,7 +156,7 @@ async def _connect(url: str, name: str, reconnects: list[float]) -> Client:
         reconnects.append(time.monotonic())
 
     return await nats_py.connect(
-        url,
+        url.split(","),
         name=name,
         error_cb=on_error,
         reconnected_cb=on_reconnected,
@@ -382,11 +382,60 @@ async def _settled(js: JetStreamContext, stream: str, consumer: str, timeout: fl
     return left
 
 
+class NatsDown(Protocol):
+    """What goes down in the scenario: `stop` takes it down, `start` brings it back (on its
+    ports and data); clients connect to `url` (several, comma-separated, for a cluster)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def start(self) -> None: ...
+
+
+class NodeLoss:
+    """One node of a NATS cluster killed (kill -9, as when its machine dies) and started
+    again, while the clients know every node: the cluster carries on without it. The node is
+    the one leading `stream` when the loss comes (the hardest to lose: its replicas elect a
+    new leader while publishes wait), else node `index`."""
+
+    def __init__(self, cluster: NatsCluster, *, stream: str = "", index: int = 0) -> None:
+        self.cluster = cluster
+        self.stream = stream
+        self.node = cluster.nodes[index]
+        self.lost: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    @property
+    def running(self) -> bool:
+        return self.node.running
+
+    def stop(self) -> None:
+        leader = self.cluster.stream_leader(self.stream) if self.stream else None
+        if leader is not None:
+            self.node = self.cluster.nodes[leader]
+        self.lost = self.node.server_name
+        self.node.kill()
+
+    def start(self) -> None:
+        self.node.start()
+
+
 class _Run:
     """One run of the scenario: what it started (closed by `close`) and the times it noted."""
 
-    def __init__(self, nats: NatsProcess, run_dir: Path, events: int, aggregates: int) -> None:
+    def __init__(
+        self, nats: NatsDown, run_dir: Path, events: int, aggregates: int, replicas: int = 1
+    ) -> None:
         self.nats = nats
+        self.replicas = replicas
         self.run_dir = run_dir
         self.events = events
         self.aggregates = aggregates
@@ -403,7 +452,7 @@ class _Run:
 
     async def start(self, prefix: str, *, interval: float, milestone: int) -> None:
         """Connect the consumer, declare the stream, subscribe; start the producer service."""
-        spec = events_stream(prefix)
+        spec = events_stream(prefix, replicas=self.replicas)
         self.stream = spec.name
         self.client = await _connect(self.nats.url, CONSUMER, self.reconnects)
         self.js = self.client.jetstream()
@@ -567,7 +616,7 @@ class _Run:
 
 
 async def outbox_through_outage(
-    nats: NatsProcess,
+    nats: NatsProcess | NatsDown,
     workdir: Path,
     *,
     events: int = 5000,
@@ -576,8 +625,12 @@ async def outbox_through_outage(
     report: Callable[[str], None] = print,
     drain_timeout: float = 120.0,
     prefix: str | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Run scenario 6 against the running `nats`; returns its figures.
+
+    `nats` is a server (stopped and started), or `NodeLoss`: one node of a cluster killed
+    and started, the stream kept on `replicas` nodes.
 
     `workdir` receives the two SQLite databases (in a new directory of their own). `prefix` is
     the events' subject prefix, by default one of this run's own. Raises `ScenarioFailed` if
@@ -592,7 +645,7 @@ async def outbox_through_outage(
     run_dir = Path(await asyncio.to_thread(_make_run_dir, workdir))
     interval = (outage + TAIL) / events
     milestone = max(1, min(events, round(LEAD / interval)))
-    run = _Run(nats, run_dir, events, aggregates)
+    run = _Run(nats, run_dir, events, aggregates, replicas)
     events_log = logging.getLogger("mesh.events")
     events_log.addHandler(run.counter)
     try:

@@ -30,9 +30,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,12 +134,15 @@ def issue(
     ca_dir: Path | None = None,
     deployment: str | None = None,
     valid_days: int = _LEAF_DAYS,
+    hosts: Sequence[str] = (),
 ) -> Path:
     """Sign a leaf certificate for `name` with the CA (``ca.pem`` in `tls_dir`, its key in
     `ca_dir`, default `default_ca_dir`); return the certificate's path.
 
     Writes ``<name>.pem`` (the leaf alone) and ``<name>-key.pem`` (0600), replacing any older
     pair, which is how a certificate is rotated. The identity is `deployment` (default: `name`).
+    `hosts` (DNS names or IP addresses) are added to the SANs: a server reached by them, such
+    as an etcd member or a NATS node on another host, whose peers check the name they dialled.
 
     >>> issue(Path(".mesh/tls"), "notify")  # doctest: +SKIP
     PosixPath('.mesh/tls/notify.pem')
@@ -147,14 +151,20 @@ def issue(
     _check_days(valid_days)
     tls_dir, ca_dir = _dirs(tls_dir, ca_dir)
     _secure(tls_dir, ca_dir, create=False)
-    return _issue(tls_dir, name, deployment, valid_days, _load_ca(tls_dir, ca_dir))
+    return _issue(tls_dir, name, deployment, valid_days, _load_ca(tls_dir, ca_dir), hosts=hosts)
 
 
-def ensure(tls_dir: Path, names: Iterable[str], *, ca_dir: Path | None = None) -> None:
+def ensure(
+    tls_dir: Path,
+    names: Iterable[str],
+    *,
+    ca_dir: Path | None = None,
+    hosts: Mapping[str, Sequence[str]] | None = None,
+) -> None:
     """Make `tls_dir` ready for `names`: create it, the CA directory (`ca_dir`, default
     `default_ca_dir`) and the CA if missing, make them safe (see the module's doc), then issue
-    every certificate that is missing, unreadable, not signed by this CA, or expires within
-    7 days.
+    every certificate that is missing, unreadable, not signed by this CA, expires within
+    7 days, or lacks one of the host names `hosts` gives for it (see `issue`).
 
     Idempotent: a second call with nothing due writes nothing. The CA key is read only when
     something is due.
@@ -173,11 +183,12 @@ def ensure(tls_dir: Path, names: Iterable[str], *, ca_dir: Path | None = None) -
             )
         _create_ca(tls_dir, ca_dir, _CA_DAYS)
     ca_cert = x509.load_pem_x509_certificate((tls_dir / CA_CERT).read_bytes())
-    due = [name for name in names if _needs_issue(tls_dir, name, ca_cert)]
+    wanted = {name: tuple((hosts or {}).get(name, ())) for name in names}
+    due = [name for name in names if _needs_issue(tls_dir, name, ca_cert, wanted[name])]
     if due:
         ca = _load_ca(tls_dir, ca_dir)
         for name in due:
-            _issue(tls_dir, name, name, _LEAF_DAYS, ca)
+            _issue(tls_dir, name, name, _LEAF_DAYS, ca, hosts=wanted[name])
 
 
 def _check_name(name: str, deployment: str | None) -> str:
@@ -217,18 +228,47 @@ def _create_ca(tls_dir: Path, ca_dir: Path, valid_days: int) -> None:
     _write_atomic(tls_dir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
 
 
-def _issue(tls_dir: Path, name: str, deployment: str, valid_days: int, ca: _CA) -> Path:
+def _host_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    """SAN entries for `hosts`: an IP address as such, anything else as a DNS name.
+    ValueError names a host that is neither."""
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            continue
+        except ValueError:
+            pass
+        labels = host.rstrip(".").split(".")
+        if not host or not all(_DNS_LABEL_CHARS.fullmatch(label) for label in labels):
+            raise ValueError(f"certificate host {host!r} is neither an IP address nor a DNS name")
+        names.append(x509.DNSName(host))
+    return names
+
+
+_DNS_LABEL_CHARS = re.compile(r"(\*|[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)")
+_LOCAL_HOSTS = ("localhost", "127.0.0.1")
+
+
+def _issue(
+    tls_dir: Path,
+    name: str,
+    deployment: str,
+    valid_days: int,
+    ca: _CA,
+    *,
+    hosts: Sequence[str] = (),
+) -> Path:
     ca_cert, ca_key = ca
     identity = spiffe_id(deployment)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     not_after = min(now + timedelta(days=valid_days), ca_cert.not_valid_after_utc)
+    extra = [h for h in dict.fromkeys(hosts) if h not in _LOCAL_HOSTS]
     san = x509.SubjectAlternativeName(
         [
             x509.UniformResourceIdentifier(identity),
             x509.DNSName(identity_dns_name(identity)),
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+            *_host_names([*_LOCAL_HOSTS, *extra]),
         ]
     )
     cert = (
@@ -262,7 +302,9 @@ def _issue(tls_dir: Path, name: str, deployment: str, valid_days: int, ca: _CA) 
     return cert_path
 
 
-def _needs_issue(tls_dir: Path, name: str, ca_cert: x509.Certificate) -> bool:
+def _needs_issue(
+    tls_dir: Path, name: str, ca_cert: x509.Certificate, hosts: Sequence[str] = ()
+) -> bool:
     cert_path, key_path = tls_dir / f"{name}.pem", tls_dir / f"{name}-key.pem"
     if not (cert_path.exists() and key_path.exists()):
         return True
@@ -271,7 +313,16 @@ def _needs_issue(tls_dir: Path, name: str, ca_cert: x509.Certificate) -> bool:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         return True  # corrupt, or signed by a CA that has since been replaced
+    if hosts and not set(_host_names(hosts)) <= set(_sans(cert)):
+        return True  # a host it must now answer for is missing
     return cert.not_valid_after_utc - datetime.now(UTC) < _RENEW_WITHIN
+
+
+def _sans(cert: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
 
 
 def _load_ca(tls_dir: Path, ca_dir: Path) -> _CA:

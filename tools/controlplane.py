@@ -333,6 +333,9 @@ class ControlPlane:
     ca_dir: Path | None = None
     #: root's and the servers' certificates (None: `default_own_dir`).
     own_dir: Path | None = None
+    #: Addresses (or DNS names) the servers are reached at besides loopback: each host of a
+    #: cluster spread over machines. Peers and clients check the one they dialled.
+    server_hosts: tuple[str, ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -352,7 +355,8 @@ class ControlPlane:
             partial.write_bytes(ca)
             partial.chmod(0o644)
             partial.replace(target)
-        certs.ensure(self.directory, sorted(RESERVED_NAMES), ca_dir=self._ca_dir())
+        hosts = {ETCD_SERVER: self.server_hosts, NATS_SERVER: self.server_hosts}
+        certs.ensure(self.directory, sorted(RESERVED_NAMES), ca_dir=self._ca_dir(), hosts=hosts)
 
     def _ca_dir(self) -> Path:
         from hms_tools import certs

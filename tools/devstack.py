@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,18 +35,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from hms_tools.controlplane import ControlPlane
 
 __all__ = [
     "DevStack",
+    "EtcdCluster",
     "EtcdProcess",
     "GatewayProcess",
     "ListeningProcess",
+    "NatsCluster",
     "NatsProcess",
     "ServiceProcess",
     "binary",
@@ -55,11 +59,20 @@ __all__ = [
 _LOOPBACK = "127.0.0.1"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port the kernel says is free now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A port the kernel says is free now (the caller binds it soon after), never one this
+    process was given before: a cluster asks for many before its servers bind any, and the
+    kernel may offer a port again until someone binds it."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((_LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def binary(name: str) -> str:
@@ -92,6 +105,8 @@ class ManagedProcess(abc.ABC):
         self.data_dir = Path(data_dir)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.with_suffix(".log")
+        #: Put before the command: e.g. ``ip netns exec host3`` to run it on another "host".
+        self.prefix: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def command(self) -> list[str]:
@@ -102,16 +117,21 @@ class ManagedProcess(abc.ABC):
         """An HTTP URL that answers 200 once the server serves."""
 
     def start(self, timeout: float = 20.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to serve (a cluster's members start
+        together: none serves before a quorum has)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(),
+                [*self.prefix, *self.command()],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -174,7 +194,8 @@ class ManagedProcess(abc.ABC):
 
 
 class EtcdProcess(ManagedProcess):
-    """A single-member etcd cluster on free loopback ports.
+    """An etcd member on free ports: alone, a single-member cluster on loopback; in an
+    `EtcdCluster`, one of its members.
 
     Secured (given a `ControlPlane`): clients over TLS with a certificate from the stack's CA
     (`--client-cert-auth`: the certificate's CN is the etcd user), the policy's roles and
@@ -183,13 +204,24 @@ class EtcdProcess(ManagedProcess):
 
     name = "etcd"
 
-    def __init__(self, data_dir: Path, *, control_plane: ControlPlane | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        control_plane: ControlPlane | None = None,
+        member: str = "mesh",
+        host: str = _LOOPBACK,
+    ) -> None:
         super().__init__(data_dir)
         self.control_plane = control_plane
+        self.member = member
+        self.host = host
         # Ports are chosen once and kept, so a restart comes back at the same endpoint.
         self.client_port = free_port()
         self.peer_port = free_port()
         self.metrics_port = free_port()
+        #: Every member's ``name=peer-url`` (set by `EtcdCluster`; alone: this member only).
+        self.initial_cluster: str | None = None
 
     @property
     def secured(self) -> bool:
@@ -198,7 +230,11 @@ class EtcdProcess(ManagedProcess):
     @property
     def address(self) -> str:
         """host:port of the client port."""
-        return f"{_LOOPBACK}:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"{'https' if self.secured else 'http'}://{self.host}:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
@@ -209,7 +245,8 @@ class EtcdProcess(ManagedProcess):
         if self.control_plane is not None:
             self.control_plane.ensure_certificates()
         super().start(timeout)
-        if self.control_plane is not None:
+        if self.control_plane is not None and self.initial_cluster is None:
+            # Alone: the policy is set here. In a cluster, once, by the cluster.
             from hms_tools.controlplane import apply_etcd_policy
 
             cp = self.control_plane
@@ -218,16 +255,16 @@ class EtcdProcess(ManagedProcess):
     def command(self) -> list[str]:
         scheme = "https" if self.secured else "http"
         client = f"{scheme}://{self.address}"
-        peer = f"{scheme}://{_LOOPBACK}:{self.peer_port}"
+        peer = self.peer_url
         command = [
             binary("etcd"),
-            "--name=mesh",
+            f"--name={self.member}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=mesh={peer}",
+            f"--initial-cluster={self.initial_cluster or f'{self.member}={peer}'}",
             "--log-level=warn",
         ]
         if self.control_plane is None:
@@ -237,7 +274,7 @@ class EtcdProcess(ManagedProcess):
         files = self.control_plane.server_files(ETCD_SERVER)
         return [
             *command,
-            f"--listen-metrics-urls=https://{_LOOPBACK}:{self.metrics_port}",
+            f"--listen-metrics-urls=https://{self.host}:{self.metrics_port}",
             f"--cert-file={files.cert}",
             f"--key-file={files.key}",
             f"--trusted-ca-file={files.ca}",
@@ -251,7 +288,7 @@ class EtcdProcess(ManagedProcess):
 
     def ready_url(self) -> str:
         if self.secured:
-            return f"https://{_LOOPBACK}:{self.metrics_port}/health"
+            return f"https://{self.host}:{self.metrics_port}/health"
         return f"http://{self.address}/health"
 
     def ready_context(self) -> ssl.SSLContext | None:
@@ -269,12 +306,25 @@ class NatsProcess(ManagedProcess):
 
     name = "nats-server"
 
-    def __init__(self, data_dir: Path, *, control_plane: ControlPlane | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        control_plane: ControlPlane | None = None,
+        server_name: str = "",
+        host: str = _LOOPBACK,
+    ) -> None:
         super().__init__(data_dir)
         self.control_plane = control_plane
+        self.server_name = server_name
+        self.host = host
         self.port = free_port()
         self.monitor_port = free_port()
+        self.cluster_port = free_port()
         self.config_path = self.data_dir.with_suffix(".conf")
+        #: In a `NatsCluster`: its name, the other nodes' route addresses (host:port) and the
+        #: routes' shared secret (secured only). None: a server alone.
+        self.cluster: tuple[str, tuple[str, ...], str] | None = None
 
     @property
     def secured(self) -> bool:
@@ -282,16 +332,26 @@ class NatsProcess(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"{'tls' if self.secured else 'nats'}://{_LOOPBACK}:{self.port}"
+        return f"{'tls' if self.secured else 'nats'}://{self.host}:{self.port}"
+
+    @property
+    def route_address(self) -> str:
+        return f"{self.host}:{self.cluster_port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        if self.control_plane is not None:
-            self.control_plane.ensure_certificates()
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as config:
-                config.write(self.configuration())
+        self.write_configuration()
         super().start(timeout)
+
+    def write_configuration(self) -> None:
+        """Secured: the certificates, then the configuration file (0600: it holds the routes'
+        secret). Plaintext runs from flags alone."""
+        if self.control_plane is None:
+            return
+        self.control_plane.ensure_certificates()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as config:
+            config.write(self.configuration())
 
     def configuration(self) -> str:
         """The secured server's configuration file."""
@@ -304,16 +364,34 @@ class NatsProcess(ManagedProcess):
         def quoted(path: Path) -> str:
             return json.dumps(str(path))
 
-        return (
-            f'listen: "{_LOOPBACK}:{self.port}"\n'
-            f"jetstream {{ store_dir: {quoted(self.data_dir)} }}\n"
-            "tls {\n"
+        tls = (
             f"  cert_file: {quoted(files.cert)}\n"
             f"  key_file: {quoted(files.key)}\n"
             f"  ca_file: {quoted(files.ca)}\n"
-            "  verify_and_map: true\n"
             "  timeout: 2\n"
-            "}\n" + self.control_plane.policy.nats_authorization()
+        )
+        text = (
+            f'listen: "{self.host}:{self.port}"\n'
+            f"jetstream {{ store_dir: {quoted(self.data_dir)} }}\n"
+            f"tls {{\n{tls}  verify_and_map: true\n}}\n"
+            + self.control_plane.policy.nats_authorization()
+        )
+        if self.cluster is None:
+            return text
+        # Routes: TLS both ways with the server's own certificate (a peer must present one
+        # from the stack's CA) and a shared secret, which no service's certificate carries:
+        # a mesh identity cannot join the cluster as a route and read every message.
+        name, routes, secret = self.cluster
+        urls = [json.dumps(f"nats-route://route:{secret}@{address}") for address in routes]
+        return (
+            f"server_name: {json.dumps(self.server_name)}\n{text}"
+            "cluster {\n"
+            f"  name: {json.dumps(name)}\n"
+            f'  listen: "{self.route_address}"\n'
+            f"  routes: [{', '.join(urls)}]\n"
+            f'  authorization {{ user: "route", password: {json.dumps(secret)}, timeout: 2 }}\n'
+            f"  tls {{\n{tls}    verify: true\n  }}\n"
+            "}\n"
         )
 
     def answers(self) -> bool:
@@ -322,7 +400,7 @@ class NatsProcess(ManagedProcess):
         from hms_tools.controlplane import nats_ping
 
         try:
-            answer = nats_ping(_LOOPBACK, self.port, self.control_plane.admin.ssl_context())
+            answer = nats_ping(self.host, self.port, self.control_plane.admin.ssl_context())
         except (OSError, ssl.SSLError):
             return False
         return answer.startswith("PONG")
@@ -330,10 +408,10 @@ class NatsProcess(ManagedProcess):
     def command(self) -> list[str]:
         if self.control_plane is not None:
             return [binary("nats-server"), "-c", str(self.config_path)]
-        return [
+        command = [
             binary("nats-server"),
             "-a",
-            _LOOPBACK,
+            self.host,
             "-p",
             str(self.port),
             "-m",
@@ -342,24 +420,268 @@ class NatsProcess(ManagedProcess):
             "-sd",
             str(self.data_dir),
         ]
+        if self.cluster is None:
+            return command
+        name, routes, _ = self.cluster
+        return [
+            *command,
+            f"--server_name={self.server_name}",
+            f"--cluster_name={name}",
+            f"--cluster=nats://{self.route_address}",
+            f"--routes={','.join(f'nats://{address}' for address in routes)}",
+        ]
 
     def ready_url(self) -> str:
-        return f"http://{_LOOPBACK}:{self.monitor_port}/healthz?js-enabled-only=true"
+        # In a cluster: ready once JetStream is current with a meta leader (full health).
+        check = "" if self.cluster is not None else "?js-enabled-only=true"
+        return f"http://{self.host}:{self.monitor_port}/healthz{check}"
+
+
+class EtcdCluster:
+    """`size` etcd members started together, each on its own ports (and, given `hosts`, its
+    own address), one peer list; the policy applied once they have a quorum.
+
+    ``endpoint`` is every member's client endpoint, comma-separated, as clients take it
+    (MESH_ETCD). A member is stopped, killed and started again on its ports and data."""
+
+    name = "etcd cluster"
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        size: int = 3,
+        control_plane: ControlPlane | None = None,
+        hosts: Sequence[str] | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"an etcd cluster has at least one member, not {size}")
+        hosts = list(hosts or [_LOOPBACK] * size)
+        if len(hosts) != size:
+            raise ValueError(f"{size} etcd members but {len(hosts)} hosts: {hosts}")
+        self.control_plane = control_plane
+        self.members = [
+            EtcdProcess(
+                Path(base_dir) / f"etcd-{i}.data",
+                control_plane=control_plane,
+                member=f"etcd-{i}",
+                host=host,
+            )
+            for i, host in enumerate(hosts, start=1)
+        ]
+        peers = ",".join(f"{m.member}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = peers
+
+    @property
+    def secured(self) -> bool:
+        return self.control_plane is not None
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def endpoint(self) -> str:
+        return ",".join(self.endpoints)
+
+    @property
+    def address(self) -> str:
+        """The first member's host:port (what a client that takes one address is given)."""
+        return self.members[0].address
+
+    @property
+    def running(self) -> bool:
+        return all(m.running for m in self.members)
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.control_plane is not None:
+            self.control_plane.ensure_certificates()
+        for member in self.members:
+            if not member.running:
+                member.spawn()
+        for member in self.members:
+            member.wait_ready(timeout)
+        if self.control_plane is not None:
+            from hms_tools.controlplane import apply_etcd_policy
+
+            cp = self.control_plane
+            apply_etcd_policy(self.address, cp.admin, cp.policy)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for member in self.members:
+            member.stop(timeout)
+
+    def leader(self, timeout: float = 2.0) -> int | None:
+        """The index of the member that leads now, as the members say; None if none does."""
+        statuses = [self.status(m, timeout) if m.running else None for m in self.members]
+        ids = [int(s.header.member_id) if s is not None else None for s in statuses]
+        leaders = {int(s.leader) for s in statuses if s is not None and s.leader}
+        for index, member_id in enumerate(ids):
+            if member_id is not None and member_id in leaders:
+                return index
+        return None
+
+    def move_leader(self, index: int, timeout: float = 5.0) -> None:
+        """Make member `index` the leader (etcd's MoveLeader, asked of the leader now):
+        tests put the leader where the clients are connected before they kill it."""
+        import grpc
+        from aetcd import rpc
+
+        leader = self.leader()
+        if leader is None:
+            raise RuntimeError("the etcd cluster has no leader")
+        if leader == index:
+            return
+        target = self.status(self.members[index])
+        if target is None:
+            raise RuntimeError(f"etcd member {self.members[index].member} does not answer")
+        with self._channel(self.members[leader]) as channel:
+            request = rpc.MoveLeaderRequest(targetID=target.header.member_id)
+            try:
+                rpc.MaintenanceStub(channel).MoveLeader(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                raise RuntimeError(f"etcd MoveLeader: {exc.details()}") from exc  # type: ignore[attr-defined]
+
+    def _channel(self, member: EtcdProcess) -> Any:
+        import grpc
+
+        if self.control_plane is None:
+            return grpc.insecure_channel(member.address)
+        credentials = self.control_plane.admin.grpc_credentials()
+        return grpc.secure_channel(member.address, credentials)
+
+    def status(self, member: EtcdProcess, timeout: float = 2.0) -> Any:
+        """etcd's Maintenance.Status of `member` (its id, the leader's id, raft term); None
+        when it does not answer."""
+        import grpc
+        from aetcd import rpc
+
+        with self._channel(member) as channel:
+            try:
+                return rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(), timeout=timeout)
+            except grpc.RpcError:
+                return None
+
+
+class NatsCluster:
+    """`size` nats-servers with JetStream, routed to each other as one cluster (JetStream
+    clustered: streams can keep 3 replicas). ``url`` is every node's URL, comma-separated,
+    as clients take it (MESH_NATS)."""
+
+    name = "NATS cluster"
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        size: int = 3,
+        control_plane: ControlPlane | None = None,
+        hosts: Sequence[str] | None = None,
+        cluster_name: str = "hms",
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a NATS cluster has at least one node, not {size}")
+        hosts = list(hosts or [_LOOPBACK] * size)
+        if len(hosts) != size:
+            raise ValueError(f"{size} NATS nodes but {len(hosts)} hosts: {hosts}")
+        self.control_plane = control_plane
+        self.nodes = [
+            NatsProcess(
+                Path(base_dir) / f"nats-{i}.data",
+                control_plane=control_plane,
+                server_name=f"nats-{i}",
+                host=host,
+            )
+            for i, host in enumerate(hosts, start=1)
+        ]
+        # The routes' shared secret lives in the nodes' 0600 configuration files only.
+        secret = secrets.token_urlsafe(24) if control_plane is not None else ""
+        for node in self.nodes:
+            others = tuple(n.route_address for n in self.nodes if n is not node)
+            node.cluster = (cluster_name, others, secret)
+
+    @property
+    def secured(self) -> bool:
+        return self.control_plane is not None
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    @property
+    def running(self) -> bool:
+        return all(n.running for n in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            if not node.running:
+                node.write_configuration()
+                node.spawn()
+        for node in self.nodes:
+            node.wait_ready(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def stream_leader(self, stream: str) -> int | None:
+        """The index of the node leading `stream`'s replicas, as a running node's monitoring
+        page (plaintext clusters only) says; None if none says."""
+        if self.secured:
+            raise RuntimeError("a secured cluster has no monitoring port to ask")
+        for node in self.nodes:
+            if not node.running:
+                continue
+            url = f"http://{node.host}:{node.monitor_port}/jsz?acc=$G&streams=true"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    page = json.load(response)
+            except (OSError, ValueError):
+                continue
+            for account in page.get("account_details") or []:
+                for detail in account.get("stream_detail") or []:
+                    if detail.get("name") == stream:
+                        leader = (detail.get("cluster") or {}).get("leader")
+                        names = [n.server_name for n in self.nodes]
+                        return names.index(leader) if leader in names else None
+        return None
 
 
 class DevStack:
     """etcd and NATS under one base directory; stops both on exit, even after a failure.
-    Secured when given a `ControlPlane`, plaintext otherwise."""
+    Secured when given a `ControlPlane`, plaintext otherwise. `size` 3 (`mesh up --ha`):
+    a 3-member etcd cluster and a 3-node NATS cluster instead of one of each."""
 
     def __init__(
-        self, base_dir: Path, *, nats: bool = True, control_plane: ControlPlane | None = None
+        self,
+        base_dir: Path,
+        *,
+        nats: bool = True,
+        control_plane: ControlPlane | None = None,
+        size: int = 1,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.control_plane = control_plane
-        self.etcd = EtcdProcess(self.base_dir / "etcd.data", control_plane=control_plane)
-        self.nats = (
-            NatsProcess(self.base_dir / "nats.data", control_plane=control_plane) if nats else None
-        )
+        self.size = size
+        self.etcd: EtcdProcess | EtcdCluster
+        self.nats: NatsProcess | NatsCluster | None
+        if size == 1:
+            self.etcd = EtcdProcess(self.base_dir / "etcd.data", control_plane=control_plane)
+            self.nats = (
+                NatsProcess(self.base_dir / "nats.data", control_plane=control_plane)
+                if nats
+                else None
+            )
+        else:
+            self.etcd = EtcdCluster(self.base_dir, size=size, control_plane=control_plane)
+            self.nats = (
+                NatsCluster(self.base_dir, size=size, control_plane=control_plane) if nats else None
+            )
 
     def start(self) -> None:
         try:
@@ -418,6 +740,8 @@ class ServiceProcess:
         self.env = env
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Put before the command: e.g. ``ip netns exec host3`` to run it on another "host".
+        self.prefix: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", service_module(self.package), *self.args]
@@ -432,7 +756,7 @@ class ServiceProcess:
 
     def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = self.command()
+        command = [*self.prefix, *self.command()]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 command,

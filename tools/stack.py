@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 
 OPS_IDENTITY = "ops"
 GATEWAY_IDENTITY = "gateway"
+#: Members of etcd and nodes of NATS under `mesh up --ha`: the smallest quorum that survives
+#: the loss of one.
+HA_SIZE = 3
 #: The stack's gateway's request body limit (`mesh gateway` alone: 4 MiB): 10 MiB and 1 MiB.
 STACK_BODY_LIMIT = 11 * 1024 * 1024
 
@@ -90,6 +93,25 @@ _STACK_GATEWAY_FLAGS = {
     "--descriptor-set": "the stack's gateway learns its routes from the registry",
     "--upstream": "the stack's gateway finds its services in the registry",
 }
+
+
+async def _jetstream_ready(js: Any, timeout: float) -> None:
+    """Until JetStream answers (a cluster's nodes first elect a meta leader: until then its
+    API requests go unanswered)."""
+    import nats.errors
+    import nats.js.errors
+
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await js.account_info()
+                return
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError,
+            ):
+                await asyncio.sleep(0.1)  # polling a condition, under the deadline above
 
 
 def _stack_gateway_flag(arg: str) -> str | None:
@@ -183,6 +205,9 @@ class StackConfig:
     #: --insecure-control-plane`); by default both require TLS with a certificate from the
     #: stack's CA and enforce who may do what (tools/controlplane.py, docs/security.md).
     insecure_control_plane: bool = False
+    #: `mesh up --ha`: a 3-member etcd cluster and a 3-node NATS cluster (streams kept on 3
+    #: replicas) instead of one of each; every client is given every endpoint.
+    ha: bool = False
     #: The authorization policy every service gets (MESH_POLICY); None: the one composed
     #: from the manifests' [[accepts]], written to `<state-dir>/policy.toml`.
     policy: Path | None = None
@@ -267,7 +292,11 @@ class Stack:
     def etcd_tls(self, identity: str = OPS_IDENTITY) -> ClientTls | None:
         """How `identity` (a certificate in the stack's TLS directory) reaches the stack's
         etcd: None when it is plaintext. An operator's tools read as `ops`."""
-        return etcd_client_tls([self.etcd_endpoint], None, tls.TlsFiles(self.tls_dir, identity))
+        return etcd_client_tls(self.etcd_endpoints, None, tls.TlsFiles(self.tls_dir, identity))
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return self.etcd_endpoint.split(",")
 
     @property
     def serving_path(self) -> Path:
@@ -329,11 +358,13 @@ class Stack:
         # Throwaway data: a new stack starts empty.
         shutil.rmtree(self.run_dir, ignore_errors=True)
         (self.run_dir / "logs").mkdir(parents=True)
-        self.dev = DevStack(self.run_dir, control_plane=self.control_plane)
+        self.dev = DevStack(
+            self.run_dir, control_plane=self.control_plane, size=HA_SIZE if self.config.ha else 1
+        )
         await asyncio.to_thread(self.dev.start)
         try:
             # The stack watches the registry as a reader (ops), like an operator.
-            self._etcd = Etcd([self.etcd_endpoint], tls=self.etcd_tls())
+            self._etcd = Etcd(self.etcd_endpoints, tls=self.etcd_tls())
             await self._etcd.connect()
             self._registry = Discovery(self._etcd, self.config.namespace)
             await self._registry.start()
@@ -381,10 +412,13 @@ class Stack:
             raise RuntimeError("stack not started")
         # Only the control plane's root may manage streams.
         admin = self.control_plane.admin if self.control_plane is not None else None
-        nc = await nats.connect(self.dev.nats.url, **NatsAccess(admin).options())
+        nc = await nats.connect(self.dev.nats.url.split(","), **NatsAccess(admin).options())
+        replicas = HA_SIZE if self.config.ha else 1
         try:
-            for spec in (events_stream(), dead_letter_stream()):
-                await ensure_stream(nc.jetstream(), spec)
+            js = nc.jetstream()
+            await _jetstream_ready(js, self.config.ready_timeout)
+            for spec in (events_stream(replicas=replicas), dead_letter_stream(replicas=replicas)):
+                await ensure_stream(js, spec)
         finally:
             await nc.close()
 
@@ -481,6 +515,7 @@ class Stack:
             "etcd": self.dev.etcd.endpoint,
             "nats": self.dev.nats.url,
             "namespace": self.config.namespace,
+            "ha": self.config.ha,
             "tls_dir": str(self.tls_dir),
             "ops_cert": OPS_IDENTITY,
             "gateway": self.gateway.url if self.gateway is not None else None,

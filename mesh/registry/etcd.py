@@ -19,9 +19,11 @@ keep retrying (a role may be granted later) while saying why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from aetcd import rpc
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 # Reconnect fast after an etcd restart: grpc's default reconnect backoff grows to 120 s,
 # which would keep services unregistered long after etcd is back. The C core also uses
@@ -113,14 +117,12 @@ def _translate(exc: grpc.aio.AioRpcError) -> EtcdError:
     return EtcdUnavailable(f"etcd: {exc.code().name}: {details}")
 
 
-def _grpc_target(endpoints: Sequence[str]) -> tuple[str, str]:
-    """The gRPC target for `endpoints` (``host:port``, ``http://`` or ``https://``), and the
-    host a TLS server certificate must name. Several endpoints go through grpc's ipv4:
-    resolver, which fails over between them; over TLS each member's certificate must then
-    carry the first endpoint's host."""
+def _grpc_targets(endpoints: Sequence[str]) -> list[str]:
+    """One gRPC target per endpoint (``host:port``, ``http://`` or ``https://``); over TLS,
+    each member's certificate must name the host its endpoint gives."""
     if not endpoints:
         raise ValueError("no etcd endpoint given (set MESH_ETCD or --etcd)")
-    parsed = []
+    targets = []
     for endpoint in endpoints:
         bare = endpoint.strip()
         for scheme in ("http://", "https://"):
@@ -128,19 +130,51 @@ def _grpc_target(endpoints: Sequence[str]) -> tuple[str, str]:
         host, sep, port = bare.rstrip("/").rpartition(":")
         if not sep or not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"etcd endpoint {endpoint!r} is not [https://]host:port")
-        parsed.append((host, int(port)))
-    if len(parsed) == 1:
-        return f"{parsed[0][0]}:{parsed[0][1]}", parsed[0][0]
-    return "ipv4:" + ",".join(f"{h}:{p}" for h, p in parsed), parsed[0][0]
+        targets.append(f"{host}:{port}")
+    return targets
+
+
+#: On watch and keepalive streams: the member cancels the stream when it has no leader (as
+#: etcd's own client does with WithRequireLeader), so a member cut off from its quorum does
+#: not hold a stream that will never hear of a change.
+_REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+class _Member:
+    """One etcd endpoint's channel and stubs."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.channel: grpc.aio.Channel | None = None
+        self.kv: rpc.KVStub
+        self.lease: rpc.LeaseStub
+        self.watch: rpc.WatchStub
+
+    def open(self, tls: ClientTls | None) -> None:
+        options: list[tuple[str, str | int]] = list(_CHANNEL_OPTIONS.items())
+        if tls is None:
+            channel = grpc.aio.insecure_channel(self.target, options=options)
+        else:
+            channel = grpc.aio.secure_channel(self.target, tls.grpc_credentials(), options=options)
+        self.channel = channel
+        self.kv = rpc.KVStub(channel)
+        self.lease = rpc.LeaseStub(channel)
+        self.watch = rpc.WatchStub(channel)
 
 
 class Etcd:
-    """One connection to etcd.
+    """A client of an etcd cluster: one channel per endpoint, one of them in use.
+
+    etcd's gRPC API answers on every member, so when the member in use fails (does not
+    answer, answers late, or has lost its leader) the client moves to the next endpoint: a
+    unary call is tried once on each member that refuses the connection, and the streams
+    (lease keepalive, watch) are opened again by their owners' retry loops on the member now
+    in use. A lease lives in the cluster, not in a member, so it survives the move.
 
     `tls` (see `mesh.controlplane.etcd_client_tls`) makes it TLS with that client certificate;
     ``https://`` endpoints without it are a ValueError.
 
-    >>> etcd = Etcd(["127.0.0.1:2379"])
+    >>> etcd = Etcd(["127.0.0.1:2379", "127.0.0.1:2479", "127.0.0.1:2579"])
     >>> await etcd.connect()
     >>> revision, kvs = await etcd.get_prefix(b"/hms/services/")
     """
@@ -155,34 +189,31 @@ class Etcd:
                 f"etcd at {','.join(self.endpoints)} is TLS (https://): give Etcd(tls=...)"
             )
         self.tls = tls
-        self._target, self._server_name = _grpc_target(self.endpoints)
-        self._channel: grpc.aio.Channel | None = None
-        self._kv: rpc.KVStub | None = None
-        self._lease: rpc.LeaseStub | None = None
-        self._watch: rpc.WatchStub | None = None
+        self._members = [_Member(target) for target in _grpc_targets(self.endpoints)]
+        self._current = 0
+        self._open = False
+        #: How many times the client moved to another member; tests and logs read it.
+        self.failovers = 0
+
+    @property
+    def current_endpoint(self) -> str:
+        """The endpoint in use now (``host:port``)."""
+        return self._members[self._current].target
 
     async def connect(self) -> None:
-        """Open the channel (lazily: etcd need not be up yet). The TLS files are read now."""
-        if self._channel is not None:
+        """Open the channels (lazily: etcd need not be up yet). The TLS files are read now."""
+        if self._open:
             return
-        options: list[tuple[str, str | int]] = list(_CHANNEL_OPTIONS.items())
-        if self.tls is None:
-            channel = grpc.aio.insecure_channel(self._target, options=options)
-        else:
-            if self._target.startswith("ipv4:"):
-                options.append(("grpc.ssl_target_name_override", self._server_name))
-            credentials = self.tls.grpc_credentials()
-            channel = grpc.aio.secure_channel(self._target, credentials, options=options)
-        self._channel = channel
-        self._kv = rpc.KVStub(channel)
-        self._lease = rpc.LeaseStub(channel)
-        self._watch = rpc.WatchStub(channel)
+        for member in self._members:
+            member.open(self.tls)
+        self._open = True
 
     async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        self._kv = self._lease = self._watch = None
-        if channel is not None:
-            await channel.close()
+        self._open = False
+        for member in self._members:
+            channel, member.channel = member.channel, None
+            if channel is not None:
+                await channel.close()
 
     async def __aenter__(self) -> Etcd:
         await self.connect()
@@ -191,32 +222,63 @@ class Etcd:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _stubs(self) -> tuple[rpc.KVStub, rpc.LeaseStub, rpc.WatchStub]:
-        if self._kv is None or self._lease is None or self._watch is None:
+    def _member(self) -> tuple[int, _Member]:
+        if not self._open:
             raise RuntimeError("Etcd.connect() was not called")
-        return self._kv, self._lease, self._watch
+        return self._current, self._members[self._current]
+
+    def _failed(self, index: int, error: EtcdError) -> None:
+        """The member at `index` failed a call: use the next one (unless another call has
+        moved on already)."""
+        if len(self._members) == 1 or index != self._current:
+            return
+        self._current = (index + 1) % len(self._members)
+        self.failovers += 1
+        log.warning(
+            "etcd member %s failed (%s): moving to %s",
+            self._members[index].target,
+            error,
+            self._members[self._current].target,
+        )
+
+    def _translate(self, index: int, exc: grpc.aio.AioRpcError) -> EtcdError:
+        """etcd's failure as ours; a member that did not answer is left for the next."""
+        error = _translate(exc)
+        if type(error) is EtcdUnavailable:
+            self._failed(index, error)
+        return error
+
+    async def _call(self, method: Callable[[_Member], Awaitable[_R]]) -> _R:
+        """A unary call on the member in use; when the member refuses the connection, on
+        each of the others in turn. A call that timed out is not repeated here (it may have
+        been applied): the next call goes to the next member."""
+        last: EtcdError | None = None
+        for _ in range(len(self._members)):
+            index, member = self._member()
+            try:
+                return await method(member)
+            except grpc.aio.AioRpcError as exc:
+                error = self._translate(index, exc)
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or type(error) is not EtcdUnavailable:
+                    raise error from exc
+                last = error
+        assert last is not None  # the loop ran at least once: there is a member
+        raise last
 
     async def get_prefix(self, prefix: bytes) -> tuple[int, list[KeyValue]]:
         """Every key under prefix, with the store revision of the read."""
-        kv, _, _ = self._stubs()
         request = rpc.RangeRequest(key=prefix, range_end=prefix_range_end(prefix))
-        try:
-            response = await kv.Range(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+        response = await self._call(lambda m: m.kv.Range(request, timeout=self.timeout))
         items = [KeyValue(x.key, x.value, x.mod_revision, x.lease) for x in response.kvs]
         return response.header.revision, items
 
     async def put_all(self, items: Sequence[tuple[bytes, bytes]], lease: int = 0) -> int:
         """Write several keys in one transaction; returns its revision."""
-        kv, _, _ = self._stubs()
         ops = [
             rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v, lease=lease)) for k, v in items
         ]
-        try:
-            response = await kv.Txn(rpc.TxnRequest(success=ops), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+        request = rpc.TxnRequest(success=ops)
+        response = await self._call(lambda m: m.kv.Txn(request, timeout=self.timeout))
         revision: int = response.header.revision
         return revision
 
@@ -224,28 +286,19 @@ class Etcd:
         return await self.put_all([(key, value)], lease)
 
     async def delete(self, key: bytes) -> int:
-        kv, _, _ = self._stubs()
-        try:
-            response = await kv.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+        request = rpc.DeleteRangeRequest(key=key)
+        response = await self._call(lambda m: m.kv.DeleteRange(request, timeout=self.timeout))
         deleted: int = response.deleted
         return deleted
 
     async def compact(self, revision: int) -> None:
-        kv, _, _ = self._stubs()
-        try:
-            await kv.Compact(rpc.CompactionRequest(revision=revision), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+        request = rpc.CompactionRequest(revision=revision)
+        await self._call(lambda m: m.kv.Compact(request, timeout=self.timeout))
 
     async def grant(self, ttl: int) -> int:
         """A new lease of ttl seconds; returns its id."""
-        _, lease, _ = self._stubs()
-        try:
-            response = await lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+        request = rpc.LeaseGrantRequest(TTL=ttl)
+        response = await self._call(lambda m: m.lease.LeaseGrant(request, timeout=self.timeout))
         if response.error:
             raise EtcdUnavailable(f"etcd refused the lease: {response.error}")
         lease_id: int = response.ID
@@ -253,31 +306,25 @@ class Etcd:
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds left on the lease; -1 when it does not exist."""
-        _, lease, _ = self._stubs()
         request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
-        try:
-            response = await lease.LeaseTimeToLive(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+        response = await self._call(
+            lambda m: m.lease.LeaseTimeToLive(request, timeout=self.timeout)
+        )
         ttl: int = response.TTL
         return ttl
 
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease: every key on it is deleted at once. A missing lease is not an error."""
-        _, lease, _ = self._stubs()
-        try:
-            await lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            error = _translate(exc)
-            if not isinstance(error, LeaseLost):
-                raise error from exc
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+        with contextlib.suppress(LeaseLost):
+            await self._call(lambda m: m.lease.LeaseRevoke(request, timeout=self.timeout))
 
     async def keepalive(self, lease_id: int, interval: float) -> AsyncIterator[int]:
         """Keep a lease alive on ONE persistent stream (aetcd's refresh opens a stream per
         call); yields the TTL etcd grants at each answer. Raises LeaseLost when etcd answers
         TTL <= 0 and EtcdUnavailable when the stream breaks or an answer is overdue."""
-        _, lease, _ = self._stubs()
-        call = lease.LeaseKeepAlive()
+        index, member = self._member()
+        call = member.lease.LeaseKeepAlive(metadata=_REQUIRE_LEADER)
         request = rpc.LeaseKeepAliveRequest(ID=lease_id)
         try:
             while True:
@@ -290,22 +337,26 @@ class Etcd:
                     async with asyncio.timeout(max(interval, 1.0)):
                         response = await call.read()
                 except TimeoutError as exc:
-                    raise EtcdUnavailable("etcd stopped answering lease keepalives") from exc
+                    error = EtcdUnavailable("etcd stopped answering lease keepalives")
+                    self._failed(index, error)
+                    raise error from exc
                 if response is grpc.aio.EOF:
-                    raise EtcdUnavailable("etcd closed the lease keepalive stream")
+                    error = EtcdUnavailable("etcd closed the lease keepalive stream")
+                    self._failed(index, error)
+                    raise error
                 if response.TTL <= 0:
                     raise LeaseLost(f"lease {lease_id:x} not found")
                 yield response.TTL
                 await asyncio.sleep(interval)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+            raise self._translate(index, exc) from exc
         finally:
             call.cancel()
 
     async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
         """Watch every key under prefix from start_revision (inclusive); yields each
         response's events in revision order. Raises WatchCompacted or EtcdUnavailable."""
-        _, _, watch = self._stubs()
+        index, member = self._member()
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=prefix,
@@ -315,7 +366,7 @@ class Etcd:
             )
         )
 
-        call = watch.Watch()
+        call = member.watch.Watch(metadata=_REQUIRE_LEADER)
         put = rpc.Event.EventType.Value("PUT")
         try:
             await call.write(create)
@@ -323,7 +374,9 @@ class Etcd:
                 if response.compact_revision:
                     raise WatchCompacted(response.compact_revision)
                 if response.canceled:
-                    raise EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason}")
+                    error = EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason}")
+                    self._failed(index, error)
+                    raise error
                 if response.events:
                     yield [
                         WatchEvent(
@@ -333,8 +386,10 @@ class Etcd:
                         )
                         for e in response.events
                     ]
-            raise EtcdUnavailable("etcd closed the watch stream")
+            error = EtcdUnavailable("etcd closed the watch stream")
+            self._failed(index, error)
+            raise error
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+            raise self._translate(index, exc) from exc
         finally:
             call.cancel()

@@ -203,7 +203,7 @@ async def _connect(url: str, access: NatsAccess) -> Any:
     try:
         return await asyncio.wait_for(
             nats.connect(
-                url,
+                url.split(","),
                 allow_reconnect=False,
                 connect_timeout=CONNECT_TIMEOUT,
                 error_cb=quiet,

@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--gateway-arg=--strict --gateway-arg=--port=8080); see `mesh gateway --help`",
     )
     parser.add_argument(
+        "--ha",
+        action="store_true",
+        help="a 3-member etcd cluster and a 3-node NATS JetStream cluster (streams on 3 "
+        "replicas) instead of one of each: losing any one of them loses nothing "
+        "(docs/deploy.md)",
+    )
+    parser.add_argument(
         "--insecure-control-plane",
         action="store_true",
         help="run etcd and NATS in plaintext, open to any local process (default: TLS with "
@@ -66,9 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def summary(info: dict[str, Any]) -> str:
+    clustered = " (3-member cluster)" if info.get("ha") else ""
     lines = [
-        f"etcd     {info['etcd']}",
-        f"nats     {info['nats']}",
+        f"etcd     {info['etcd']}{clustered}",
+        f"nats     {info['nats']}{clustered}",
         f"tls      {info['tls_dir']} (ops certificate: {info['ops_cert']}.pem)",
     ]
     if info.get("policy"):
@@ -117,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         scale=parse_scale(args.scale) if args.scale else {},
         gateway_args=tuple(args.gateway_args),
         insecure_control_plane=args.insecure_control_plane,
+        ha=args.ha,
         policy=args.policy,
         policy_mode=args.policy_mode,
     )

@@ -95,7 +95,7 @@ class NatsFeed:
             try:
                 self.nc = await asyncio.wait_for(
                     nats.connect(
-                        self.url,
+                        self.url.split(","),
                         connect_timeout=CONNECT_TIMEOUT,
                         allow_reconnect=True,
                         max_reconnect_attempts=-1,

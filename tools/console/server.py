@@ -296,7 +296,7 @@ class Console:
                 )
             access = NatsAccess(ClientTls.of(admin))
         return await nats.connect(
-            url, allow_reconnect=False, connect_timeout=2.0, **access.options()
+            url.split(","), allow_reconnect=False, connect_timeout=2.0, **access.options()
         )
 
     async def _nats_call(self, work: Awaitable[T], doing: str) -> T:

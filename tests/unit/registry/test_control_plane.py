@@ -39,7 +39,7 @@ from mesh.registry.etcd import (
     EtcdDenied,
     EtcdUnavailable,
     LeaseLost,
-    _grpc_target,
+    _grpc_targets,
     _translate,
 )
 from mesh.server.runner import host_config, parse_args
@@ -274,15 +274,16 @@ def test_tls_nats_takes_the_processs_own_identity(tls_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("endpoints", "target", "name"),
+    ("endpoints", "targets"),
     [
-        (["127.0.0.1:2379"], "127.0.0.1:2379", "127.0.0.1"),
-        (["https://127.0.0.1:2379/"], "127.0.0.1:2379", "127.0.0.1"),
-        (["http://a:1", "b:2"], "ipv4:a:1,b:2", "a"),
+        (["127.0.0.1:2379"], ["127.0.0.1:2379"]),
+        (["https://127.0.0.1:2379/"], ["127.0.0.1:2379"]),
+        (["http://a:1", "b:2"], ["a:1", "b:2"]),
+        (["https://[::1]:2379"], ["[::1]:2379"]),
     ],
 )
-def test_endpoints_become_one_grpc_target(endpoints: list[str], target: str, name: str) -> None:
-    assert _grpc_target(endpoints) == (target, name)
+def test_each_endpoint_is_a_grpc_target_of_its_own(endpoints: list[str], targets: list[str]) -> None:
+    assert _grpc_targets(endpoints) == targets
 
 
 def test_an_https_endpoint_without_tls_settings_is_refused() -> None:
