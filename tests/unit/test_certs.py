@@ -825,3 +825,59 @@ def test_tls_dir_resolution(flag: Path | None, environ: dict[str, str], expected
 )
 def test_ca_dir_resolution(flag: Path | None, tls_dir: Path, expected: Path) -> None:
     assert certs_cli.ca_dir_from(flag, tls_dir) == expected
+
+
+# -- hosts: servers reached at other addresses (an etcd member or NATS node on another host) --
+
+
+def sans(path: Path) -> list[object]:
+    extension = load(path).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return [name.value for name in extension.value]
+
+
+@pytest.mark.parametrize(
+    ("hosts", "extra"),
+    [
+        ((), []),
+        (("198.18.7.3",), [ipaddress.IPv4Address("198.18.7.3")]),
+        (("etcd-0.etcd-peers.hms.svc",), ["etcd-0.etcd-peers.hms.svc"]),
+        (("::1",), [ipaddress.IPv6Address("::1")]),
+        # loopback is always there, and a host given twice is written once
+        (("127.0.0.1", "localhost", "10.0.0.1", "10.0.0.1"), [ipaddress.IPv4Address("10.0.0.1")]),
+    ],
+)
+def test_issue_adds_the_hosts_a_server_is_reached_at(
+    tmp_path: Path, hosts: tuple[str, ...], extra: list[object]
+) -> None:
+    certs.create_ca(tmp_path / "tls")
+    path = certs.issue(tmp_path / "tls", "etcd", hosts=hosts)
+    assert sans(path) == [
+        "spiffe://hms.local/svc/etcd",
+        "etcd.svc.hms.local",
+        "localhost",
+        ipaddress.IPv4Address("127.0.0.1"),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("host", ["", "no spaces", "bad_label.example", "-dash.example", "a..b"])
+def test_a_host_that_is_neither_an_address_nor_a_dns_name_is_refused(
+    tmp_path: Path, host: str
+) -> None:
+    certs.create_ca(tmp_path / "tls")
+    with pytest.raises(ValueError, match="neither an IP address nor a DNS name"):
+        certs.issue(tmp_path / "tls", "etcd", hosts=[host])
+
+
+def test_ensure_reissues_a_certificate_missing_a_wanted_host(tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    certs.ensure(tls, ["nats"])
+    first = (tls / "nats.pem").read_bytes()
+    certs.ensure(tls, ["nats"], hosts={"nats": ["127.0.0.1"]})  # already there: kept
+    assert (tls / "nats.pem").read_bytes() == first
+    certs.ensure(tls, ["nats"], hosts={"nats": ["198.18.0.1", "198.18.0.2"]})
+    second = (tls / "nats.pem").read_bytes()
+    assert second != first
+    assert ipaddress.IPv4Address("198.18.0.2") in sans(tls / "nats.pem")
+    certs.ensure(tls, ["nats"], hosts={"nats": ["198.18.0.2"]})  # a subset: kept
+    assert (tls / "nats.pem").read_bytes() == second
