@@ -132,7 +132,7 @@ class Run:
         `expected`; the time it did."""
         until = time.monotonic() + timeout
         prefix = keys.services_prefix(self.stack.config.namespace)
-        async with Etcd([self.stack.etcd_endpoint], tls=self.stack.etcd_tls()) as etcd:
+        async with Etcd(self.stack.etcd_endpoints, tls=self.stack.etcd_tls()) as etcd:
             while True:
                 with contextlib.suppress(EtcdError):
                     _, found = await etcd.get_prefix(prefix)
@@ -409,7 +409,7 @@ async def run_scenario(
     stop = asyncio.Event()
     try:
         files = tls.TlsFiles(stack.tls_dir, OPS_IDENTITY)
-        client = ClientConfig(etcd=(stack.etcd_endpoint,), tls=files)
+        client = ClientConfig(etcd=tuple(stack.etcd_endpoints), tls=files)
         async with await MeshChannel.connect(client) as channel, _targets(stack, channel) as ts:
             recorders = {name: Recorder() for name in scenario.streams}
             run = Run(stack, channel, recorders, report)

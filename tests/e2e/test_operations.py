@@ -58,7 +58,7 @@ class Running:
 
     async def start_load(self, exits: AsyncExitStack) -> None:
         files = TlsFiles(self.stack.tls_dir, "ops")
-        config = ClientConfig(etcd=(self.stack.etcd_endpoint,), tls=files)
+        config = ClientConfig(etcd=tuple(self.stack.etcd_endpoints), tls=files)
         channel = await exits.enter_async_context(await MeshChannel.connect(config))
         stub = eligibility_pb2_grpc.EligibilityServiceStub(channel)
         request = eligibility_pb2.CheckRequest(
