@@ -106,16 +106,15 @@ class Publisher:
         self._subjects: dict[str, str] = {}  # full name -> subject, validated once
 
     def headers_for(self, full_name: str, event_id: str) -> dict[str, str]:
-        """The headers of a new event, without trace context.
-
-        Only what a consumer needs: the id once (as ``Nats-Msg-Id``, which JetStream
-        de-duplicates on), type, source and time. Each header costs every publish a few
-        microseconds in nats-py and on the server; the CloudEvents ``ce-specversion``,
-        ``ce-id`` (a copy of the id) and ``content-type`` (always Protobuf) told a consumer
-        nothing (what headers cost: docs/benchmarks.md, events_vs_raw).
+        """The headers of a new event, without trace context: a CloudEvent in binary mode
+        (the attributes as ``ce-`` headers, the NATS protocol binding's and HTTP's) whose
+        ``ce-id`` is also ``Nats-Msg-Id``, the key JetStream de-duplicates on. So a
+        CloudEvents consumer (Knative, Dapr, an SDK) reads every event as it is.
         """
         return {
             Headers.MSG_ID: event_id,
+            Headers.SPEC_VERSION: Headers.SPEC_VERSION_VALUE,
+            Headers.ID: event_id,
             Headers.TYPE: full_name,
             Headers.SOURCE: self.source,
             Headers.TIME: format_time(self._clock()),

@@ -11,8 +11,8 @@ tokens so that their two streams (`hms.events.>` and `hms.dlq.>`) never overlap;
 two streams whose subjects overlap.
 
 Headers: `Nats-Msg-Id` (the event id, JetStream's de-duplication key), the CloudEvents attributes
-`ce-type`, `ce-source`, `ce-time`, and W3C `traceparent`/`tracestate` (docs/events.md says why
-not more).
+`ce-specversion`, `ce-id` (the same id), `ce-type`, `ce-source`, `ce-time` (a binary-mode
+CloudEvent), and W3C `traceparent`/`tracestate` (docs/events.md).
 
 >>> event_subject("hms", "hms.testing.v1.VoucherSubmitted")
 'hms.events.hms.testing.v1.VoucherSubmitted'

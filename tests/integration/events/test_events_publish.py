@@ -46,9 +46,14 @@ async def test_publish_stores_payload_and_headers(js: JetStreamContext) -> None:
     assert headers[Headers.TYPE] == "hms.testing.v1.VoucherSubmitted"
     assert headers[Headers.SOURCE] == "fee-calc"
     assert headers[Headers.TIME] == "2025-01-02T03:04:05.678000Z"
-    # Nothing a consumer does not need: each header costs every publish.
+    # A binary-mode CloudEvent (its id is the de-duplication key), and nothing more: each
+    # header costs every publish.
+    assert headers[Headers.SPEC_VERSION] == "1.0"
+    assert headers[Headers.ID] == "evt-1"
     assert set(headers) == {
         Headers.MSG_ID,
+        Headers.SPEC_VERSION,
+        Headers.ID,
         Headers.TYPE,
         Headers.SOURCE,
         Headers.TIME,
