@@ -6,8 +6,9 @@ why; in short, per service:
 - a **StatefulSet** when the manifest keeps state (`state = "sqlite"`: each replica its own
   volume, and never two pods on one SQLite file), else a **Deployment**; the container runs
   `python -m hms_services.<name>.main` with the MESH_* variables `mesh up` would give it,
-  pointed at the in-cluster etcd and NATS, its certificate from the Secret `<name>-tls`
-  (`mesh certs`) and the policies from the ConfigMap `hms-authz-policy`;
+  pointed at the in-cluster etcd and NATS, its certificate from the kubernetes.io/tls Secret
+  `<name>-tls` (`mesh certs k8s-secrets`, or cert-manager) and the policies from the ConfigMap
+  `hms-authz-policy`; a preStop sleep of the drain delay before SIGTERM starts the drain;
 - a headless **Service**: callers find instances in etcd, never through a virtual IP;
 - a **PodDisruptionBudget**: one replica down at a time, none for a single replica;
 - a **NetworkPolicy**: the gRPC port open only to the callers the manifest's `[[accepts]]`
@@ -46,12 +47,14 @@ __all__ = [
     "check_namespace",
     "json_stream",
     "pick",
+    "pre_stop_sleep",
     "probe_command",
     "pyyaml_stream",
     "render_all",
     "render_policy",
     "render_service",
     "termination_grace",
+    "tls_volume",
     "to_yaml",
 ]
 
@@ -155,9 +158,10 @@ def pick(manifests: Mapping[str, Manifest], name: str) -> Manifest:
 
 
 def termination_grace(manifest: Manifest) -> int:
-    """Seconds Kubernetes waits after SIGTERM before SIGKILL: the whole drain (drain delay,
-    then in-flight calls' grace), then the runtime's closing."""
-    return math.ceil(drain_delay(manifest) + GRACE) + CLOSE_MARGIN
+    """Seconds Kubernetes gives a pod from the start of its deletion to SIGKILL: the preStop
+    sleep (the drain delay), then after SIGTERM the whole drain (drain delay, then in-flight
+    calls' grace), then the runtime's closing."""
+    return math.ceil(2 * drain_delay(manifest) + GRACE) + CLOSE_MARGIN
 
 
 def drain_delay(manifest: Manifest) -> float:
@@ -315,10 +319,7 @@ def _workload(manifest: Manifest, namespace: str, image: str) -> dict[str, Any]:
 
 def _pod_spec(manifest: Manifest, namespace: str, image: str) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [
-        {
-            "name": "tls",
-            "secret": {"secretName": f"{manifest.name}-tls", "defaultMode": 0o440},
-        },
+        tls_volume(manifest.name),
         {"name": "policy", "configMap": {"name": POLICY_CONFIGMAP}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
     ]
@@ -339,6 +340,26 @@ def _pod_spec(manifest: Manifest, namespace: str, image: str) -> dict[str, Any]:
         "containers": [_container(manifest, namespace, image)],
         "volumes": volumes,
     }
+
+
+def tls_volume(identity: str, volume: str = "tls") -> dict[str, Any]:
+    """The Secret ``<identity>-tls`` as a volume: a kubernetes.io/tls Secret (`mesh certs
+    k8s-secrets`, or cert-manager's) whose keys tls.crt, tls.key and ca.crt become the files
+    mesh.tls.TlsFiles reads, ``<identity>.pem``, ``<identity>-key.pem`` and ``ca.pem``."""
+    items = [
+        {"key": "tls.crt", "path": f"{identity}.pem"},
+        {"key": "tls.key", "path": f"{identity}-key.pem"},
+        {"key": "ca.crt", "path": "ca.pem"},
+    ]
+    return {
+        "name": volume,
+        "secret": {"secretName": f"{identity}-tls", "defaultMode": 0o440, "items": items},
+    }
+
+
+def pre_stop_sleep(seconds: float) -> dict[str, Any]:
+    """A preStop hook that sleeps `seconds` (``sleep`` of the image: coreutils, busybox)."""
+    return {"exec": {"command": ["sleep", f"{seconds:g}"]}}
 
 
 def _container(manifest: Manifest, namespace: str, image: str) -> dict[str, Any]:
@@ -386,6 +407,10 @@ def _container(manifest: Manifest, namespace: str, image: str) -> dict[str, Any]
         "startupProbe": _probe(manifest, "answers", period=2, failures=30),
         "readinessProbe": _probe(manifest, "serving", period=10, failures=1),
         "livenessProbe": _probe(manifest, "answers", period=20, failures=3),
+        # SIGTERM waits the drain delay: Kubernetes takes the terminating pod out of the
+        # Service's endpoints (monitoring, anything that routes by them) meanwhile; then the
+        # service's own drain takes it out of etcd, where the mesh's callers find it.
+        "lifecycle": {"preStop": pre_stop_sleep(drain_delay(manifest))},
         "resources": _resources(manifest),
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -128,6 +128,13 @@ def test_the_workload_runs_the_service_as_the_manifest_says(name: str) -> None:
     assert mounts["tls"]["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == f"{name}-tls"
+    # A kubernetes.io/tls Secret's keys, as the files mesh.tls reads.
+    items = {i["key"]: i["path"] for i in volumes["tls"]["secret"]["items"]}
+    assert items == {
+        "tls.crt": files.cert.name,
+        "tls.key": files.key.name,
+        "ca.crt": files.ca.name,
+    }
     assert volumes["policy"]["configMap"]["name"] == POLICY_CONFIGMAP
     policy_dir = mounts["policy"]["mountPath"]
     assert env["MESH_POLICY"].startswith(f"{policy_dir}/")
@@ -153,7 +160,8 @@ def test_the_workload_has_probes_resources_and_the_drain(name: str) -> None:
     delay = DEFAULT_DRAIN_DELAY if manifest.drain_delay is None else manifest.drain_delay
     assert f"--drain-delay={delay:g}" in spec["args"]
     assert f"--grace={GRACE:g}" in spec["args"]
-    assert pod["terminationGracePeriodSeconds"] >= delay + GRACE
+    assert spec["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", f"{delay:g}"]}}
+    assert pod["terminationGracePeriodSeconds"] >= 2 * delay + GRACE
     assert f"--port={GRPC_PORT}" in spec["args"]
     assert spec["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -246,10 +254,12 @@ def test_replicas_and_their_disruption_budget(name: str, replicas: int, budget: 
 @pytest.mark.parametrize(
     ("drain_delay", "seconds"),
     [
-        (None, 1 + 10 + CLOSE_MARGIN),
+        # The preStop sleep (the drain delay), the drain delay again after SIGTERM, the grace.
+        (None, 1 + 1 + 10 + CLOSE_MARGIN),
         (0.0, 10 + CLOSE_MARGIN),
-        (2.5, 13 + CLOSE_MARGIN),
-        (120.0, 135),
+        (2.5, 15 + CLOSE_MARGIN),
+        (0.4, 11 + CLOSE_MARGIN),
+        (120.0, 255),
     ],
 )
 def test_the_grace_period_covers_the_drain(drain_delay: float | None, seconds: int) -> None:

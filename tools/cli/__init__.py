@@ -15,9 +15,11 @@ from hms_tools.cli import (
     certs,
     console,
     control,
+    controlplane,
     deploy,
     events,
     gateway,
+    k8s,
     ls,
     manifest,
     new_service,
@@ -39,6 +41,8 @@ COMMANDS = (
     new_service,
     token,
     deploy,
+    k8s,
+    controlplane,
 )
 
 

@@ -4,6 +4,9 @@
     mesh certs issue NAME [--deployment D] [--tls-dir DIR] [--ca-dir DIR]
                                                              issue or rotate NAME's certificate
     mesh certs show  [NAME] [--tls-dir DIR] [--ca-dir DIR]   identity, DNS names, expiry
+    mesh certs k8s-secrets [--namespace NS] [--out FILE] [--tls-dir DIR] [--ca-dir DIR]
+                                                             every identity as a Kubernetes
+                                                             Secret (tools/k8s_secrets.py)
 
 ``--tls-dir`` (what services read: certificates, keys, ``ca.pem``) defaults to
 ``$MESH_TLS_DIR``, else ``.mesh/tls``. ``--ca-dir`` (the CA key, kept apart from the TLS
@@ -62,6 +65,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = actions.add_parser("show", parents=[common], help="describe the CA and certificates")
     show.add_argument("name", metavar="NAME", nargs="?", help="one certificate (default: all)")
     show.set_defaults(func=run_show)
+
+    k8s = actions.add_parser(
+        "k8s-secrets",
+        parents=[common],
+        help="every identity of the cluster as a kubernetes.io/tls Secret (YAML)",
+        description="Issue (where due) and print a Secret <name>-tls (tls.crt, tls.key, "
+        "ca.crt) for each service, the gateway, ops, root, etcd and nats, from the local CA; "
+        "etcd's and nats' certificates name their in-cluster DNS names. The CA key is never "
+        "printed. `mesh certs k8s-secrets | kubectl apply -f -`.",
+    )
+    k8s.add_argument("--namespace", default="hms", help="the Kubernetes namespace (default hms)")
+    k8s.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the YAML to this file (mode 0600: it holds keys) instead of printing",
+    )
+    k8s.add_argument("--root", type=Path, default=None, help="the checkout whose services/ to read")
+    k8s.set_defaults(func=run_k8s_secrets)
 
 
 def tls_dir_from(arg: Path | None, environ: Mapping[str, str]) -> Path:
@@ -146,3 +168,31 @@ def _print_cert(path: Path, info: CertInfo, ca_key: Path) -> None:
         print(f"  ip        {', '.join(info.ip_addresses) or '-'}")
     print(f"  serial    {info.serial:x}")
     print(f"  expires   {info.not_after:%Y-%m-%d %H:%M UTC}")
+
+
+def run_k8s_secrets(args: argparse.Namespace) -> int:
+    """`mesh certs k8s-secrets`: the Secrets, on stdout or into --out (0600)."""
+    from hms_tools import k8s_secrets
+    from hms_tools.contracts import REPO
+    from hms_tools.deploy import to_yaml
+    from hms_tools.manifest import manifest_paths
+
+    root = args.root if args.root is not None else REPO
+    services = [path.parent.name for path in manifest_paths(root / "services")]
+    if not services:
+        raise FileNotFoundError(f"no services/*/service.toml under {root}: give --root")
+    tls_dir = tls_dir_from(args.tls_dir, os.environ)
+    ca_dir = ca_dir_from(args.ca_dir, tls_dir)
+    found = k8s_secrets.secrets(
+        tls_dir, k8s_secrets.names_for(services), namespace=args.namespace, ca_dir=ca_dir
+    )
+    text = to_yaml(found)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    print(f"wrote {args.out} ({len(found)} Secrets; mode 0600: it holds their keys)")
+    return 0

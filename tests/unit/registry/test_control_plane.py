@@ -282,7 +282,9 @@ def test_tls_nats_takes_the_processs_own_identity(tls_dir: Path) -> None:
         (["https://[::1]:2379"], ["[::1]:2379"]),
     ],
 )
-def test_each_endpoint_is_a_grpc_target_of_its_own(endpoints: list[str], targets: list[str]) -> None:
+def test_each_endpoint_is_a_grpc_target_of_its_own(
+    endpoints: list[str], targets: list[str]
+) -> None:
     assert _grpc_targets(endpoints) == targets
 
 
