@@ -10,7 +10,7 @@ GEN_STAMP := gen/.stamp
 GOOGLEAPIS = $(shell $(PY) -c 'import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')
 GRPC_PROTOS = $(shell $(PY) -c 'import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 
-.PHONY: install proto lint breaking test test-unit test-integration up demo bench chaos clean
+.PHONY: install proto lint breaking test test-unit test-integration up demo bench chaos multihost clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -90,6 +90,11 @@ bench: install
 SOAK ?= 0
 chaos: install
 	$(PY) -m chaos --soak $(SOAK)
+
+# Three hosts in network namespaces, one cut off under load (docs/reliability.md, "Several
+# hosts"); needs root (network namespaces) and iproute2.
+multihost: install
+	$(PY) -m chaos.multihost
 
 clean:
 	rm -rf $(VENV) gen .build .mesh

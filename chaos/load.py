@@ -132,7 +132,8 @@ async def http_target(
     url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> AsyncIterator[Target]:
     """HTTP/1.1 keep-alive connections to `url`; a call is 2xx or CallFailed("HTTP <status>").
-    A connection the server closed is opened again for the next call."""
+    A connection the server closed, or that a cancelled call left mid-answer, is opened again
+    for the next call."""
     parsed = urllib.parse.urlsplit(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
@@ -166,6 +167,10 @@ async def http_target(
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
                 await _close(conn)
                 raise CallFailed(f"connection: {type(exc).__name__}") from None
+            except asyncio.CancelledError:
+                # The load's timeout: the late answer must not be read as the next call's.
+                await _close(conn)
+                raise
             if closing:
                 await _close(conn)
             status = head[9:12].decode(errors="replace")

@@ -336,6 +336,9 @@ class ControlPlane:
     #: Addresses (or DNS names) the servers are reached at besides loopback: each host of a
     #: cluster spread over machines. Peers and clients check the one they dialled.
     server_hosts: tuple[str, ...] = ()
+    #: Addresses root's certificate names: where the stack's own tools connect from, when
+    #: not loopback (etcd checks a client certificate's addresses on its metrics port).
+    admin_hosts: tuple[str, ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -355,7 +358,11 @@ class ControlPlane:
             partial.write_bytes(ca)
             partial.chmod(0o644)
             partial.replace(target)
-        hosts = {ETCD_SERVER: self.server_hosts, NATS_SERVER: self.server_hosts}
+        hosts = {
+            ETCD_SERVER: self.server_hosts,
+            NATS_SERVER: self.server_hosts,
+            ADMIN_IDENTITY: self.admin_hosts,
+        }
         certs.ensure(self.directory, sorted(RESERVED_NAMES), ca_dir=self._ca_dir(), hosts=hosts)
 
     def _ca_dir(self) -> Path:

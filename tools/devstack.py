@@ -36,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -51,6 +52,7 @@ __all__ = [
     "ListeningProcess",
     "NatsCluster",
     "NatsProcess",
+    "Placement",
     "ServiceProcess",
     "binary",
     "free_port",
@@ -652,10 +654,35 @@ class NatsCluster:
         return None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a stack's processes run when not all on this machine's loopback: hosts by address,
+    each with the command prefix that runs a process there (``ip netns exec <ns>`` for the
+    network namespaces of `make multihost`). etcd member and NATS node i run on host i,
+    replica `slot` of every deployment on host ``(slot - 1) % hosts``, the gateway on host 0.
+    `admin_hosts`: where the stack's own tools connect from (the control plane's root
+    certificate names them: etcd checks a client's address on its metrics port)."""
+
+    addresses: tuple[str, ...]
+    prefixes: tuple[tuple[str, ...], ...]
+    admin_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.addresses or len(self.addresses) != len(self.prefixes):
+            raise ValueError(
+                f"a placement needs one command prefix per host: {len(self.addresses)} "
+                f"addresses, {len(self.prefixes)} prefixes"
+            )
+
+    def replica_host(self, slot: int) -> int:
+        return (slot - 1) % len(self.addresses)
+
+
 class DevStack:
     """etcd and NATS under one base directory; stops both on exit, even after a failure.
     Secured when given a `ControlPlane`, plaintext otherwise. `size` 3 (`mesh up --ha`):
-    a 3-member etcd cluster and a 3-node NATS cluster instead of one of each."""
+    a 3-member etcd cluster and a 3-node NATS cluster instead of one of each. A `placement`
+    puts one member and one node on each of its hosts."""
 
     def __init__(
         self,
@@ -664,13 +691,26 @@ class DevStack:
         nats: bool = True,
         control_plane: ControlPlane | None = None,
         size: int = 1,
+        placement: Placement | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.control_plane = control_plane
-        self.size = size
+        self.size = size = len(placement.addresses) if placement is not None else size
         self.etcd: EtcdProcess | EtcdCluster
         self.nats: NatsProcess | NatsCluster | None
-        if size == 1:
+        if placement is not None:
+            hosts = list(placement.addresses)
+            self.etcd = EtcdCluster(base_dir, size=size, control_plane=control_plane, hosts=hosts)
+            self.nats = (
+                NatsCluster(base_dir, size=size, control_plane=control_plane, hosts=hosts)
+                if nats
+                else None
+            )
+            for index, member in enumerate(self.etcd.members):
+                member.prefix = placement.prefixes[index]
+                if self.nats is not None:
+                    self.nats.nodes[index].prefix = placement.prefixes[index]
+        elif size == 1:
             self.etcd = EtcdProcess(self.base_dir / "etcd.data", control_plane=control_plane)
             self.nats = (
                 NatsProcess(self.base_dir / "nats.data", control_plane=control_plane)

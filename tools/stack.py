@@ -49,7 +49,13 @@ from hms_tools.contracts import Contracts, default_descriptor_set
 from hms_tools.control import ControlError, answering, serve_control
 from hms_tools.controlplane import ControlPlane, policy_for, served_services
 from hms_tools.devjwt import DEV_ISSUER, ensure_signing_key
-from hms_tools.devstack import TEST_BACKENDS, DevStack, GatewayProcess, ServiceProcess
+from hms_tools.devstack import (
+    TEST_BACKENDS,
+    DevStack,
+    GatewayProcess,
+    Placement,
+    ServiceProcess,
+)
 from hms_tools.errors import OperatorError
 from hms_tools.manifest import MANIFEST_FILE, Manifest, deployment_folders, load_manifests
 from hms_tools.stackfile import CONTROL_SOCKET, STACK_FILE
@@ -258,10 +264,20 @@ class StackConfig:
 class Stack:
     """Start with `await stack.start()`, stop with `await stack.stop()`.
 
-    `report` gets what an operator must see at once (a service that crashed, its restart)."""
+    `report` gets what an operator must see at once (a service that crashed, its restart).
+    `placement` runs the processes on several hosts (`make multihost`: network namespaces)
+    instead of this machine's loopback: an etcd member and a NATS node on each, replica
+    `slot` of every deployment on host ``(slot - 1) % hosts``, the gateway on the first."""
 
-    def __init__(self, config: StackConfig, *, report: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        report: Callable[[str], None] = print,
+        placement: Placement | None = None,
+    ) -> None:
         self.config = config
+        self.placement = placement
         self.state_dir = config.state_dir.resolve()
         self.tls_dir = self.state_dir / "tls"
         self.ca_dir = self.state_dir / "ca"  # the CA key: never in the TLS dir services read
@@ -348,8 +364,14 @@ class Stack:
             policy = await asyncio.to_thread(
                 policy_for, self.deployments, self.config.namespace, publishes=publishes
             )
+            placement = self.placement
             self.control_plane = ControlPlane(
-                self.tls_dir, policy, ca_dir=self.ca_dir, own_dir=self.state_dir / "controlplane"
+                self.tls_dir,
+                policy,
+                ca_dir=self.ca_dir,
+                own_dir=self.state_dir / "controlplane",
+                server_hosts=placement.addresses if placement is not None else (),
+                admin_hosts=placement.admin_hosts if placement is not None else (),
             )
         # Who may serve what: each deployment the services its code serves, nothing else.
         served = await asyncio.to_thread(lambda: {d: served_services(d) for d in self.deployments})
@@ -359,7 +381,10 @@ class Stack:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         (self.run_dir / "logs").mkdir(parents=True)
         self.dev = DevStack(
-            self.run_dir, control_plane=self.control_plane, size=HA_SIZE if self.config.ha else 1
+            self.run_dir,
+            control_plane=self.control_plane,
+            size=HA_SIZE if self.config.ha else 1,
+            placement=self.placement,
         )
         await asyncio.to_thread(self.dev.start)
         try:
@@ -371,7 +396,7 @@ class Stack:
             self.supervisor = Supervisor(
                 self._launch,
                 self._registry,
-                serving=self._serving,
+                serving=self.instance_serving,
                 report=self.report,
                 changed=self._write_info,
                 ready_timeout=self.config.ready_timeout,
@@ -414,6 +439,8 @@ class Stack:
         admin = self.control_plane.admin if self.control_plane is not None else None
         nc = await nats.connect(self.dev.nats.url.split(","), **NatsAccess(admin).options())
         replicas = HA_SIZE if self.config.ha else 1
+        if self.placement is not None:
+            replicas = min(HA_SIZE, len(self.placement.addresses))
         try:
             js = nc.jetstream()
             await _jetstream_ready(js, self.config.ready_timeout)
@@ -441,9 +468,19 @@ class Stack:
     def _launch(self, deployment: str, slot: int, instance_id: str) -> ServiceProcess:
         args = self.service_args(deployment, slot, instance_id)
         log_path = self.run_dir / "logs" / f"{deployment}-{slot}.log"
-        return ServiceProcess(deployment, args, env=self.env(), log_path=log_path).start()
+        process = ServiceProcess(deployment, args, env=self.env(), log_path=log_path)
+        if self.placement is not None:
+            host = self.placement.replica_host(slot)
+            process.args.append(f"--host={self.placement.addresses[host]}")
+            process.prefix = self.placement.prefixes[host]
+        return process.start()
 
-    async def _serving(self, instance: keys.Instance) -> bool:
+    @property
+    def registry(self) -> Discovery | None:
+        """The stack's own watch of the registry (as `ops`), once started."""
+        return self._registry
+
+    async def instance_serving(self, instance: keys.Instance) -> bool:
         """Does the instance's own health check say SERVING (asked as an operator would)?"""
         files = tls.TlsFiles(self.tls_dir, OPS_IDENTITY)
         channel = tls.instance_channel(instance.address, instance.identity, files)
@@ -483,8 +520,13 @@ class Stack:
             f"--tls-dir={self.tls_dir}",
             f"--cert-name={GATEWAY_IDENTITY}",
         ]
+        if self.placement is not None:
+            args.append(f"--host={self.placement.addresses[0]}")
         log_path = self.run_dir / "logs" / "gateway.log"
-        gateway = self.gateway = GatewayProcess(args, env=self.env(), log_path=log_path).start()
+        gateway = GatewayProcess(args, env=self.env(), log_path=log_path)
+        if self.placement is not None:
+            gateway.prefix = self.placement.prefixes[0]
+        gateway = self.gateway = gateway.start()
         try:
             await asyncio.to_thread(gateway.wait_url, self.config.ready_timeout)
             # Ready means REST works: the gateway has learnt the registered services' routes.

@@ -52,6 +52,22 @@ __all__ = ["ChannelStats", "MeshChannel", "ServiceStats"]
 
 log = logging.getLogger(__name__)
 
+#: HTTP/2 keepalive while calls are open: an instance whose host vanished without a word
+#: (its link cut, its machine off, its process stopped: no RST, no FIN) is known dead within
+#: ~4 s (2 s quiet, then a ping unanswered for 2 s; not less, so that a busy machine's late
+#: answer is not taken for a dead host). The calls in flight on it then fail as UNAVAILABLE
+#: (retried elsewhere where safe) and new calls go to others, instead of each waiting out its
+#: deadline until the instance's lease expires. grpc 1.85 times a keepalive ping out after
+#: `ping_timeout_ms` (1 min by default), not `keepalive_timeout_ms` alone: both are set. The
+#: service host accepts pings this often (mesh.server.host.PING_POLICY).
+INSTANCE_KEEPALIVE: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.ping_timeout_ms", 2000),
+)
+
 
 @dataclass(frozen=True)
 class ServiceStats:
@@ -254,6 +270,7 @@ class MeshChannel:
         options = [
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
+            *INSTANCE_KEEPALIVE,
         ]
         if self.config.tls is None:
             return grpc.aio.insecure_channel(

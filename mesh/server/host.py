@@ -53,6 +53,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Callers' keepalive pings are welcome every second, however long a call stays quiet (a
+#: watch stream): the mesh channel pings every 2 s while calls are open, to learn within
+#: seconds that a host went away silently (mesh.client.channel.INSTANCE_KEEPALIVE). grpc's
+#: default (5 min between pings without data, 2 strikes) would end such connections with
+#: GOAWAY "too_many_pings".
+PING_POLICY: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 #: grpc core's own limit on a received message.
@@ -167,7 +177,10 @@ class ServiceHost:
             raise ValueError("add at least one servicer before start()")
         self._server = server = grpc.aio.server(
             interceptors=self._interceptors,
-            options=[("grpc.max_receive_message_length", self.config.max_receive_message_bytes)],
+            options=[
+                ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
+                *PING_POLICY,
+            ],
         )
         for _, add, servicer in self._servicers:
             add(servicer, server)

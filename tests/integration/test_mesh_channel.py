@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -323,3 +325,62 @@ async def test_streaming_calls_go_through_the_mesh(
             pass
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "count" in (bad.value.details() or "")
+
+
+async def test_a_replica_that_goes_silent_is_left_within_seconds_not_at_its_deadline(
+    start_service: ServiceFactory, discovery: Discovery, channel: MeshChannel
+) -> None:
+    """A host that vanishes without a word (its link cut, its machine off) sends no RST: the
+    calls in flight on it would wait out their deadlines, and its lease keeps it listed. A
+    stopped process (SIGSTOP) is such a peer: its kernel keeps the connection open, nothing
+    answers on it. HTTP/2 keepalive finds it dead in seconds; the calls in flight on it fail
+    as UNAVAILABLE and, being idempotent, are retried on the others. (Without the keepalive,
+    the calls in flight when it stopped fail at their 8 s deadline: 4 to 6 per run.)"""
+    replicas = await start_replicas(start_service, discovery, ["echo-a", "echo-b", "echo-c"], 30)
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    await until(
+        lambda: _served_by_all(stub, {"echo-a", "echo-b", "echo-c"}), 20, "calls reach all three"
+    )
+    silent, _ = replicas["echo-c"]
+    outcomes: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            try:
+                await stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=8)
+                outcomes["ok"] += 1
+            except grpc.aio.AioRpcError as exc:
+                outcomes[exc.code().name] += 1
+
+    workers = [asyncio.create_task(caller()) for _ in range(8)]
+    try:
+        await until(_true_after(lambda: outcomes["ok"] > 50), 10, "load under way")
+        os.kill(silent.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        # Past a keepalive's detection (~3 s) and more, well inside the lease (30 s).
+        await until(_true_after(lambda: time.monotonic() - started > 10), 15, "10 s of load")
+        stop.set()
+        await asyncio.gather(*workers)
+    finally:
+        stop.set()
+        os.kill(silent.pid, signal.SIGCONT)
+        for task in workers:
+            task.cancel()
+    assert set(outcomes) == {"ok"}, outcomes
+
+
+async def _served_by_all(stub: echo_pb2_grpc.EchoServiceStub, names: set[str]) -> bool:
+    seen = set()
+    for _ in range(30):
+        reply = await stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5)
+        seen.add(reply.served_by)
+    return seen == names
+
+
+def _true_after(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        await asyncio.sleep(0.05)  # lets the callers run between checks
+        return predicate()
+
+    return check
