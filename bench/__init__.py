@@ -43,6 +43,7 @@ BENCHMARKS: tuple[str, ...] = (
     "bench.mesh_vs_bare",
     "bench.events",
     "bench.gateway",
+    "bench.scaling",
 )
 
 Figures: TypeAlias = dict[str, float | int | str]

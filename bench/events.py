@@ -1,17 +1,21 @@
 """What the mesh's event publisher costs against raw nats-py JetStream, on a real nats-server.
 
-- Throughput, four modes on one connection, N `VoucherSubmitted` events each:
+- Throughput, on one connection, N `VoucherSubmitted` events per mode:
   `raw_seq` awaits each `js.publish(subject, payload)` ack in turn; `raw_c64` keeps 64 in flight
-  (64 workers on one shared iterator, the shape `publish_many` uses); `mesh_seq` is
-  `Publisher.publish` in turn; `mesh_c64` is `Publisher.publish_many(concurrency=64)`. Raw sends
-  the bare payload; the mesh adds its four headers (`Nats-Msg-Id` for de-duplication, `ce-type`,
-  `ce-source`, `ce-time`) and a PRODUCER span (tracing off: OpenTelemetry's no-op provider), so
-  the ratio is the whole price. `raw_headers_c64` is raw at 64 in flight with the same four
-  headers built by hand (a fresh uuid4 each), which splits that price into the headers' share
-  and the mesh code's; `raw_msgid_c64` sends only `Nats-Msg-Id`, the one header the issue
-  requires for de-duplication, which shows what de-duplication alone costs.
-  The four run interleaved, in an order reversed every other round, three rounds; figures are
-  medians and each ratio is the median of the ratios paired within a round.
+  the naive way (64 workers awaiting `js.publish` on one shared iterator); `raw_async_c64`
+  keeps a window of 64 acks outstanding with nats-py's pipelined `js.publish_async` (no round
+  trip per message), the fastest raw mechanism; `mesh_seq` is `Publisher.publish` in turn;
+  `mesh_c64` is `Publisher.publish_many(concurrency=64)` (pipelined the same way, with each
+  ack awaited under a deadline). Raw sends the bare payload; the mesh adds its headers (a
+  binary-mode CloudEvent: `ce-specversion`, `ce-id`, `ce-type`, `ce-source`, `ce-time`;
+  `Nats-Msg-Id` for de-duplication; `traceparent`), so `throughput_ratio` (mesh_c64 /
+  raw_c64) is the whole price against what a team would write by hand. `raw_headers_c64` and
+  `raw_async_headers_c64` send the same headers built by hand (a fresh id each):
+  `async_throughput_ratio` (mesh_c64 / raw_async_headers_c64) is what the mesh's own code
+  costs over the fastest raw publishing of the same messages; `raw_msgid_c64` sends only
+  `Nats-Msg-Id`, which shows what de-duplication alone costs.
+  The modes run interleaved, in an order reversed every other round, three rounds; figures
+  are medians and each ratio is the median of the ratios paired within a round.
 - Latency: one event at a time (the next is published only after the handler saw the previous,
   so nothing queues), from just before `Publisher.publish` to the start of the handler of a
   `Subscriber` on another connection; the send time is kept in a dict keyed by event id.
@@ -20,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import statistics
 import tempfile
 import time
@@ -35,6 +40,7 @@ from nats.js import JetStreamContext
 from bench import BenchmarkFailed, Figures, percentile
 from hms.testing.v1.events_pb2 import VoucherSubmitted
 from hms_tools.devstack import NatsProcess
+from mesh import tracecontext
 from mesh.events import ConsumerSpec, EventMeta, Publisher, Subscriber, ensure_stream
 from mesh.events.subjects import Headers, event_subject, events_stream
 
@@ -44,7 +50,10 @@ CONCURRENCY = 64
 ROUNDS = 3
 LATENCY_PREFIX = "benchlat"  # its own stream, so the subscriber does not replay the others
 HANDLER_TIMEOUT = 5.0
+#: The issue's targets: against raw gather without headers, and against raw pipelined
+#: publishing of the same headers.
 TARGET_RATIO = 0.8
+TARGET_ASYNC_RATIO = 0.9
 
 
 @dataclass(frozen=True)
@@ -65,12 +74,17 @@ Mode = Callable[[int], Awaitable[None]]
 
 
 def _headers() -> dict[str, str]:
-    """The mesh's header set, built by hand: what raw publishing with de-duplication costs."""
+    """The mesh's header set, built by hand: what raw publishing of the same valid
+    CloudEvents, with de-duplication and trace context, costs."""
+    event_id = str(uuid.uuid4())
     return {
-        Headers.MSG_ID: str(uuid.uuid4()),
+        Headers.MSG_ID: event_id,
+        Headers.SPEC_VERSION: Headers.SPEC_VERSION_VALUE,
+        Headers.ID: event_id,
         Headers.TYPE: EVENT.DESCRIPTOR.full_name,
         Headers.SOURCE: "bench",
         Headers.TIME: "2025-01-02T03:04:05.678000Z",
+        Headers.TRACEPARENT: tracecontext.new_traceparent(),
     }
 
 
@@ -96,11 +110,26 @@ def raw_modes(js: JetStreamContext) -> dict[str, Mode]:
 
         return c64
 
+    def pipelined(headers_of: Callable[[], dict[str, str]] | None) -> Mode:
+        async def async_c64(n: int) -> None:
+            window: collections.deque[asyncio.Future[object]] = collections.deque()
+            for _ in range(n):
+                headers = headers_of() if headers_of is not None else None
+                window.append(await js.publish_async(SUBJECT, payload, headers=headers))
+                if len(window) >= CONCURRENCY:
+                    await window.popleft()
+            while window:
+                await window.popleft()
+
+        return async_c64
+
     return {
         "raw_seq": seq,
         "raw_c64": in_flight(None),
         "raw_msgid_c64": in_flight(lambda: {Headers.MSG_ID: str(uuid.uuid4())}),
         "raw_headers_c64": in_flight(_headers),
+        "raw_async_c64": pipelined(None),
+        "raw_async_headers_c64": pipelined(_headers),
     }
 
 
@@ -141,6 +170,8 @@ async def throughput(js: JetStreamContext, publisher: Publisher, plan: Plan) -> 
     figures["headers_throughput_ratio"] = ratio("raw_headers_c64", "raw_c64")
     figures["msgid_only_throughput_ratio"] = ratio("raw_msgid_c64", "raw_c64")
     figures["mesh_vs_raw_headers_throughput_ratio"] = ratio("mesh_c64", "raw_headers_c64")
+    figures["async_throughput_ratio"] = ratio("mesh_c64", "raw_async_headers_c64")
+    figures["raw_async_vs_gather_throughput_ratio"] = ratio("raw_async_c64", "raw_c64")
     figures["messages_per_mode"] = plan.messages
     figures["rounds"] = ROUNDS
     return figures
@@ -193,7 +224,11 @@ async def measure(url: str, plan: Plan) -> Figures:
         await ensure_stream(js, events_stream())
         figures = await throughput(js, Publisher(js, "bench"), plan)
         figures |= await publish_to_handler(nc, sub_nc, plan)
-        figures["target"] = "met" if figures["throughput_ratio"] >= TARGET_RATIO else "missed"
+        met = (
+            figures["throughput_ratio"] >= TARGET_RATIO
+            and figures["async_throughput_ratio"] >= TARGET_ASYNC_RATIO
+        )
+        figures["target"] = "met" if met else "missed"
         return figures
     finally:
         await sub_nc.close()

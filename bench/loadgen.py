@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -54,12 +55,41 @@ class CallFailed(Exception):
 Call = Callable[[], Awaitable[object]]
 
 
+def processes_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes `pids` and their children
+    (a supervisor's workers), from /proc; a process that is gone counts 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        fields = stat.rsplit(") ", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        todo += [int(child) for child in children]
+    return total / tick
+
+
 async def measure(
-    new_caller: Callable[[], Awaitable[Call]], concurrency: int, warmup: float, duration: float
+    new_caller: Callable[[], Awaitable[Call]],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    watch_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run `concurrency` callers for warmup + duration seconds; figures of the duration.
 
-    ``new_caller()`` gives each caller its call (its own connection, for HTTP).
+    ``new_caller()`` gives each caller its call (its own connection, for HTTP). The CPU time
+    of `watch_pids` (the servers, their workers included) over the same window is reported
+    as ``servers_cpu_s``.
     """
     started = time.perf_counter()
     window_start = started + warmup
@@ -67,6 +97,7 @@ async def measure(
     latencies: list[float] = []
     errors: dict[str, int] = {}
     cpu: list[float] = []
+    servers: list[float] = []
 
     async def caller() -> None:
         call = await new_caller()
@@ -90,8 +121,10 @@ async def measure(
         # CPU time of the whole process (grpc's C threads included) over the window.
         await asyncio.sleep(window_start - time.perf_counter())
         cpu.append(time.process_time())
+        servers.append(processes_cpu(watch_pids))
         await asyncio.sleep(window_end - time.perf_counter())
         cpu.append(time.process_time())
+        servers.append(processes_cpu(watch_pids))
 
     meter = asyncio.create_task(cpu_meter())
     await asyncio.gather(*(caller() for _ in range(concurrency)))
@@ -106,6 +139,7 @@ async def measure(
         "p99_ms": percentile(ms, 99),
         "cpu_s": cpu[1] - cpu[0],
         "cpu_per_call_ms": (cpu[1] - cpu[0]) * 1000 / calls if calls else float("nan"),
+        "servers_cpu_s": servers[1] - servers[0],
         "errors": errors,
     }
 
@@ -208,9 +242,10 @@ async def http_caller(url: str) -> Call:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    watch = tuple(int(p) for p in args.watch_pids.split(",") if p)
     if args.mode == "http":
         figures = await measure(
-            lambda: http_caller(args.url), args.concurrency, args.warmup, args.duration
+            lambda: http_caller(args.url), args.concurrency, args.warmup, args.duration, watch
         )
         return {"mode": args.mode, "concurrency": args.concurrency, **figures}
     files = tls.TlsFiles(Path(args.tls_dir), args.cert_name)
@@ -231,7 +266,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async def grpc_caller() -> Call:
             return lambda: stub.Echo(request, timeout=CALL_TIMEOUT)
 
-        figures = await measure(grpc_caller, args.concurrency, args.warmup, args.duration)
+        figures = await measure(grpc_caller, args.concurrency, args.warmup, args.duration, watch)
     finally:
         await channel.close()
         if records is not None:
@@ -269,6 +304,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--trace-sample", type=float, default=0.0, help="mesh: svc.trace sampling rate (0: off)"
     )
     parser.add_argument("--concurrency", type=int, default=1, help="calls in flight")
+    parser.add_argument(
+        "--watch-pids",
+        default="",
+        help="comma-separated pids whose CPU time (theirs and their children's) over the "
+        "window is reported as servers_cpu_s",
+    )
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds not measured")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured")
     args = parser.parse_args(argv)

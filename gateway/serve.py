@@ -93,6 +93,10 @@ class ListenConfig:
     trace_sample: float = 0.0
     nats: tuple[str, ...] = ()
     nats_access: NatsAccess = dataclasses.field(default_factory=NatsAccess)
+    #: A worker of `mesh gateway --workers N`: the listening sockets its supervisor bound,
+    #: inherited (file descriptors), instead of binding `port` and `ops_port` itself.
+    listen_fd: int | None = None
+    ops_listen_fd: int | None = None
 
     def __post_init__(self) -> None:
         check_sample_rate(self.trace_sample)
@@ -144,17 +148,28 @@ class GatewayServer:
         self._server: uvicorn.Server | None = None
         self._nats: Any = None
 
-    async def run(self, on_listening: Callable[[str], object] = print) -> None:
-        sock = listening_socket(self.listen.host, self.listen.port)
-        sockets = [sock]
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        if self.listen.ops_port is not None:
+    def _sockets(self) -> list[socket.socket]:
+        """The public listener, then the ops listener if any: bound here, or inherited."""
+        listen = self.listen
+        if listen.listen_fd is not None:
+            sockets = [socket.socket(fileno=listen.listen_fd)]
+            if listen.ops_listen_fd is not None:
+                sockets.append(socket.socket(fileno=listen.ops_listen_fd))
+            return sockets
+        sockets = [listening_socket(listen.host, listen.port)]
+        if listen.ops_port is not None:
             try:
-                sockets.append(listening_socket(self.listen.ops_host, self.listen.ops_port))
+                sockets.append(listening_socket(listen.ops_host, listen.ops_port))
             except OSError:
-                sock.close()
+                sockets[0].close()
                 raise
+        return sockets
+
+    async def run(self, on_listening: Callable[[str], object] = print) -> None:
+        sockets = self._sockets()
+        host, port = sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        if len(sockets) > 1:
             ops_host, ops_port = sockets[1].getsockname()[:2]
             self.ops_url = f"http://{ops_host}:{ops_port}"
         # The gateway counts each request per route itself (gateway/app.py); the channel's

@@ -57,7 +57,13 @@ from hms_tools.devstack import (
     ServiceProcess,
 )
 from hms_tools.errors import OperatorError
-from hms_tools.manifest import MANIFEST_FILE, Manifest, deployment_folders, load_manifests
+from hms_tools.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    State,
+    deployment_folders,
+    load_manifests,
+)
 from hms_tools.stackfile import CONTROL_SOCKET, STACK_FILE
 from hms_tools.supervisor import OperationFailed, Supervisor
 from mesh import tls
@@ -78,6 +84,8 @@ log = logging.getLogger(__name__)
 
 OPS_IDENTITY = "ops"
 GATEWAY_IDENTITY = "gateway"
+#: The most worker processes a replica may have (`mesh up --workers`).
+MAX_WORKERS = 64
 #: Members of etcd and nodes of NATS under `mesh up --ha`: the smallest quorum that survives
 #: the loss of one.
 HA_SIZE = 3
@@ -211,6 +219,11 @@ class StackConfig:
     #: --insecure-control-plane`); by default both require TLS with a certificate from the
     #: stack's CA and enforce who may do what (tools/controlplane.py, docs/security.md).
     insecure_control_plane: bool = False
+    #: `mesh up --workers N`: N worker processes per replica of every deployment that keeps no
+    #: state (its manifest's `state = "none"`, or a test backend), each registered on its
+    #: own: the deployment uses N cores per replica. Deployments with a SQLite file keep one
+    #: process per replica (two writers of one file would serialize on its lock anyway).
+    workers: int = 1
     #: `mesh up --ha`: a 3-member etcd cluster and a 3-node NATS cluster (streams kept on 3
     #: replicas) instead of one of each; every client is given every endpoint.
     ha: bool = False
@@ -221,6 +234,8 @@ class StackConfig:
     policy_mode: str = "enforce"
 
     def __post_init__(self) -> None:
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, got {self.workers}")
         for name, count in self.scale.items():
             if count < 0:
                 raise ValueError(f"scale {name}={count}: replicas must be >= 0")
@@ -397,6 +412,7 @@ class Stack:
                 self._launch,
                 self._registry,
                 serving=self.instance_serving,
+                workers=self.workers,
                 report=self.report,
                 changed=self._write_info,
                 ready_timeout=self.config.ready_timeout,
@@ -459,11 +475,21 @@ class Stack:
             f"--instance-id={instance_id}",
         ]
         manifest = self.manifests.get(deployment)
+        if self.workers(deployment) > 1:
+            args.append(f"--workers={self.workers(deployment)}")
         if manifest is not None:
             args.append(f"--version={manifest.version}")
         if manifest is not None and manifest.drain_delay is not None:
             args.append(f"--drain-delay={manifest.drain_delay:g}")
         return args
+
+    def workers(self, deployment: str) -> int:
+        """Worker processes per replica of `deployment`: `StackConfig.workers` if it keeps no
+        state, else 1."""
+        manifest = self.manifests.get(deployment)
+        if manifest is not None and manifest.state != State.NONE:
+            return 1
+        return self.config.workers
 
     def _launch(self, deployment: str, slot: int, instance_id: str) -> ServiceProcess:
         args = self.service_args(deployment, slot, instance_id)
@@ -512,6 +538,8 @@ class Stack:
             # the service itself answers a file a little over its limit (413 naming it).
             # First: an operator's --gateway-arg=--body-limit=... comes later and wins.
             f"--body-limit={STACK_BODY_LIMIT}",
+            # As many gateway processes as workers per replica (`mesh up --workers`).
+            f"--workers={self.config.workers}",
             *self.config.gateway_args,
             # The stack's own last: for an option given twice argparse keeps the last one.
             f"--etcd={self.etcd_endpoint}",

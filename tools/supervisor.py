@@ -100,7 +100,12 @@ class Replica:
             "restarts": self.restarts,
             "log": str(self.proc.log_path),
             "instances": [
-                {"service": i.service, "address": i.address, "identity": i.identity}
+                {
+                    "service": i.service,
+                    "address": i.address,
+                    "identity": i.identity,
+                    "instance_id": i.instance_id,
+                }
                 for i in self.instances
             ],
         }
@@ -129,8 +134,12 @@ class Supervisor:
         grace: float = 15.0,
         backoff: BackoffPolicy = BackoffPolicy(base=0.2, cap=10.0),  # noqa: B008 - frozen
         stable_after: float = 30.0,
+        workers: Callable[[str], int] = lambda _deployment: 1,
     ) -> None:
         self._launch = launch
+        #: Worker processes per replica of a deployment (`--workers`): each registers as
+        #: ``<instance id>-w<i>``, and the replica is ready when all of them are.
+        self._workers = workers
         self._registry = registry
         self._serving = serving
         self._report = report
@@ -307,12 +316,20 @@ class Supervisor:
             f"{replica.name}: restarting in {delay:.1f} s (restart {replica.restarts + 1})"
         )
 
+    def _instance_ids(self, replica: Replica) -> set[str]:
+        count = self._workers(replica.deployment)
+        if count == 1:
+            return {replica.instance_id}
+        return {f"{replica.instance_id}-w{i}" for i in range(1, count + 1)}
+
     async def _until_ready(self, replica: Replica) -> None:
         """Until the replica is registered and SERVING; OperationFailed if it exits first or
         takes longer than the ready timeout."""
 
+        expected = self._instance_ids(replica)
+
         def mine(instances: list[keys.Instance]) -> bool:
-            return any(i.instance_id == replica.instance_id for i in instances)
+            return expected <= {i.instance_id for i in instances}
 
         registered = asyncio.ensure_future(self._registry.wait_for(mine, self.ready_timeout))
         try:
@@ -330,7 +347,7 @@ class Supervisor:
                 f"{replica.name} did not register within {self.ready_timeout:.0f} s "
                 f"(log: {replica.proc.log_path})"
             )
-        mine_now = [i for i in registered.result() if i.instance_id == replica.instance_id]
+        mine_now = [i for i in registered.result() if i.instance_id in expected]
         for instance in mine_now:
             if not await self._serving(instance):
                 raise OperationFailed(

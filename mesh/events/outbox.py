@@ -26,7 +26,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,11 +35,11 @@ from typing import Protocol
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
-from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from mesh.aio import back_off, cancel_and_wait
 from mesh.errors import Unavailable
+from mesh.events.publisher import BatchResult, OutgoingEvent
 from mesh.events.subjects import Headers, StreamSpec, format_time
 from mesh.resilience.backoff import Backoff, BackoffPolicy
 
@@ -84,13 +84,9 @@ def _now() -> str:
 class EventPublisher(Protocol):
     """What the relay needs of `mesh.events.Publisher`."""
 
-    async def publish(
-        self,
-        message: Message,
-        *,
-        event_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> object: ...
+    async def publish_batch(
+        self, events: Sequence[OutgoingEvent], *, window: int = 64
+    ) -> BatchResult: ...
 
 
 @dataclass(frozen=True)
@@ -363,26 +359,35 @@ class OutboxRelay:
         except sqlite3.OperationalError:
             return 0  # locked by a writer: mark next round
         rows = self.outbox.unsent(after=self._published_upto, limit=self.batch)
-        published = 0
+        events: list[OutgoingEvent] = []
+        unreadable: Exception | None = None
+        for row in rows:
+            try:
+                message = self._decode(row)
+            except Exception as exc:  # published up to it; raised after (the loop logs it)
+                unreadable = exc
+                break
+            # Under the trace of the transaction that added the event, so the publisher's and
+            # the handler's spans join the writer's trace.
+            context = propagate.extract(json.loads(row.trace or "{}"))
+            events.append(OutgoingEvent(message, row.event_id, self._order(row), context))
         try:
-            for row in rows:
-                # Publish under the trace of the transaction that added the event, so the
-                # publisher's and the handler's spans join the writer's trace.
-                token = otel_context.attach(propagate.extract(json.loads(row.trace or "{}")))
-                try:
-                    await self.publisher.publish(
-                        self._decode(row), event_id=row.event_id, headers=self._order(row)
-                    )
-                finally:
-                    otel_context.detach(token)
+            # Pipelined, in seq order: the acks come back for the rows stored in order up to
+            # the first failure; those are marked, the rest is published again next round
+            # (with the same ids: stored once).
+            result = await self.publisher.publish_batch(events, window=self.batch)
+            for row in rows[: len(result.acks)]:
                 self._published_upto = row.seq
                 self._unmarked.append(row.seq)
-                published += 1
         finally:
             with contextlib.suppress(sqlite3.OperationalError):
                 if not self.outbox.busy:
                     self._mark()
-        return published
+        if result.failure is not None:
+            raise result.failure
+        if unreadable is not None:
+            raise unreadable
+        return len(result.acks)
 
     async def _run(self) -> None:
         retry = Backoff(self.backoff)

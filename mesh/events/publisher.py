@@ -17,9 +17,11 @@ same `event_id`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import nats.errors
@@ -27,6 +29,7 @@ import nats.js.errors
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 
@@ -40,10 +43,19 @@ from mesh.events.subjects import (
     format_time,
 )
 
-__all__ = ["Publisher", "ensure_stream", "header_value", "stream_config"]
+__all__ = [
+    "BatchResult",
+    "OutgoingEvent",
+    "Publisher",
+    "ensure_stream",
+    "header_value",
+    "stream_config",
+]
 
 # JetStream: "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
+#: An event ready to send: full name, subject, event id, payload, headers (no trace yet).
+_Prepared = tuple[str, str, str, bytes, dict[str, str]]
 _TRACER_NAME = "mesh.events"
 
 
@@ -120,6 +132,65 @@ class Publisher:
             Headers.TIME: format_time(self._clock()),
         }
 
+    def _prepare(
+        self, message: Message, event_id: str | None, extra: Mapping[str, str] | None
+    ) -> _Prepared:
+        """(full name, subject, event id, payload, headers without trace context) of an event;
+        ValueError naming a malformed id or header value."""
+        full_name = message.DESCRIPTOR.full_name
+        subject = self._subjects.get(full_name)
+        if subject is None:
+            subject = self._subjects[full_name] = event_subject(self.prefix, full_name)
+        if event_id is None:
+            event_id = self._new_id()
+        elif not event_id or header_value(event_id) != event_id:
+            raise ValueError(f"event id {event_id!r} must be a non-empty single line")
+        headers = self.headers_for(full_name, event_id)
+        if extra:
+            for name, value in extra.items():
+                if header_value(value) != value:
+                    raise ValueError(f"header {name} value {value!r} must be a single line")
+            headers.update(extra)
+        return full_name, subject, event_id, message.SerializeToString(), headers
+
+    def _inject(self, headers: dict[str, str], context: otel_context.Context | None) -> None:
+        """The trace context of `context` (the current one if None) into `headers`; outside
+        any trace, the event starts a new one."""
+        if trace.get_current_span(context).get_span_context().is_valid:
+            (self._propagator or propagate.get_global_textmap()).inject(headers, context)
+        else:
+            headers[Headers.TRACEPARENT] = tracecontext.new_traceparent()
+
+    def _start_span(
+        self, subject: str, event_id: str, payload: bytes, context: otel_context.Context | None
+    ) -> trace.Span:
+        # OpenTelemetry messaging conventions: a PRODUCER span named "<operation> <destination>".
+        return self._tracer.start_span(
+            f"send {subject}",
+            context=context,
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+                "messaging.destination.name": subject,
+                "messaging.message.id": event_id,
+                "messaging.message.body.size": len(payload),
+            },
+        )
+
+    @staticmethod
+    def _end_span(span: trace.Span, ack: PubAck | None, error: BaseException | None) -> None:
+        if ack is not None:
+            span.set_attribute("messaging.nats.stream", ack.stream)
+            span.set_attribute("messaging.nats.stream_sequence", ack.seq)
+            if ack.duplicate:
+                span.set_attribute("messaging.nats.duplicate", True)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+        span.end()
+
     async def publish(
         self,
         message: Message,
@@ -132,51 +203,25 @@ class Publisher:
         Give `event_id` when retrying (or from an outbox row), so a second copy is dropped.
         `headers` are added to the event's own (the outbox relay's aggregate and sequence).
         """
-        full_name = message.DESCRIPTOR.full_name
-        subject = self._subjects.get(full_name)
-        if subject is None:
-            subject = self._subjects[full_name] = event_subject(self.prefix, full_name)
-        if event_id is None:
-            event_id = self._new_id()
-        elif not event_id or header_value(event_id) != event_id:
-            raise ValueError(f"event id {event_id!r} must be a non-empty single line")
-        payload = message.SerializeToString()
-        extra = headers
-        headers = self.headers_for(full_name, event_id)
-        if extra:
-            for name, value in extra.items():
-                if header_value(value) != value:
-                    raise ValueError(f"header {name} value {value!r} must be a single line")
-            headers.update(extra)
+        full_name, subject, event_id, payload, sent = self._prepare(message, event_id, headers)
         if not self._tracing():
             # No tracer installed: no span of ours (it cost ~8 % of a publish), but the
             # caller's trace context travels; outside any, the event starts a new trace.
-            if tracecontext.current_span_context() is None:
-                headers[Headers.TRACEPARENT] = tracecontext.new_traceparent()
-            else:
-                (self._propagator or propagate.get_global_textmap()).inject(headers)
-            return await self._send(full_name, subject, payload, headers)
-        # OpenTelemetry messaging conventions: a PRODUCER span named "<operation> <destination>".
-        with self._tracer.start_as_current_span(
-            f"send {subject}",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "publish",
-                "messaging.destination.name": subject,
-                "messaging.message.id": event_id,
-                "messaging.message.body.size": len(payload),
-            },
-        ) as span:
-            # Inside the span, so the consumer's span becomes a child of this one.
-            (self._propagator or propagate.get_global_textmap()).inject(headers)
-            ack = await self._send(full_name, subject, payload, headers)
-            span.set_attribute("messaging.nats.stream", ack.stream)
-            span.set_attribute("messaging.nats.stream_sequence", ack.seq)
-            if ack.duplicate:
-                span.set_attribute("messaging.nats.duplicate", True)
+            self._inject(sent, None)
+            return await self._send(full_name, subject, payload, sent)
+        span = self._start_span(subject, event_id, payload, None)
+        # The span's context, so the consumer's span becomes a child of this one.
+        self._inject(sent, trace.set_span_in_context(span))
+        ack: PubAck | None = None
+        error: BaseException | None = None
+        try:
+            ack = await self._send(full_name, subject, payload, sent)
             return ack
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end_span(span, ack, error)
 
     def _tracing(self) -> bool:
         return self._own_provider or tracecontext.tracer_installed()
@@ -186,15 +231,33 @@ class Publisher:
     ) -> PubAck:
         try:
             return await self._js.publish(subject, payload, timeout=self._timeout, headers=headers)
-        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
-            # JetStream answers a publish only on a subject some stream takes.
-            raise Unavailable(
-                f"publish {full_name}: no JetStream stream takes subject {subject} (create it "
-                "with mesh.events.ensure_stream(js, events_stream()); `mesh up` creates the "
-                "events and dead-letter streams)"
-            ) from exc
         except nats.errors.Error as exc:
-            raise Unavailable(f"publish {full_name} on {subject}: {exc!r}") from exc
+            raise _unavailable(full_name, subject, exc) from exc
+
+    async def publish_batch(
+        self, events: Sequence[OutgoingEvent], *, window: int = 64
+    ) -> BatchResult:
+        """Publish `events` in order, pipelined: each is sent without waiting for the acks of
+        those before it (JetStream's async publish, one reply subscription), with at most
+        `window` acks outstanding. Returns the acks of the events stored in order up to the
+        first failure, and that failure (None when all were stored). Events after a failure
+        may be stored too: publishing them again with the same ids stores each once.
+
+        A malformed event (its id or a header value) is a ValueError before anything is sent.
+        """
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        prepared = [self._prepare(e.message, e.event_id, e.headers) for e in events]
+        pipeline = _Pipeline(self, window)
+        try:
+            for event, ready in zip(events, prepared, strict=True):
+                if pipeline.failure is not None:
+                    break
+                await pipeline.send(event, ready)
+            await pipeline.drain()
+        finally:
+            pipeline.abandon()  # cancelled mid-batch: release nats-py's slots, end the spans
+        return BatchResult(pipeline.acks, pipeline.failure)
 
     async def publish_many(
         self,
@@ -203,10 +266,11 @@ class Publisher:
         event_ids: Iterable[str] | None = None,
         concurrency: int = 64,
     ) -> list[PubAck]:
-        """Publish every message with at most `concurrency` acks outstanding; acks in order.
+        """Publish every message, pipelined with at most `concurrency` acks outstanding;
+        acks in order.
 
-        The first failure stops the batch and is raised (events before it may be stored; retry
-        with the same `event_ids` to store each once).
+        The first failure is raised (events before it are stored; retry with the same
+        `event_ids` to store each once).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -216,22 +280,111 @@ class Publisher:
             ids = list(event_ids)
             if len(ids) != len(batch):
                 raise ValueError(f"{len(ids)} event ids for {len(batch)} messages")
-        acks: list[PubAck | None] = [None] * len(batch)
-        position = iter(range(len(batch)))
+        events = [OutgoingEvent(m, i) for m, i in zip(batch, ids, strict=True)]
+        result = await self.publish_batch(events, window=concurrency)
+        if result.failure is not None:
+            raise result.failure
+        return result.acks
 
-        async def worker() -> None:
-            # A fixed pool of workers rather than one task per message: a batch of a million
-            # creates 64 tasks, not a million.
-            for index in position:
-                acks[index] = await self.publish(batch[index], event_id=ids[index])
 
+class _Pipeline:
+    """The events of one `publish_batch` in flight: sent in order, settled oldest first."""
+
+    def __init__(self, publisher: Publisher, window: int) -> None:
+        self.publisher = publisher
+        self.window = window
+        self.tracing = publisher._tracing()
+        self.pending: collections.deque[
+            tuple[str, str, asyncio.Future[PubAck], trace.Span | None]
+        ] = collections.deque()
+        self.acks: list[PubAck] = []
+        self.failure: Exception | None = None
+
+    async def send(self, event: OutgoingEvent, prepared: _Prepared) -> None:
+        full_name, subject, event_id, payload, headers = prepared
+        publisher = self.publisher
+        span = None
+        if self.tracing:
+            span = publisher._start_span(subject, event_id, payload, event.context)
+            publisher._inject(headers, trace.set_span_in_context(span, event.context))
+        else:
+            publisher._inject(headers, event.context)
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(concurrency, len(batch))):
-                    group.create_task(worker())
-        except* Exception as failures:
-            raise failures.exceptions[0] from None
-        return [ack for ack in acks if ack is not None]
+            future = await publisher._js.publish_async(
+                subject, payload, wait_stall=publisher._timeout, headers=headers
+            )
+        except nats.errors.Error as exc:
+            error = _unavailable(full_name, subject, exc)
+            if span is not None:
+                publisher._end_span(span, None, error)
+            self.failure = self.failure or error
+            return
+        self.pending.append((full_name, subject, future, span))
+        if len(self.pending) >= self.window:
+            await self.settle_oldest()
+
+    async def settle_oldest(self) -> None:
+        full_name, subject, future, span = self.pending.popleft()
+        timeout = self.publisher._timeout
+        ack: PubAck | None = None
+        error: Exception | None = None
+        try:
+            # nats-py's future has no deadline of its own: an ack lost with a node would be
+            # awaited for ever.
+            ack = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            error = Unavailable(f"publish {full_name} on {subject}: no ack within {timeout} s")
+        except nats.errors.Error as exc:
+            error = _unavailable(full_name, subject, exc)
+        if span is not None:
+            self.publisher._end_span(span, ack, error)
+        if self.failure is None:
+            if error is not None:
+                self.failure = error
+            elif ack is not None:
+                self.acks.append(ack)
+
+    async def drain(self) -> None:
+        while self.pending:
+            await self.settle_oldest()
+
+    def abandon(self) -> None:
+        while self.pending:
+            _, _, future, span = self.pending.popleft()
+            future.cancel()
+            if span is not None:
+                span.end()
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    """One event of a batch: the message, its id (None: a new one), headers added to the
+    event's own, and the trace it belongs to (None: the current one)."""
+
+    message: Message
+    event_id: str | None = None
+    headers: Mapping[str, str] | None = None
+    context: otel_context.Context | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What `Publisher.publish_batch` stored: the acks of the events stored in order up to
+    the first failure, and that failure (None: every event stored)."""
+
+    acks: list[PubAck]
+    failure: Exception | None
+
+
+def _unavailable(full_name: str, subject: str, exc: BaseException) -> Unavailable:
+    if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
+        # JetStream answers a publish only on a subject some stream takes.
+        return Unavailable(
+            f"publish {full_name}: no JetStream stream takes subject {subject} (create it "
+            "with mesh.events.ensure_stream(js, events_stream()); `mesh up` creates the "
+            "events and dead-letter streams)"
+        )
+    return Unavailable(f"publish {full_name} on {subject}: {exc!r}")
 
 
 def stream_config(spec: StreamSpec) -> StreamConfig:

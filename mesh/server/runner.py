@@ -134,10 +134,28 @@ def parse_args(
         default=int(env.get("MESH_METRICS_PORT", "0")),
         help="Prometheus metrics port (0 picks a free one; see `mesh ls` metadata)",
     )
+    parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=env.get("MESH_WORKERS", "1"),
+        help="worker processes, each on its own port with its own registry entry, so the "
+        "service uses N cores (env MESH_WORKERS; default 1: this process serves)",
+    )
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true")
     if add_arguments is not None:
         add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _worker_count(value: str) -> int:
+    """A --workers value: a whole number from 1 to 64 (argparse's error otherwise)."""
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= _MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number from 1 to {_MAX_WORKERS}")
+    return int(value)
+
+
+_MAX_WORKERS = 64
 
 
 def trace_sample(value: str) -> float:
@@ -222,6 +240,23 @@ async def _serve(runtime: Runtime, servicers: Sequence[object]) -> int:
     return status
 
 
+def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
+    """This process as the supervisor of `args.workers` workers (mesh.server.workers)."""
+    from mesh.server.workers import Workers, worker_command
+
+    def command(index: int) -> list[str]:
+        return worker_command(
+            argv,
+            index,
+            instance_id=args.instance_id,
+            port=args.port,
+            metrics_port=args.metrics_port,
+        )
+
+    log.info("%s: %d workers", args.deployment, args.workers)
+    return asyncio.run(Workers(command, args.workers).run())
+
+
 def run_service(
     deployment: str,
     make_servicers: MakeServicers,
@@ -238,10 +273,13 @@ def run_service(
     ...                 add_arguments=lambda p: p.add_argument("--currency", default="GBP"))
     """
     args = parse_args(deployment, argv, add_arguments)
+    worker = f" w{args.worker}" if args.worker else ""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"%(asctime)s %(levelname)s {args.deployment} %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {args.deployment}{worker} %(name)s: %(message)s",
     )
+    if args.workers > 1:
+        sys.exit(_supervise(args, list(argv) if argv is not None else sys.argv[1:]))
     try:
         runtime = Runtime(args)
         servicers = make_servicers(runtime)

@@ -98,15 +98,16 @@ class Running:
 
 
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[Running]]]:
+async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
     async with AsyncExitStack() as exits:
 
-        async def start(replicas: int) -> Running:
+        async def start(replicas: int, workers: int = 1) -> Running:
             reports: list[str] = []
             config = StackConfig(
                 state_dir=tmp_path / "state",
                 deployments=(DEPLOYMENT,),
                 scale={DEPLOYMENT: replicas},
+                workers=workers,
                 lease_ttl=2,
                 # The load calls as `ops`; these tests are about availability, not the matrix.
                 policy=open_policy(tmp_path),
@@ -134,7 +135,7 @@ async def mesh_cli(state_dir: Path, *args: str) -> tuple[int, str]:
 
 
 async def test_sigterm_to_one_of_three_replicas_fails_no_call(
-    running: Callable[[int], Awaitable[Running]],
+    running: Callable[..., Awaitable[Running]],
 ) -> None:
     run = await running(3)
     victim = run.replicas()[0]
@@ -150,7 +151,7 @@ async def test_sigterm_to_one_of_three_replicas_fails_no_call(
 
 
 async def test_rolling_restart_fails_no_call(
-    running: Callable[[int], Awaitable[Running]],
+    running: Callable[..., Awaitable[Running]],
 ) -> None:
     run = await running(3)
     before = {r["name"]: r["pid"] for r in run.replicas()}
@@ -175,7 +176,7 @@ async def test_rolling_restart_fails_no_call(
 
 
 async def test_scale_up_and_down_live_fails_no_call(
-    running: Callable[[int], Awaitable[Running]],
+    running: Callable[..., Awaitable[Running]],
 ) -> None:
     run = await running(1)
 
@@ -195,7 +196,7 @@ async def test_scale_up_and_down_live_fails_no_call(
 
 
 async def test_a_killed_replica_is_reported_restarted_and_listed(
-    running: Callable[[int], Awaitable[Running]],
+    running: Callable[..., Awaitable[Running]],
 ) -> None:
     run = await running(2)
     victim = run.replicas()[1]
@@ -236,7 +237,7 @@ async def test_a_killed_replica_is_reported_restarted_and_listed(
     ],
 )  # fmt: skip
 async def test_control_refuses_bad_requests_and_the_stack_serves_on(
-    running: Callable[[int], Awaitable[Running]], request_: dict[str, Any], error: str
+    running: Callable[..., Awaitable[Running]], request_: dict[str, Any], error: str
 ) -> None:
     from hms_tools.control import ControlError
 
@@ -255,3 +256,23 @@ async def test_control_refuses_bad_requests_and_the_stack_serves_on(
     await run.stop_load()
     run.assert_nothing_failed()
     assert (run.stack.control_path.stat().st_mode & 0o777) == 0o600
+
+
+async def test_a_rolling_restart_of_replicas_with_workers_fails_no_call(
+    running: Callable[..., Awaitable[Running]],
+) -> None:
+    """`mesh up --workers 2`: each replica of a stateless service is two registered worker
+    processes; a restart waits for both of the replacement's workers to serve."""
+    run = await running(2, workers=2)
+    for replica in run.replicas():
+        ids = sorted(i["instance_id"] for i in replica["instances"])
+        assert ids == [f"{replica['instance_id']}-w1", f"{replica['instance_id']}-w2"]
+        assert len({i["address"] for i in replica["instances"]}) == 2
+
+    status, output = await mesh_cli(run.state_dir, "restart", DEPLOYMENT)
+
+    assert status == 0, output
+    assert all(len(r["instances"]) == 2 for r in run.replicas())
+    await run.stop_load()
+    run.assert_nothing_failed()
+    assert run.reports == []

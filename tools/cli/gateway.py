@@ -77,6 +77,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_stack_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes sharing the listening socket, each with its own mesh channel and "
+        "route table, so the gateway uses N cores (default 1)",
+    )
+    # A worker's own: the listening sockets its supervisor bound, inherited.
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ops-listen-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tls-dir", help="certificates (env MESH_TLS_DIR, else the stack's)")
     parser.add_argument("--cert-name", default="gateway", help="the gateway's own certificate")
     parser.add_argument("--insecure", action="store_true", help="call backends in plaintext")
@@ -279,6 +291,8 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         trace_sample=trace_sample,
         nats=nats,
         nats_access=nats_access,
+        listen_fd=args.listen_fd,
+        ops_listen_fd=args.ops_listen_fd,
     )
     return config, client, listen
 
@@ -304,6 +318,50 @@ def _trace_settings(
 def run(args: argparse.Namespace) -> int:
     from hms_gateway.serve import GatewayServer
 
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ValueError(f"--workers {args.workers}: give a number from 1 to {MAX_WORKERS}")
     config, client, listen = gateway_configs(args)
+    if args.workers > 1:
+        return _supervise(args, listen)
     asyncio.run(GatewayServer(config, client, listen).run(lambda line: print(line, flush=True)))
     return 0
+
+
+MAX_WORKERS = 64
+
+
+def _supervise(args: argparse.Namespace, listen: ListenConfig) -> int:
+    """`--workers N`: bind the listening sockets here, once, and run N workers on them
+    (mesh.server.workers: signals passed on, a worker that dies started again). The kernel
+    hands each new connection to one worker; each worker has its own mesh channel, route
+    table and /metrics (a scrape of the shared port reads the worker that accepted it)."""
+    import logging
+    import sys
+
+    from hms_gateway.serve import listening_socket
+    from mesh.server.workers import Workers, worker_command
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gateway %(message)s")
+    sockets = [listening_socket(listen.host, listen.port)]
+    if listen.ops_port is not None:
+        sockets.append(listening_socket(listen.ops_host, listen.ops_port))
+    fds = [sock.fileno() for sock in sockets]
+    inherited = [f"--listen-fd={fds[0]}"]
+    if len(fds) > 1:
+        inherited.append(f"--ops-listen-fd={fds[1]}")
+        host, port = sockets[1].getsockname()[:2]
+        print(f"gateway ops listening on http://{host}:{port}", flush=True)
+    host, port = sockets[0].getsockname()[:2]
+    # Said now: connections wait in the socket's backlog until a worker accepts them.
+    print(f"gateway listening on http://{host}:{port}", flush=True)
+    logging.info("%d workers share it", args.workers)
+    interpreter = [sys.executable, "-m", "hms_tools.cli"]
+
+    def command(index: int) -> list[str]:
+        return [*worker_command(sys.argv[1:], index, interpreter=interpreter), *inherited]
+
+    try:
+        return asyncio.run(Workers(command, args.workers, pass_fds=fds).run())
+    finally:
+        for sock in sockets:
+            sock.close()

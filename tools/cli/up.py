@@ -56,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--gateway-arg=--strict --gateway-arg=--port=8080); see `mesh gateway --help`",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N worker processes per replica of every service without state, each "
+        "registered on its own, so a replica uses N cores (default 1; services with a "
+        "SQLite file keep one)",
+    )
+    parser.add_argument(
         "--ha",
         action="store_true",
         help="a 3-member etcd cluster and a 3-node NATS JetStream cluster (streams on 3 "
@@ -126,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         gateway_args=tuple(args.gateway_args),
         insecure_control_plane=args.insecure_control_plane,
         ha=args.ha,
+        workers=args.workers,
         policy=args.policy,
         policy_mode=args.policy_mode,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -182,6 +183,7 @@ class EchoService(echo_pb2_grpc.EchoServiceServicer):
             deadline_left_ms=deadline_left_ms,
             previous_attempts=_previous_attempts(context.invocation_metadata() or ()),
             hops=[here],
+            pid=os.getpid(),
         )
 
     def _fails(self, fault: _Fault) -> bool:

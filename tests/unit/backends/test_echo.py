@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ async def test_echoes_the_message_and_who_served_it(method: str) -> None:
         deadline_left_ms=-1,
         previous_attempts=0,
         hops=[echo_pb2.Hop(served_by="echo-a", deadline_left_ms=-1)],
+        pid=os.getpid(),
     )
     assert sleep.delays == []
 

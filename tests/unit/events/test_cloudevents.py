@@ -5,6 +5,7 @@ CloudEvents consumer reads our events as they are."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -68,6 +69,13 @@ class CapturingJetStream:
     ) -> PubAck:
         self.sent.append((subject, payload, dict(headers)))
         return PubAck(stream="HMS_EVENTS", seq=len(self.sent))
+
+    async def publish_async(
+        self, subject: str, payload: bytes, *, wait_stall: float, headers: dict[str, str]
+    ) -> asyncio.Future[PubAck]:
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        future.set_result(await self.publish(subject, payload, timeout=wait_stall, headers=headers))
+        return future
 
 
 async def test_a_published_event_decodes_as_a_cloudevent() -> None:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
+from nats.js.api import PubAck
 
 from hms.testing.v1.events_pb2 import VoucherSubmitted
 from mesh.errors import Unavailable
 from mesh.events.outbox import Outbox, OutboxRelay
+from mesh.events.publisher import BatchResult, OutgoingEvent
 from mesh.events.subjects import Headers, events_stream
 from mesh.resilience.backoff import BackoffPolicy
 from mesh.testing import VirtualWallClock, eventually
@@ -46,6 +48,19 @@ class FakePublisher:
         self.headers.append(dict(headers or {}))
         self.changed.set()
         return None
+
+    async def publish_batch(
+        self, events: Sequence[OutgoingEvent], *, window: int = 64
+    ) -> BatchResult:
+        """In order, stopping at the first failure (as the real one reports it)."""
+        acks: list[PubAck] = []
+        for event in events:
+            try:
+                await self.publish(event.message, event_id=event.event_id, headers=event.headers)
+            except Unavailable as exc:
+                return BatchResult(acks, exc)
+            acks.append(PubAck(stream="HMS_EVENTS", seq=len(self.published)))
+        return BatchResult(acks, None)
 
 
 def fill(path: Path, outbox: Outbox, count: int, aggregates: int = 3) -> list[str]:

@@ -166,6 +166,7 @@ async def test_unary_ok(client: httpx.AsyncClient, channel: FakeChannel) -> None
         "deadlineLeftMs": "0",
         "previousAttempts": 0,
         "hops": [],
+        "pid": 0,
     }
     (call,) = channel.calls
     assert call.kind is CallKind.UNARY_UNARY

@@ -391,6 +391,7 @@ def test_echo_schemas_use_proto3_json_types() -> None:
         "deadlineLeftMs": {"type": "string", "format": "int64"},
         "previousAttempts": {"type": "integer", "format": "int32"},
         "hops": {"type": "array", "items": {"$ref": _REF + "hms.testing.v1.Hop"}},
+        "pid": {"type": "integer", "format": "int32"},
     }
     assert "hms.testing.v1.Hop" in schemas
 

@@ -369,6 +369,7 @@ _RESPONSE = echo_pb2.EchoResponse(
                 "deadlineLeftMs": "1099511627776",
                 "previousAttempts": 0,
                 "hops": [{"servedBy": "a", "deadlineLeftMs": "0", "traceId": ""}],
+                "pid": 0,
             },
             id="defaults-camel-unpopulated-int64-string",
         ),
