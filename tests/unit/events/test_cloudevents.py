@@ -71,10 +71,10 @@ class CapturingJetStream:
         return PubAck(stream="HMS_EVENTS", seq=len(self.sent))
 
     async def publish_async(
-        self, subject: str, payload: bytes, *, wait_stall: float, headers: dict[str, str]
+        self, subject: str, payload: bytes, *, headers: dict[str, str]
     ) -> asyncio.Future[PubAck]:
         future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        future.set_result(await self.publish(subject, payload, timeout=wait_stall, headers=headers))
+        future.set_result(await self.publish(subject, payload, timeout=5.0, headers=headers))
         return future
 
 
