@@ -65,6 +65,7 @@ def render_table(results: Mapping[str, Any]) -> str:
             for name in (
                 "restarted_after_s", "outage_s", "p99_ratio", "learnt_p99_ms", "ejections",
                 "retries", "applied", "applied_twice", "out_of_order", "drain_s",
+                "canary_share_by_step",
             )
             if name in figures
         )  # fmt: skip

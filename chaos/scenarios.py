@@ -65,6 +65,7 @@ ECHO = echo_pb2.EchoRequest(message="chaos")
 ECHO_JSON = b'{"message":"chaos"}'
 
 ECHO_STREAMS = ("rest echo", "grpc echo")
+ECHO = "hms.testing.v1.EchoService"
 ALL_STREAMS = (*ECHO_STREAMS, "rest eligibility", "grpc eligibility", "grpc notify")
 
 
@@ -279,6 +280,54 @@ async def failing_replica(run: Run) -> None:
     run.extra["retries"] = stats.retries
 
 
+CANARY = "0.2.0"
+CANARY_STEPS = (0, 5, 50, 100)  # % of echo's calls to the new version, in turn
+CANARY_HOLD_S = 6.0
+
+
+async def canary(run: Run) -> None:
+    """A new version of echo, shifted 0 -> 5 -> 50 -> 100 % with `mesh traffic set`'s write
+    (the control plane's root), the load going on; each step's share read off the answers."""
+    from hms_tools.devstack import ServiceProcess
+    from mesh.client.traffic import TrafficPolicy, traffic_key
+    from mesh.controlplane import ClientTls
+
+    stack = run.stack
+    old = run.replica("echo", 0).instances[0].version
+    instance_id = keys.new_instance_id("echo-9")
+    args = [*stack.service_args("echo", 9, instance_id), f"--version={CANARY}"]
+    log_path = stack.run_dir / "logs" / "echo-canary.log"
+    process = ServiceProcess("echo", args, env=stack.env(), log_path=log_path).start()
+    admin: ClientTls | None = stack.control_plane.admin if stack.control_plane else None
+    try:
+        await run.registered({instance_id})
+        run.mark("event")  # the canary registered: the shifts begin
+        shares: dict[str, float] = {}
+        async with Etcd(stack.etcd_endpoints, tls=admin) as etcd:
+            for percent in CANARY_STEPS:
+                policy = TrafficPolicy.of({old: 100 - percent, CANARY: percent})
+                await etcd.put(traffic_key(stack.config.namespace, ECHO), policy.to_json())
+                run.mark(f"{percent} % to {CANARY}")
+                await run.hold(CANARY_HOLD_S)
+                shares[f"{percent}%"] = await _share_of(run, process.pid)
+            run.extra["canary_share_by_step"] = shares
+            await etcd.delete(traffic_key(stack.config.namespace, ECHO))
+        run.mark("recovered")  # the split cleared: every version takes calls again
+    finally:
+        process.terminate()  # drains: its calls finish elsewhere
+        await asyncio.to_thread(process.wait, 30)
+
+
+async def _share_of(run: Run, pid: int, calls: int = 400) -> float:
+    """The share of `calls` echo calls (through the run's channel) that `pid` answered."""
+    stub = echo_pb2_grpc.EchoServiceStub(run.channel)
+    answered = 0
+    for _ in range(calls):
+        reply = await stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5)
+        answered += reply.pid == pid
+    return round(answered / calls, 3)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("1_kill9_one_of_three", "kill -9 one of three replicas", kill9,
              {"echo": 3}, recovery_within_s=3.0),
@@ -297,6 +346,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              {"echo": 3}, streams=ECHO_STREAMS, zero_failures=False, p99_ratio_within=2.0),
     Scenario("8_failing_replica", "one replica of three failing half its calls",
              failing_replica, {"echo": 3}, streams=ECHO_STREAMS),
+    Scenario("9_canary", "a new version shifted 0 -> 5 -> 50 -> 100 %", canary,
+             {"echo": 3}, streams=ECHO_STREAMS),
 )  # fmt: skip
 
 

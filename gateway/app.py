@@ -98,6 +98,7 @@ from mesh.aio import cancel_and_wait, cancelled_by_caller
 from mesh.client.call import CallKind
 from mesh.client.channel import MeshChannel
 from mesh.client.rpc import MeshCall
+from mesh.client.traffic import VERSION_METADATA
 from mesh.tracecontext import from_carrier
 from mesh.tracerecords import SIDE_GATEWAY, TraceEmitter
 
@@ -106,6 +107,9 @@ __all__ = ["Gateway", "GatewayMetrics"]
 Operation = Callable[[Responder], Awaitable[None]]
 
 log = logging.getLogger(__name__)
+
+#: The metadata key of a call's version pin (mesh.client.traffic.VERSION_METADATA).
+VERSION_KEY = VERSION_METADATA
 
 _JSON = "application/json"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -379,6 +383,10 @@ class Gateway:
         metadata = to_metadata(
             request.headers, client_ip=request.client, host=request.host, reserved=IDENTITY_KEYS
         )
+        if self.config.version_routes and not any(k == VERSION_KEY for k, _ in metadata):
+            pinned = self.config.version_for(request.path)
+            if pinned is not None:  # the route's prefix names the versions (/v2/ -> >=2)
+                metadata.append((VERSION_KEY, pinned))
         if identity is not None:
             metadata.extend(identity_metadata(identity))
         body = await read_body(request, self.config.body_limit)

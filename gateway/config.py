@@ -12,6 +12,7 @@ from hms_gateway.auth import JwtConfig
 from hms_gateway.cors import CorsPolicy
 from hms_gateway.ratelimit import RateLimit
 from hms_gateway.transcode import JsonOptions
+from mesh.client.semver import VersionRange
 
 __all__ = ["OPS_ACCESS", "GatewayConfig"]
 
@@ -42,8 +43,27 @@ class GatewayConfig:
     rate_limit: RateLimit | None = None
     cors: CorsPolicy | None = None
     ops: str = "open"
+    #: Route prefixes bound to version ranges (``("/v2/", ">=2")``, longest prefix first): a
+    #: request under the prefix that sends no ``X-Hms-Version`` goes to those versions only.
+    version_routes: tuple[tuple[str, str], ...] = ()
+
+    def version_for(self, path: str) -> str | None:
+        """The range a request to `path` is bound to by its prefix, or None."""
+        for prefix, text in self.version_routes:
+            if path.startswith(prefix):
+                return text
+        return None
 
     def __post_init__(self) -> None:
+        for prefix, text in self.version_routes:
+            if not prefix.startswith("/"):
+                raise ValueError(f"version route {prefix!r}: a path prefix starts with /")
+            try:
+                VersionRange.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"version route {prefix!r}: {exc}") from None
+        ordered = tuple(sorted(self.version_routes, key=lambda r: -len(r[0])))
+        object.__setattr__(self, "version_routes", ordered)
         if not 0 < self.default_timeout <= self.max_timeout:
             raise ValueError(
                 f"default_timeout must be > 0 and <= max_timeout ({self.max_timeout}), "

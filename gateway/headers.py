@@ -8,6 +8,7 @@ Request headers that reach the backend as metadata (everything else is dropped):
     X-Request-Id: r              -> x-request-id: r
     X-Forwarded-For: a           -> x-forwarded-for: a, <client ip>
     X-Forwarded-Host / Host      -> x-forwarded-host
+    X-Hms-Version: >=1.2 <2      -> x-hms-version       (the versions that may serve the call)
 
 A ``Grpc-Metadata-`` header whose target is a key gRPC or HTTP/2 keeps for itself (``grpc-*``,
 ``te``, ``content-type``, ``user-agent``, connection headers), one the gateway sets itself
@@ -96,10 +97,11 @@ _NOT_FROM_CLIENT = frozenset(
         # Passed through from their own headers, once: never a second value beside them.
         "authorization",
         "x-request-id",
+        "x-hms-version",
     }
 )
 # Passed through under their own (lower-case) names.
-_PASSED_THROUGH = frozenset({"authorization", "x-request-id"})
+_PASSED_THROUGH = frozenset({"authorization", "x-request-id", "x-hms-version"})
 
 
 def parse_grpc_timeout(value: str) -> float:
@@ -190,6 +192,7 @@ def to_metadata(
     if forwarded_host:
         metadata.append(("x-forwarded-host", forwarded_host))
     _forward_once(metadata, "authorization")
+    _forward_once(metadata, "x-hms-version")
     return metadata
 
 

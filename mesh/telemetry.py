@@ -324,11 +324,24 @@ class ChannelCollector(Collector):
             "Known instances ejected by outlier detection now (or on probation)",
             labels=["service"],
         )
+        by_version = CounterMetricFamily(
+            "mesh_client_version_attempts",
+            "Attempts per instance version and status code (a canary's errors beside the old's)",
+            labels=["service", "version", "code"],
+        )
+        redistributed = CounterMetricFamily(
+            "mesh_client_split_redistributed",
+            "Calls whose traffic-split subset had no ready instance: its share went elsewhere",
+            labels=["service"],
+        )
         for service in stats.services:
             ejections.add_metric([service.service], service.ejections_total)
             endpoints.add_metric([service.service], service.instances)
             ejected.add_metric([service.service], service.ejected)
-        return [retries, refused, ejections, endpoints, ejected]
+            for version, code, count in service.attempts_by_version:
+                by_version.add_metric([service.service, version, code], count)
+            redistributed.add_metric([service.service], service.split_redistributed)
+        return [retries, refused, ejections, endpoints, ejected, by_version, redistributed]
 
 
 def _code_of(exc: BaseException | None, context: Any) -> str:

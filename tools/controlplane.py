@@ -212,7 +212,10 @@ class Policy:
     def etcd_roles(self) -> list[EtcdRole]:
         registry = keys.services_prefix(self.namespace)
         read = (_READ, registry, _range_end(registry))
-        roles = [EtcdRole(self.reader_role, (read,))]
+        # Traffic policies (`mesh traffic`): every mesh channel reads them; root writes.
+        traffic = f"/{self.namespace}/traffic/".encode()
+        read_traffic = (_READ, traffic, _range_end(traffic))
+        roles = [EtcdRole(self.reader_role, (read, read_traffic))]
         for grant in self.grants:
             own = []
             for service in grant.services:
@@ -220,7 +223,9 @@ class Policy:
                 service_keys = keys.service_prefix(self.namespace, service)
                 mine = service_keys + f"{grant.deployment}-".encode()
                 own.append((_READWRITE, mine, _range_end(mine)))
-            roles.append(EtcdRole(self.deployment_role(grant.deployment), (read, *own)))
+            roles.append(
+                EtcdRole(self.deployment_role(grant.deployment), (read, read_traffic, *own))
+            )
         return roles
 
     def etcd_users(self) -> list[tuple[str, str]]:

@@ -36,6 +36,9 @@ from mesh.client.middleware import (
 from mesh.client.pool import ServicePool
 from mesh.client.reach import tcp_reachable
 from mesh.client.rpc import MeshCall
+from mesh.client.semver import VersionRange
+from mesh.client.traffic import VERSION_METADATA, Locality, TrafficPolicy
+from mesh.client.traffic_policies import TrafficPolicies
 from mesh.controlplane import etcd_client_tls
 from mesh.registry.etcd import Etcd
 from mesh.registry.keys import Instance
@@ -77,6 +80,10 @@ class ServiceStats:
     ejected: int  # of which ejected by outlier detection (or on probation)
     unreachable: int  # of which gated: nothing answered a connection lately
     ejections_total: int
+    #: Attempts per (version, status code name, count): how each version fares (a canary).
+    attempts_by_version: tuple[tuple[str, str, int], ...] = ()
+    #: Picks whose split subset had no ready instance: its share went to the others.
+    split_redistributed: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class MeshChannel:
         self._credentials: grpc.ChannelCredentials | None = None
         self._cert_stamp = self._stamp()
         self._rotation_task: asyncio.Task[None] | None = None
+        self._traffic: TrafficPolicies | None = None
         self._interceptors = _tracing_interceptors() if config.tracing else []
         #: Without OpenTelemetry's interceptor, each call is given the trace context here.
         self.sends_trace_context = not config.tracing
@@ -168,6 +176,10 @@ class MeshChannel:
         return channel
 
     def start(self) -> None:
+        if self.etcd is not None and self.config.traffic_policies:
+            self._traffic = TrafficPolicies(self.etcd, self.config.namespace)
+            self._traffic.subscribe(self._policy_changed)
+            self._traffic.start()
         if self.config.serving is None and self.config.tls is not None:
             log.warning(
                 "no serving policy: any mesh identity registered under a service may serve it "
@@ -176,7 +188,19 @@ class MeshChannel:
         if self.config.tls is not None and self.config.rotation_check > 0:
             self._rotation_task = asyncio.create_task(self._follow_rotation())
 
+    def _policy_changed(self, service: str, policy: TrafficPolicy | None) -> None:
+        pool = self._pools.get(service)
+        if pool is not None:
+            pool.policy = policy
+
+    @property
+    def traffic(self) -> TrafficPolicies | None:
+        """The traffic policies this channel follows (None: none read)."""
+        return self._traffic
+
     async def close(self) -> None:
+        if self._traffic is not None:
+            await self._traffic.stop()
         await cancel_and_wait(self._rotation_task)
         for discovery in self._discoveries.values():
             await discovery.stop()
@@ -218,7 +242,10 @@ class MeshChannel:
             probe=tcp_reachable if self.config.probe_connectivity else None,
             admit=self._admit,
             decisions=self.records.decision if self.records is not None else None,
+            locality=Locality(self.config.zone, self.config.locality_factor),
         )
+        if self._traffic is not None:
+            pool.policy = self._traffic.get(service)
         discovery: Discovery | StaticDiscovery
         if service in self.config.upstreams or self.etcd is None:
             discovery = static_discovery(self.config.upstreams, service)
@@ -234,6 +261,24 @@ class MeshChannel:
         self._discoveries[service] = discovery
         self._opening.pop(service, None)
         return pool
+
+    def _version_pin(
+        self, service: str, metadata: Sequence[tuple[str, str | bytes]] | None
+    ) -> str | None:
+        """The versions a call may go to: its ``x-hms-version`` metadata, else the config's
+        pin for the service, else any (None). A malformed range in the metadata fails the
+        call INVALID_ARGUMENT naming it."""
+        for key, value in metadata or ():
+            if key == VERSION_METADATA:
+                text = value.decode("latin-1") if isinstance(value, bytes) else value
+                try:
+                    VersionRange.parse(text)
+                except ValueError as exc:
+                    raise rpc_error(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{VERSION_METADATA}: {exc}"
+                    ) from None
+                return text
+        return self.config.version_pins.get(service)
 
     def _budget_refused(self, call: CallInfo) -> None:
         assert self.records is not None
@@ -389,7 +434,7 @@ class MeshChannel:
             deserializer=deserializer,
             idempotency=idempotency if idempotency is not None else idempotency_of(method),
             timeout=timeout,
-            version=version,
+            version=version or self._version_pin(service or service_of(method), metadata),
         )
         return MeshCall(info, self._chain)
 
@@ -409,6 +454,11 @@ class MeshChannel:
                     ejected=len(pool.endpoints) - counts[HealthState.ACTIVE],
                     unreachable=sum(not e.reach.usable(now) for e in pool.endpoints.values()),
                     ejections_total=pool.detector.ejections_total,
+                    attempts_by_version=tuple(
+                        (version, code, count)
+                        for (version, code), count in sorted(pool.version_attempts.items())
+                    ),
+                    split_redistributed=pool.split_redistributed,
                 )
             )
         return ChannelStats(
@@ -467,5 +517,6 @@ class _MultiCallable:
             idempotency=self._idempotency,
             timeout=timeout,
             wait_for_ready=wait_for_ready,
+            version=self._channel._version_pin(self._service, metadata),
         )
         return MeshCall(call, self._channel._chain)

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh.authz.serving import ServingPolicy
+from mesh.client.semver import VersionRange
+from mesh.client.traffic import Locality
 from mesh.controlplane import ClientTls
 from mesh.deadline import DeadlineConfig
 from mesh.registry.keys import Instance
@@ -63,8 +65,25 @@ class ClientConfig:
     #: The largest answer a call takes (gRPC's default, 4 MiB); a larger one fails the call
     #: RESOURCE_EXHAUSTED. Sending has no limit on the client side.
     max_receive_message_bytes: int = 4 * 1024 * 1024
+    #: A semver range per service (``{"hms.fees.v1.FeeService": ">=1.2 <2"}``): only instances
+    #: of a matching version take its calls (mesh.client.traffic); a call's own
+    #: ``x-hms-version`` metadata wins over it.
+    version_pins: Mapping[str, str] = field(default_factory=dict)
+    #: The caller's zone (``MESH_ZONE``): calls stay in it while it has healthy capacity
+    #: ("": every zone alike), and may go elsewhere once its load is `locality_factor` times
+    #: the other zones'.
+    zone: str = ""
+    locality_factor: float = 1.5
+    #: Read the traffic policies (version splits) in etcd, ``/<ns>/traffic/<service>``, live.
+    traffic_policies: bool = True
 
     def __post_init__(self) -> None:
+        for service, text in self.version_pins.items():
+            try:
+                VersionRange.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"version pin of {service}: {exc}") from None
+        Locality(self.zone, self.locality_factor)  # ValueError naming a bad factor
         if not self.etcd and not self.upstreams:
             raise ValueError("etcd: at least one endpoint is required (or static upstreams)")
         unknown = [name for name in self.layers if name not in LAYERS]

@@ -364,6 +364,15 @@ class PickLayer:
     async def __call__(self, call: CallInfo, next: Handler) -> Any:
         pool = await self.pool_for(call.service)
         endpoint = pool.pick(call.tried, call.version)
+        if endpoint is None and call.version and pool.endpoints and not pool.matches(call.version):
+            # Pinned to versions nobody runs: no wait or retry changes that (the caller's to
+            # fix), so fail fast naming the range and what exists.
+            call.sent = False
+            raise rpc_error(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no instance of {call.service} runs a version in {call.version!r} "
+                f"(registered: {', '.join(pool.versions())})",
+            )
         if endpoint is None and not call.waited_for_instance and not pool.any_serving(call.version):
             # None registered, or every one draining before its replacement registers: wait
             # a little (bounded) for the membership to change, once per call, not per retry.
@@ -379,6 +388,7 @@ class PickLayer:
         try:
             response = await next(call)
         except grpc.aio.AioRpcError as exc:
+            pool.version_attempts[endpoint.instance.version, exc.code().name] += 1
             self._failed(pool, endpoint, exc, started)
             raise
         finally:
@@ -386,6 +396,7 @@ class PickLayer:
             # instance: no success, no failure; a lost probe is given up after probe_timeout.
             endpoint.outstanding -= 1
         now = self.clock()
+        pool.version_attempts[endpoint.instance.version, "OK"] += 1
         endpoint.ewma.observe(now - started)
         endpoint.observed = True
         endpoint.reach.succeeded()

@@ -4,12 +4,16 @@ choice of which one takes the next call (outlier detection, health, P2C over pea
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from mesh.aio import cancel_and_wait
 from mesh.client.balance import pick_p2c
 from mesh.client.endpoint import DRAIN_GRACE, ChannelFactory, Endpoint
+from mesh.client.semver import VersionRange
+from mesh.client.traffic import Choice, Locality, TrafficPolicy, select, version_matches
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
 from mesh.resilience.outlier import OutlierConfig, OutlierDetector
@@ -28,6 +32,20 @@ PROBES_AT_ONCE = 32
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=256)
+def version_range(text: str) -> VersionRange:
+    """`text` as a range (parsed once per distinct text); text that is no range pins that
+    very version string."""
+    try:
+        return VersionRange.parse(text)
+    except ValueError:
+        return VersionRange.exact(text)
+
+
+def _in(pin: VersionRange, version: str) -> bool:
+    return version_matches(pin, version)
+
+
 class ServicePool:
     def __init__(
         self,
@@ -42,6 +60,7 @@ class ServicePool:
         probe: Probe | None = None,
         admit: Admit | None = None,
         decisions: DecisionSink | None = None,
+        locality: Locality | None = None,
     ) -> None:
         self.service = service
         self.endpoints: dict[str, Endpoint] = {}
@@ -61,6 +80,15 @@ class ServicePool:
         self._probe_slots = asyncio.Semaphore(PROBES_AT_ONCE)
         self._changed = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
+        #: The service's version split, read live from etcd (None: none).
+        self.policy: TrafficPolicy | None = None
+        self.locality = locality or Locality()
+        #: The last choice's subset and whether its share went elsewhere.
+        self.last_choice: Choice[Endpoint] | None = None
+        #: Attempts per (version, status code name): a canary's errors against the old's.
+        self.version_attempts: Counter[tuple[str, str]] = Counter()
+        #: Picks whose drawn split subset had no ready instance (its share went elsewhere).
+        self.split_redistributed = 0
 
     # -- membership, from the registry watch ----------------------------------------------
 
@@ -150,29 +178,46 @@ class ServicePool:
 
         A retry goes to an instance this call has not tried, when there is one. A fresh
         instance (no completed call yet) gets the next call as a warm-up, so a new replica
-        takes traffic at once instead of waiting for its seeded estimate to decay. With
-        `version`, only instances that registered it are candidates.
+        takes traffic at once instead of waiting for its seeded estimate to decay. Traffic
+        shaping comes first (mesh.client.traffic): `version`, a semver range, keeps the
+        matching instances; the service's split draws a version subset; the caller's zone is
+        kept while it has capacity. Among those the balancer chooses.
         """
         now = self._clock()
-        ready = [
-            e
-            for e in self.endpoints.values()
-            if e.serving
-            and e.reach.usable(now)
-            and (version is None or e.instance.version == version)
-        ]
-        untried = [e for e in ready if e.key not in tried]
+        ready = [e for e in self.endpoints.values() if e.serving and e.reach.usable(now)]
+        eligible = [e for e in ready if self.detector.eligible(e.key, now)]
+        choice = select(
+            eligible,
+            version_of=lambda e: e.instance.version,
+            zone_of=lambda e: e.instance.zone,
+            load_of=lambda e: float(e.outstanding),
+            pin=version_range(version) if version else None,
+            policy=self.policy,
+            locality=self.locality,
+            rand=self._rand,
+        )
+        self.last_choice = choice
+        if choice.redistributed:
+            self.split_redistributed += 1
+        shaped = choice.candidates
         # `eligible` compares without claiming an ejected instance's single probe call;
         # `available` then claims it for the one chosen.
-        usable = [e for e in untried if self.detector.eligible(e.key, now)] or [
-            e for e in ready if self.detector.eligible(e.key, now)
-        ]
+        usable = [e for e in shaped if e.key not in tried] or list(shaped)
         while usable:
             chosen = self._choose(usable)
             if self.detector.available(chosen.key, now):
                 return chosen
             usable.remove(chosen)
         return None
+
+    def versions(self) -> list[str]:
+        """The versions registered instances run, sorted, each once."""
+        return sorted({e.instance.version for e in self.endpoints.values()})
+
+    def matches(self, version: str) -> bool:
+        """Does a registered instance run a version in the range `version`?"""
+        pin = version_range(version)
+        return any(_in(pin, e.instance.version) for e in self.endpoints.values())
 
     def _choose(self, usable: list[Endpoint]) -> Endpoint:
         warming = [e for e in usable if not e.observed and e.outstanding == 0]
@@ -186,10 +231,11 @@ class ServicePool:
         )
 
     def any_serving(self, version: str | None = None) -> bool:
-        """Is some registered instance (of `version`) serving, not draining? Ejected ones
-        count."""
+        """Is some registered instance (of a version in the range `version`) serving, not
+        draining? Ejected ones count."""
+        pin = version_range(version) if version else None
         return any(
-            e.serving and (version is None or e.instance.version == version)
+            e.serving and (pin is None or _in(pin, e.instance.version))
             for e in self.endpoints.values()
         )
 
@@ -197,10 +243,11 @@ class ServicePool:
         """`no ready instance of X: 2 ejected, 1 draining` (what an UNAVAILABLE says)."""
         if not self.endpoints:
             return f"no instance of {self.service} is registered"
-        if version is not None and not any(
-            e.instance.version == version for e in self.endpoints.values()
-        ):
-            return f"no instance of {self.service} at version {version} is registered"
+        if version is not None and not self.matches(version):
+            return (
+                f"no instance of {self.service} at version {version} is registered "
+                f"(registered: {', '.join(self.versions())})"
+            )
         now = self._clock()
         draining = sum(not e.serving for e in self.endpoints.values())
         unreachable = sum(e.serving and not e.reach.usable(now) for e in self.endpoints.values())

@@ -102,7 +102,12 @@ def parse_args(
         help="the largest request message taken, bytes (default gRPC's 4 MiB; a larger one is "
         "RESOURCE_EXHAUSTED)",
     )
-    parser.add_argument("--zone", default="")
+    parser.add_argument(
+        "--zone",
+        default=env.get("MESH_ZONE", ""),
+        help="the zone this instance registers, and its own calls stay in while it has "
+        "capacity (env MESH_ZONE; docs/traffic.md)",
+    )
     parser.add_argument("--weight", type=int, default=100)
     parser.add_argument(
         "--data-dir",

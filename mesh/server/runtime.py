@@ -157,6 +157,8 @@ class Runtime:
                     etcd_tls=etcd_tls(self.args),
                     tracing=self.tracing,
                     serving=self._serving,
+                    # The zone this instance registers is the one its own calls stay in.
+                    zone=self.args.zone,
                 )
                 self._client_metrics = ClientMetrics(self.registry)
                 self._channel = await MeshChannel.connect(

@@ -24,6 +24,7 @@ from hms_tools.cli import (
     manifest,
     new_service,
     token,
+    traffic,
     up,
 )
 from hms_tools.errors import OperatorError
@@ -43,6 +44,7 @@ COMMANDS = (
     deploy,
     k8s,
     controlplane,
+    traffic,
 )
 
 

@@ -141,6 +141,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "documents service's files; gRPC's own default is 4 MiB)",
     )
     gate.add_argument("--cors-origin", action="append", default=[], help="an allowed origin")
+    parser.add_argument(
+        "--version-route",
+        action="append",
+        default=[],
+        metavar="PREFIX=RANGE",
+        help="bind a path prefix to versions, e.g. '/v2/=>=2': requests under it that send "
+        "no X-Hms-Version go to those versions only (repeatable; docs/traffic.md)",
+    )
     mapping = parser.add_argument_group("JSON and deadlines")
     mapping.add_argument("--default-timeout", type=float, default=30.0, help="seconds")
     mapping.add_argument("--proto-names", action="store_true", help="output proto field names")
@@ -240,6 +248,7 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
             strict=args.strict,
         ),
         default_timeout=args.default_timeout,
+        version_routes=tuple(_version_route(v) for v in args.version_route),
         body_limit=args.body_limit,
         jwt=jwt,
         public=frozenset(args.public),
@@ -295,6 +304,13 @@ def gateway_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ClientConf
         ops_listen_fd=args.ops_listen_fd,
     )
     return config, client, listen
+
+
+def _version_route(value: str) -> tuple[str, str]:
+    prefix, sep, text = value.partition("=")
+    if not sep or not prefix or not text:
+        raise ValueError(f"--version-route {value!r}: write PREFIX=RANGE, e.g. /v2/=>=2")
+    return prefix, text
 
 
 def _trace_settings(

@@ -321,5 +321,5 @@ async def test_a_call_pinned_to_a_version_goes_to_that_version_only(
     assert [None if e is None else e.key for e in got] == picked
     if not any(v == wanted for v in versions.values()):
         assert h.pool.why_unavailable(wanted) == (
-            f"no instance of {SERVICE} at version {wanted} is registered"
+            f"no instance of {SERVICE} at version {wanted} is registered (registered: 1.0)"
         )

@@ -926,3 +926,41 @@ async def test_routes_lists_what_is_served_and_what_was_refused() -> None:
         "hms.shadow.v1.Shadow", _ECHO, "/v1/echo",
     )  # fmt: skip
     assert refused["why"].endswith("which has it already")
+
+
+# -- version pins -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("routes", "headers", "pinned"),
+    [
+        ((), {}, None),
+        ((("/v1/", ">=1 <2"),), {}, ">=1 <2"),
+        # The longest prefix wins; another prefix binds nothing.
+        ((("/v1/", "^1"), ("/v1/echo", "=1.4.0")), {}, "=1.4.0"),
+        ((("/v2/", ">=2"),), {}, None),
+        # The client's own header wins over the route's binding.
+        ((("/v1/", "^1"),), {"X-Hms-Version": "~1.3"}, "~1.3"),
+        ((), {"X-Hms-Version": "0.2.0"}, "0.2.0"),
+    ],
+)
+async def test_the_versions_a_call_may_go_to(
+    channel: FakeChannel,
+    routes: tuple[tuple[str, str], ...],
+    headers: dict[str, str],
+    pinned: str | None,
+) -> None:
+    gateway = _gateway(channel, GatewayConfig(version_routes=routes))
+    response = await _request(gateway, "POST", "/v1/echo", json={"message": "hi"}, headers=headers)
+    assert response.status_code == 200
+    (call,) = channel.calls
+    assert dict(call.metadata).get("x-hms-version") == pinned
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [((("v1/", ">=1"),), "starts with /"), ((("/v1/", ">=x"),), "not a version")],
+)
+def test_a_bad_version_route_is_refused(routes: tuple[tuple[str, str], ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GatewayConfig(version_routes=routes)

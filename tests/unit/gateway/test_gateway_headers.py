@@ -387,3 +387,28 @@ def test_success_status(
     metadata: list[tuple[str, MetadataValue]] | None, expected: int | None
 ) -> None:
     assert success_status(metadata) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([("X-Hms-Version", ">=1.2 <2")], [("x-hms-version", ">=1.2 <2")]),
+        ([("x-hms-version", "0.2.0")], [("x-hms-version", "0.2.0")]),
+        # Only from its own header: a Grpc-Metadata- copy cannot add a second value.
+        ([("Grpc-Metadata-X-Hms-Version", "9")], []),
+        (
+            [("X-Hms-Version", "1"), ("Grpc-Metadata-X-Hms-Version", "9")],
+            [("x-hms-version", "1")],
+        ),
+    ],
+)
+def test_the_version_pin_header_is_forwarded_once(
+    headers: list[tuple[str, str]], expected: list[tuple[str, object]]
+) -> None:
+    assert to_metadata(headers, client_ip=None, host=None) == expected
+
+
+def test_two_version_pins_are_refused() -> None:
+    with pytest.raises(GatewayError) as refused:
+        to_metadata([("X-Hms-Version", "1"), ("X-Hms-Version", "2")], client_ip=None, host=None)
+    assert "x-hms-version" in str(refused.value)

@@ -68,9 +68,11 @@ def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_deployment_writes_only_keys_named_after_it_under_the_services_it_serves() -> None:
     roles = {r.name: r for r in policy(Grant("echo", (ECHO, MIRROR))).etcd_roles()}
-    assert roles["hms-reader"].permissions == ((0, b"/hms/services/", b"/hms/services0"),)
+    traffic = (0, b"/hms/traffic/", b"/hms/traffic0")  # read: every channel follows splits
+    assert roles["hms-reader"].permissions == ((0, b"/hms/services/", b"/hms/services0"), traffic)
     assert roles["hms-deployment-echo"].permissions == (
         (0, b"/hms/services/", b"/hms/services0"),
+        traffic,
         (2, f"/hms/services/{ECHO}/echo-".encode(), f"/hms/services/{ECHO}/echo.".encode()),
         (2, f"/hms/services/{MIRROR}/echo-".encode(), f"/hms/services/{MIRROR}/echo.".encode()),
     )
@@ -78,7 +80,7 @@ def test_a_deployment_writes_only_keys_named_after_it_under_the_services_it_serv
 
 def test_a_deployment_that_serves_nothing_only_reads() -> None:
     (_, role) = policy(Grant("fees")).etcd_roles()
-    assert [kind for kind, _, _ in role.permissions] == [0]
+    assert [kind for kind, _, _ in role.permissions] == [0, 0]
 
 
 def test_every_identity_gets_one_user_named_as_its_certificate() -> None:
