@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench import BenchmarkFailed, Figures, percentile
+from hms_tools.devstack import backend_environment
 from mesh.aio import cancel_and_wait
 
 __all__ = [
@@ -81,8 +82,9 @@ class EchoProcess:
 
 
 def child_env() -> dict[str, str]:
-    """This process's environment without MESH_*: a child takes only the flags it is given."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    """This process's environment without MESH_*: a child takes only the flags it is given;
+    the test backend is imported from the checkout, whatever its working directory."""
+    return backend_environment({k: v for k, v in os.environ.items() if not k.startswith("MESH_")})
 
 
 async def spawn_echo(

@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -54,6 +54,7 @@ __all__ = [
     "NatsProcess",
     "Placement",
     "ServiceProcess",
+    "backend_environment",
     "binary",
     "free_port",
 ]
@@ -761,6 +762,14 @@ def service_module(package: str) -> str:
     return f"hms_services.{package}.main"
 
 
+def backend_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) for a test backend's process: it is imported from the
+    checkout (``tests.backends``), whatever the working directory."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
 class ServiceProcess:
     """A mesh service (`python -m hms_services.<package>.main ...`, or a test backend) as its
     own process.
@@ -789,10 +798,7 @@ class ServiceProcess:
     def _environment(self) -> dict[str, str] | None:
         if self.package not in TEST_BACKENDS:
             return self.env
-        # A test backend is imported from the checkout, whatever the working directory.
-        env = dict(os.environ if self.env is None else self.env)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
-        return env
+        return backend_environment(self.env)
 
     def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

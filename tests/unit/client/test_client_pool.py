@@ -323,3 +323,53 @@ async def test_a_call_pinned_to_a_version_goes_to_that_version_only(
         assert h.pool.why_unavailable(wanted) == (
             f"no instance of {SERVICE} at version {wanted} is registered (registered: 1.0)"
         )
+
+
+# -- traffic shaping in the pool (mesh.client.traffic) ------------------------------------------
+
+
+def versioned(n: int, version: str, zone: str = "") -> Instance:
+    return Instance(SERVICE, f"i-{n}", f"10.0.0.{n}:1", "echo", version=version, zone=zone)
+
+
+async def test_a_split_whose_subset_is_all_ejected_gives_its_share_away(
+    make: Callable[..., Harness],
+) -> None:
+    from mesh.client.traffic import TrafficPolicy
+
+    h = make()
+    h.add(versioned(1, "0.1.0"), versioned(2, "0.1.0"), versioned(3, "0.2.0"), observed=True)
+    h.pool.policy = TrafficPolicy.of({"0.1.0": 50, "0.2.0": 50})
+    both = set(h.picks(200))
+    assert both == {"i-1", "i-2", "i-3"}
+    h.eject(3)  # every instance of 0.2.0 ejected: its half goes to 0.1.0
+    before = h.pool.split_redistributed
+    assert set(h.picks(200)) <= {"i-1", "i-2"}
+    assert h.pool.split_redistributed - before == 200  # and the metrics say so
+
+
+async def test_a_draining_canary_gives_its_share_away_and_a_pin_still_holds(
+    make: Callable[..., Harness],
+) -> None:
+    from mesh.client.traffic import TrafficPolicy
+
+    h = make()
+    h.add(versioned(1, "0.1.0"), versioned(2, "0.2.0"), observed=True)
+    h.pool.policy = TrafficPolicy.of({"0.1.0": 0, "0.2.0": 100})
+    assert set(h.picks(50)) == {"i-2"}
+    h.endpoint(2).serving = False
+    assert set(h.picks(50)) == {"i-1"}  # no 0.2.0 ready: 0.1.0 rather than nothing
+    assert {h.pool.pick(set(), ">=0.2") for _ in range(5)} == {None}  # a pin is a pin
+
+
+async def test_calls_stay_in_the_callers_zone_while_it_has_capacity(
+    make: Callable[..., Harness],
+) -> None:
+    from mesh.client.traffic import Locality
+
+    h = make()
+    h.add(versioned(1, "1.0.0", "z1"), versioned(2, "1.0.0", "z2"), observed=True)
+    h.pool.locality = Locality("z1", factor=1.5)
+    assert set(h.picks(20)) == {"i-1"}
+    h.endpoint(1).outstanding = 10  # z1 swamped, z2 idle: spill over
+    assert "i-2" in set(h.picks(20))
