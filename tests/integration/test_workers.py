@@ -98,12 +98,15 @@ async def test_each_worker_registers_and_takes_its_share_of_calls(
 
 
 async def test_a_worker_that_dies_is_started_again_and_calls_go_on(
-    start_service: ServiceFactory, discovery: Discovery, channel: MeshChannel
+    start_service: ServiceFactory,
+    discovery: Discovery,
+    channel: MeshChannel,
+    tls_dir: Path,
 ) -> None:
-    proc, _ = await start_workers(start_service, discovery, 2)
+    proc, workers = await start_workers(start_service, discovery, 2)
     stub = echo_pb2_grpc.EchoServiceStub(channel)
-    before = await pids_answering(stub, 100)
-    victim = min(before)
+    victim = workers[0]  # worker 1
+    victim_pid = await pid_at(victim, tls_dir)
     failures: Counter[str] = Counter()
     stop = asyncio.Event()
 
@@ -116,22 +119,34 @@ async def test_a_worker_that_dies_is_started_again_and_calls_go_on(
 
     callers = [asyncio.create_task(load()) for _ in range(4)]
     try:
-        os.kill(victim, signal.SIGKILL)
-        # Started again (a new process, registered again), taking calls.
-        await eventually(lambda: "worker 1 (pid" in proc.log_tail(20_000), 10, interval=0.05)
+        os.kill(victim_pid, signal.SIGKILL)
 
-        async def replaced() -> bool:
-            pids = set(await pids_answering(stub, 20))
-            return victim not in pids and len(pids) == 2
+        # Started again (a new process on a new port) and registered under its old id.
+        def restarted() -> bool:
+            now = {w.instance_id: w for w in workers_of(discovery)}
+            again = now.get(victim.instance_id)
+            return again is not None and again.address != victim.address
 
-        await eventually(replaced, 30, interval=0.1)
+        await eventually(restarted, 30, interval=0.05)
+        again = {w.instance_id: w for w in workers_of(discovery)}[victim.instance_id]
+        assert await pid_at(again, tls_dir) not in (victim_pid, proc.pid)
     finally:
         stop.set()
         await asyncio.gather(*callers)
-    assert "exited on its own with status -9" in proc.log_tail(20_000)
+    log = proc.log_tail(20_000)
+    assert f"worker 1 (pid {victim_pid}) exited on its own with status -9" in log, log
     assert proc.running
     # Calls on the killed worker were retried on the other (Echo is idempotent).
     assert failures == Counter(), failures
+
+
+async def pid_at(instance: keys.Instance, tls_dir: Path) -> int:
+    """The pid of the process serving at the instance's own address (not through the mesh)."""
+    files = tls.TlsFiles(tls_dir, "ops")
+    async with tls.instance_channel(instance.address, instance.identity, files) as direct:
+        stub = echo_pb2_grpc.EchoServiceStub(direct)
+        reply = await stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5)
+    return reply.pid
 
 
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
