@@ -108,9 +108,6 @@ Operation = Callable[[Responder], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
-#: The metadata key of a call's version pin (mesh.client.traffic.VERSION_METADATA).
-VERSION_KEY = VERSION_METADATA
-
 _JSON = "application/json"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -383,10 +380,10 @@ class Gateway:
         metadata = to_metadata(
             request.headers, client_ip=request.client, host=request.host, reserved=IDENTITY_KEYS
         )
-        if self.config.version_routes and not any(k == VERSION_KEY for k, _ in metadata):
+        if self.config.version_routes and not any(k == VERSION_METADATA for k, _ in metadata):
             pinned = self.config.version_for(request.path)
             if pinned is not None:  # the route's prefix names the versions (/v2/ -> >=2)
-                metadata.append((VERSION_KEY, pinned))
+                metadata.append((VERSION_METADATA, pinned))
         if identity is not None:
             metadata.extend(identity_metadata(identity))
         body = await read_body(request, self.config.body_limit)

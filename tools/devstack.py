@@ -440,6 +440,19 @@ class NatsProcess(ManagedProcess):
         return f"http://{self.host}:{self.monitor_port}/healthz{check}"
 
 
+def _cluster_hosts(
+    size: int, hosts: Sequence[str] | None, cluster: str, one: str, many: str
+) -> list[str]:
+    """Where each of a cluster's `size` members runs (loopback unless `hosts` says);
+    ValueError for no member or a host count that is not `size`."""
+    if size < 1:
+        raise ValueError(f"{cluster} has at least one {one}, not {size}")
+    chosen = list(hosts or [_LOOPBACK] * size)
+    if len(chosen) != size:
+        raise ValueError(f"{size} {many} but {len(chosen)} hosts: {chosen}")
+    return chosen
+
+
 class EtcdCluster:
     """`size` etcd members started together, each on its own ports (and, given `hosts`, its
     own address), one peer list; the policy applied once they have a quorum.
@@ -457,11 +470,7 @@ class EtcdCluster:
         control_plane: ControlPlane | None = None,
         hosts: Sequence[str] | None = None,
     ) -> None:
-        if size < 1:
-            raise ValueError(f"an etcd cluster has at least one member, not {size}")
-        hosts = list(hosts or [_LOOPBACK] * size)
-        if len(hosts) != size:
-            raise ValueError(f"{size} etcd members but {len(hosts)} hosts: {hosts}")
+        hosts = _cluster_hosts(size, hosts, "an etcd cluster", "member", "etcd members")
         self.control_plane = control_plane
         self.members = [
             EtcdProcess(
@@ -583,11 +592,7 @@ class NatsCluster:
         hosts: Sequence[str] | None = None,
         cluster_name: str = "hms",
     ) -> None:
-        if size < 1:
-            raise ValueError(f"a NATS cluster has at least one node, not {size}")
-        hosts = list(hosts or [_LOOPBACK] * size)
-        if len(hosts) != size:
-            raise ValueError(f"{size} NATS nodes but {len(hosts)} hosts: {hosts}")
+        hosts = _cluster_hosts(size, hosts, "a NATS cluster", "node", "NATS nodes")
         self.control_plane = control_plane
         self.nodes = [
             NatsProcess(
@@ -699,30 +704,26 @@ class DevStack:
         self.size = size = len(placement.addresses) if placement is not None else size
         self.etcd: EtcdProcess | EtcdCluster
         self.nats: NatsProcess | NatsCluster | None
-        if placement is not None:
-            hosts = list(placement.addresses)
-            self.etcd = EtcdCluster(base_dir, size=size, control_plane=control_plane, hosts=hosts)
-            self.nats = (
-                NatsCluster(base_dir, size=size, control_plane=control_plane, hosts=hosts)
-                if nats
-                else None
-            )
-            for index, member in enumerate(self.etcd.members):
-                member.prefix = placement.prefixes[index]
-                if self.nats is not None:
-                    self.nats.nodes[index].prefix = placement.prefixes[index]
-        elif size == 1:
+        if size == 1 and placement is None:
             self.etcd = EtcdProcess(self.base_dir / "etcd.data", control_plane=control_plane)
             self.nats = (
                 NatsProcess(self.base_dir / "nats.data", control_plane=control_plane)
                 if nats
                 else None
             )
-        else:
-            self.etcd = EtcdCluster(self.base_dir, size=size, control_plane=control_plane)
-            self.nats = (
-                NatsCluster(self.base_dir, size=size, control_plane=control_plane) if nats else None
-            )
+            return
+        hosts = list(placement.addresses) if placement is not None else None
+        self.etcd = EtcdCluster(base_dir, size=size, control_plane=control_plane, hosts=hosts)
+        self.nats = (
+            NatsCluster(base_dir, size=size, control_plane=control_plane, hosts=hosts)
+            if nats
+            else None
+        )
+        if placement is not None:
+            for index, member in enumerate(self.etcd.members):
+                member.prefix = placement.prefixes[index]
+                if self.nats is not None:
+                    self.nats.nodes[index].prefix = placement.prefixes[index]
 
     def start(self) -> None:
         try:

@@ -338,12 +338,7 @@ def _etcd(namespace: str) -> list[dict[str, Any]]:
     ]
 
     def health(query: str, period: int, failures: int) -> dict[str, Any]:
-        return {
-            "httpGet": {"path": f"/health{query}", "port": "metrics", "scheme": "HTTP"},
-            "periodSeconds": period,
-            "timeoutSeconds": 5,
-            "failureThreshold": failures,
-        }
+        return _http_probe(f"/health{query}", "metrics", period, failures, scheme="HTTP")
 
     statefulset = {
         "apiVersion": "apps/v1",
@@ -405,17 +400,7 @@ def _etcd(namespace: str) -> list[dict[str, Any]]:
         client_port=ETCD_CLIENT_PORT,
         peer_port=ETCD_PEER_PORT,
     )
-    client = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta("etcd", labels, namespace),
-        "spec": {
-            "selector": selector,
-            "ports": [
-                {"name": "client", "port": ETCD_CLIENT_PORT, "targetPort": "client"},
-            ],
-        },
-    }
+    client = _client_service("etcd", labels, namespace, selector, ETCD_CLIENT_PORT)
     policy = _network_policy(
         "etcd",
         labels,
@@ -428,6 +413,36 @@ def _etcd(namespace: str) -> list[dict[str, Any]]:
         ],
     )
     return [peers, client, statefulset, _budget("etcd", labels, namespace, selector), policy]
+
+
+def _http_probe(
+    path: str, port: str, period: int, failures: int, *, timeout: int = 5, scheme: str = ""
+) -> dict[str, Any]:
+    """An httpGet probe of a named container port."""
+    get: dict[str, Any] = {"path": path, "port": port}
+    if scheme:
+        get["scheme"] = scheme
+    return {
+        "httpGet": get,
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _client_service(
+    name: str, labels: Mapping[str, str], namespace: str, selector: Mapping[str, str], port: int
+) -> dict[str, Any]:
+    """The Service clients reach a clustered server by (its peers have a headless one)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, labels, namespace),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "client", "port": port, "targetPort": "client"}],
+        },
+    }
 
 
 def _claim(name: str, selector: Mapping[str, str], size: str) -> dict[str, Any]:
@@ -523,12 +538,7 @@ def _nats(namespace: str, policy: Policy) -> list[dict[str, Any]]:
     }
 
     def health(query: str, period: int, failures: int) -> dict[str, Any]:
-        return {
-            "httpGet": {"path": f"/healthz{query}", "port": "monitor"},
-            "periodSeconds": period,
-            "timeoutSeconds": 5,
-            "failureThreshold": failures,
-        }
+        return _http_probe(f"/healthz{query}", "monitor", period, failures)
 
     uid = 1000
     statefulset = {
@@ -606,15 +616,7 @@ def _nats(namespace: str, policy: Policy) -> list[dict[str, Any]]:
         client_port=NATS_CLIENT_PORT,
         peer_port=NATS_ROUTE_PORT,
     )
-    client = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta("nats", labels, namespace),
-        "spec": {
-            "selector": selector,
-            "ports": [{"name": "client", "port": NATS_CLIENT_PORT, "targetPort": "client"}],
-        },
-    }
+    client = _client_service("nats", labels, namespace, selector, NATS_CLIENT_PORT)
     policy_object = _network_policy(
         "nats",
         labels,
@@ -667,12 +669,7 @@ def _gateway(namespace: str, image: str) -> list[dict[str, Any]]:
     ]
 
     def http(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {
-            "httpGet": {"path": path, "port": "http"},
-            "periodSeconds": period,
-            "timeoutSeconds": 3,
-            "failureThreshold": failures,
-        }
+        return _http_probe(path, "http", period, failures, timeout=3)
 
     deployment = {
         "apiVersion": "apps/v1",

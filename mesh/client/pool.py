@@ -13,7 +13,7 @@ from mesh.aio import cancel_and_wait
 from mesh.client.balance import pick_p2c
 from mesh.client.endpoint import DRAIN_GRACE, ChannelFactory, Endpoint
 from mesh.client.semver import VersionRange
-from mesh.client.traffic import Choice, Locality, TrafficPolicy, select, version_matches
+from mesh.client.traffic import Locality, TrafficPolicy, select, version_matches
 from mesh.registry.keys import Instance
 from mesh.registry.watch import Change, ChangeKind
 from mesh.resilience.outlier import OutlierConfig, OutlierDetector
@@ -40,10 +40,6 @@ def version_range(text: str) -> VersionRange:
         return VersionRange.parse(text)
     except ValueError:
         return VersionRange.exact(text)
-
-
-def _in(pin: VersionRange, version: str) -> bool:
-    return version_matches(pin, version)
 
 
 class ServicePool:
@@ -83,8 +79,6 @@ class ServicePool:
         #: The service's version split, read live from etcd (None: none).
         self.policy: TrafficPolicy | None = None
         self.locality = locality or Locality()
-        #: The last choice's subset and whether its share went elsewhere.
-        self.last_choice: Choice[Endpoint] | None = None
         #: Attempts per (version, status code name): a canary's errors against the old's.
         self.version_attempts: Counter[tuple[str, str]] = Counter()
         #: Picks whose drawn split subset had no ready instance (its share went elsewhere).
@@ -196,7 +190,6 @@ class ServicePool:
             locality=self.locality,
             rand=self._rand,
         )
-        self.last_choice = choice
         if choice.redistributed:
             self.split_redistributed += 1
         shaped = choice.candidates
@@ -217,7 +210,7 @@ class ServicePool:
     def matches(self, version: str) -> bool:
         """Does a registered instance run a version in the range `version`?"""
         pin = version_range(version)
-        return any(_in(pin, e.instance.version) for e in self.endpoints.values())
+        return any(version_matches(pin, e.instance.version) for e in self.endpoints.values())
 
     def _choose(self, usable: list[Endpoint]) -> Endpoint:
         warming = [e for e in usable if not e.observed and e.outstanding == 0]
@@ -235,7 +228,7 @@ class ServicePool:
         draining? Ejected ones count."""
         pin = version_range(version) if version else None
         return any(
-            e.serving and (pin is None or _in(pin, e.instance.version))
+            e.serving and (pin is None or version_matches(pin, e.instance.version))
             for e in self.endpoints.values()
         )
 

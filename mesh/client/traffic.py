@@ -126,7 +126,7 @@ class Locality:
 
 @dataclass(frozen=True)
 class Choice(Generic[T]):
-    """What `select` left for the balancer, and why (metrics and svc.mesh records say it)."""
+    """What `select` left for the balancer, and why (the pool counts redistributed picks)."""
 
     candidates: list[T]
     #: The version subset the split drew (None: no split applied).

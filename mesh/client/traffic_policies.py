@@ -40,7 +40,6 @@ class TrafficPolicies:
         self._refused: dict[str, bytes] = {}  # key -> the value last refused (warned once)
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
-        self._listed = asyncio.Event()
 
     def get(self, service: str) -> TrafficPolicy | None:
         return self._policies.get(service)
@@ -53,14 +52,6 @@ class TrafficPolicies:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="mesh-traffic-policies")
 
-    async def wait_listed(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._listed.wait()
-        except TimeoutError:
-            return False
-        return True
-
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)
@@ -71,7 +62,6 @@ class TrafficPolicies:
         while True:
             try:
                 revision = await self._list()
-                self._listed.set()
                 backoff.reset()
                 async for events in self.etcd.watch(self._prefix, revision + 1):
                     for event in events:

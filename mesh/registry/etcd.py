@@ -192,13 +192,6 @@ class Etcd:
         self._members = [_Member(target) for target in _grpc_targets(self.endpoints)]
         self._current = 0
         self._open = False
-        #: How many times the client moved to another member; tests and logs read it.
-        self.failovers = 0
-
-    @property
-    def current_endpoint(self) -> str:
-        """The endpoint in use now (``host:port``)."""
-        return self._members[self._current].target
 
     async def connect(self) -> None:
         """Open the channels (lazily: etcd need not be up yet). The TLS files are read now."""
@@ -233,7 +226,6 @@ class Etcd:
         if len(self._members) == 1 or index != self._current:
             return
         self._current = (index + 1) % len(self._members)
-        self.failovers += 1
         log.warning(
             "etcd member %s failed (%s): moving to %s",
             self._members[index].target,

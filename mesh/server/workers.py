@@ -104,8 +104,6 @@ class Workers:
         self.pass_fds = tuple(pass_fds)
         self.backoff = backoff or BackoffPolicy(base=0.5, cap=10.0)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
-        #: How many times each worker was started again after exiting on its own.
-        self.restarts: dict[int, int] = dict.fromkeys(range(1, count + 1), 0)
         self._stopping = asyncio.Event()
         self._signals = 0
 
@@ -151,7 +149,6 @@ class Workers:
             if ran >= _STABLE_AFTER:
                 backoff.reset()
             delay = backoff.next_delay()
-            self.restarts[index] += 1
             log.error(
                 "worker %d (pid %d) exited on its own with status %d after %.1f s: "
                 "starting it again in %.2f s",
