@@ -288,14 +288,21 @@ class Publisher:
 
 
 class _Pipeline:
-    """The events of one `publish_batch` in flight: sent in order, settled oldest first."""
+    """The events of one `publish_batch` in flight: sent in order, settled oldest first.
+
+    Each ack is due `timeout` s after its own send, not after the acks before it were settled:
+    a window of acks lost together (a node gone, JetStream still recovering) fails in one
+    timeout, not in one per event. After the first failure nothing more is waited for: the acks
+    counted are the stored prefix, and the events after it are published again anyway.
+    """
 
     def __init__(self, publisher: Publisher, window: int) -> None:
         self.publisher = publisher
         self.window = window
         self.tracing = publisher._tracing()
+        self.loop = asyncio.get_running_loop()
         self.pending: collections.deque[
-            tuple[str, str, asyncio.Future[PubAck], trace.Span | None]
+            tuple[str, str, asyncio.Future[PubAck], trace.Span | None, float]
         ] = collections.deque()
         self.acks: list[PubAck] = []
         self.failure: Exception | None = None
@@ -319,30 +326,36 @@ class _Pipeline:
                 publisher._end_span(span, None, error)
             self.failure = self.failure or error
             return
-        self.pending.append((full_name, subject, future, span))
+        due = self.loop.time() + publisher._timeout
+        self.pending.append((full_name, subject, future, span, due))
         if len(self.pending) >= self.window:
             await self.settle_oldest()
 
     async def settle_oldest(self) -> None:
-        full_name, subject, future, span = self.pending.popleft()
-        timeout = self.publisher._timeout
+        full_name, subject, future, span, due = self.pending.popleft()
+        if self.failure is not None:
+            self._abandon(future, span)
+            return
         ack: PubAck | None = None
         error: Exception | None = None
         try:
             # nats-py's future has no deadline of its own: an ack lost with a node would be
             # awaited for ever. Most acks are in by the time they are settled: no timer then.
-            ack = future.result() if future.done() else await asyncio.wait_for(future, timeout)
+            if future.done():
+                ack = future.result()
+            else:
+                ack = await asyncio.wait_for(future, max(0.0, due - self.loop.time()))
         except TimeoutError:
+            timeout = self.publisher._timeout
             error = Unavailable(f"publish {full_name} on {subject}: no ack within {timeout} s")
         except nats.errors.Error as exc:
             error = _unavailable(full_name, subject, exc)
         if span is not None:
             self.publisher._end_span(span, ack, error)
-        if self.failure is None:
-            if error is not None:
-                self.failure = error
-            elif ack is not None:
-                self.acks.append(ack)
+        if error is not None:
+            self.failure = error
+        elif ack is not None:
+            self.acks.append(ack)
 
     async def drain(self) -> None:
         while self.pending:
@@ -350,10 +363,19 @@ class _Pipeline:
 
     def abandon(self) -> None:
         while self.pending:
-            _, _, future, span = self.pending.popleft()
-            future.cancel()
-            if span is not None:
-                span.end()
+            _, _, future, span, _ = self.pending.popleft()
+            self._abandon(future, span)
+
+    @staticmethod
+    def _abandon(future: asyncio.Future[PubAck], span: trace.Span | None) -> None:
+        """Let go of an ack no longer counted (its result, if any, read so asyncio keeps quiet)."""
+        if future.done():
+            if not future.cancelled():
+                future.exception()
+        else:
+            future.cancel()  # releases nats-py's pending slot
+        if span is not None:
+            span.end()
 
 
 @dataclass(frozen=True)
