@@ -15,14 +15,22 @@ For each it reports this process's CPU per call over a 3 s window inside the run
 `mesh.gc_tuning.settle_heap()`, the setting the gateway runs with. Last, the CPU of a grpc.aio
 call with no metadata against the three entries the gateway forwards (`x-request-id`,
 `x-forwarded-for`, `x-forwarded-host`), sequentially per caller, 32 callers.
+
+`python -m bench.gateway_costs --in-process` (about 15 s, no servers) drives both apps through
+ASGI directly, 64 requests at a time, with an upstream that answers at once (a coroutine for the
+handler's stub, a channel whose only step returns the answer for the gateway): the CPU of each
+app's own Python per request, without grpc, sockets or uvicorn; `--profile` adds the gateway's
+cProfile, by cumulative time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import gc
 import json
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -147,7 +155,100 @@ async def metadata_cost(multicallable: Any) -> dict[str, float]:
     return {"none": statistics.median(none), "three": statistics.median(three)}
 
 
+ECHO_BODY = b'{"message":"hello"}'
+
+
+def _echo_scope() -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/echo", "raw_path": b"/v1/echo", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080),
+        "headers": [
+            (b"host", b"127.0.0.1:8080"), (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(ECHO_BODY)), (b"user-agent", b"bench"),
+        ],
+    }  # fmt: skip
+
+
+async def _asgi_request(app: Any) -> None:
+    """One POST /v1/echo through `app`; AssertionError unless it answered 200."""
+    messages = [{"type": "http.request", "body": ECHO_BODY, "more_body": False}]
+    answers: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # no disconnect: the request is whole
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    await app(_echo_scope(), receive, send)
+    if not answers or answers[0]["status"] != 200:
+        raise AssertionError(f"the app answered {answers}")
+
+
+async def cpu_per_request(app: Any, requests: int, concurrency: int = 64) -> float:
+    """This process's CPU per request, in us, with `concurrency` requests at a time."""
+
+    async def caller() -> None:
+        for _ in range(requests // concurrency):
+            await _asgi_request(app)
+
+    before = time.process_time()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return (time.process_time() - before) / requests * 1e6
+
+
+class AnsweringChannel(BareChannel):
+    """A channel whose only step answers the echo at once: no grpc."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    async def invoke(self, call: CallInfo) -> Any:
+        return echo_pb2.EchoResponse(message=call.request.message)
+
+
+class AnsweringStub:
+    """The hand-written handler's stub, answering at once."""
+
+    async def Echo(self, request: Any, timeout: float | None = None) -> Any:
+        return echo_pb2.EchoResponse(message=request.message)
+
+
+async def in_process(profile: bool) -> None:
+    table = RouteTable()
+    service = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
+    table.set_service(service.full_name, endpoints_of(service))
+    apps = {
+        "handwritten": make_app(AnsweringStub()),  # type: ignore[arg-type]
+        "gateway": Gateway(GatewayConfig(), table, AnsweringChannel()),  # type: ignore[arg-type]
+    }
+    settle_heap()
+    for app in apps.values():
+        await cpu_per_request(app, 1280)  # warm-up
+    runs: dict[str, list[float]] = {name: [] for name in apps}
+    for _ in range(5):
+        for name, app in apps.items():
+            runs[name].append(await cpu_per_request(app, 12800))
+    print("in process, upstream answering at once: CPU per request, medians of 5 rounds at c64")
+    for name, figures in runs.items():
+        print(f"  {name:13} {statistics.median(figures):5.0f} us "
+              f"(rounds {', '.join(f'{f:.0f}' for f in figures)})")  # fmt: skip
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await cpu_per_request(apps["gateway"], 12800)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(50)
+
+
 async def main() -> None:
+    if "--in-process" in sys.argv[1:]:
+        await in_process("--profile" in sys.argv[1:])
+        return
     with tempfile.TemporaryDirectory(prefix="bench-gateway-costs-") as tmp:
         async with stack(Path(tmp)) as targets:
             files = TlsFiles(targets.tls_dir, CALLER)

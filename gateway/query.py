@@ -679,6 +679,8 @@ def parse_query(raw: bytes) -> list[tuple[str, str]]:
     ...     print(exc.http_status, exc.message[:46])
     400 query parameter 'owner': '%zz' has a malformed
     """
+    if not raw:
+        return []  # most requests: nothing to check or decode
     for pair in raw.split(b"&"):
         name, _, value = pair.partition(b"=")
         shown = unquote(name.decode("latin-1"), errors="replace")
