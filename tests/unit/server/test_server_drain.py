@@ -23,11 +23,20 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ECHO = "hms.testing.v1.EchoService"
 
 
-async def started_host(drain_delay: float, grace: float = 5.0) -> ServiceHost:
+async def started_host(
+    drain_delay: float, grace: float = 5.0, *, handling: asyncio.Event | None = None
+) -> ServiceHost:
+    """A host serving echo; `handling` is set once a call's handler is running (in its delay)."""
     host = ServiceHost(
         HostConfig(deployment="echo", tls=None, drain_delay=drain_delay, grace=grace)
     )
-    host.add_servicer(EchoService("echo"))
+
+    async def sleep(seconds: float) -> None:
+        if handling is not None:
+            handling.set()
+        await asyncio.sleep(seconds)
+
+    host.add_servicer(EchoService("echo", sleep=sleep))
     await host.start()
     return host
 
@@ -103,11 +112,14 @@ async def test_signals(
     status: int,
     long_call: set[grpc.StatusCode],
 ) -> None:
-    host = await started_host(drain_delay=30.0 if signals == 2 else 0.05)
+    handling = asyncio.Event()
+    host = await started_host(drain_delay=30.0 if signals == 2 else 0.05, handling=handling)
     echo = echo_pb2_grpc.EchoServiceStub(open_channel(host, channel_to))
     in_flight = echo.Echo(echo_pb2.EchoRequest(message="long", delay_ms=400), timeout=10)
     serving = asyncio.create_task(host.serve_until_signalled())
-    await asyncio.sleep(0)  # handlers installed; the signals are delivered as the loop would
+    # The call is in flight on the server, not still on its way: one that had not arrived when
+    # the server stopped was a different case (CI once saw it wait out its deadline).
+    await asyncio.wait_for(handling.wait(), 5)
     began = time.monotonic()
     for _ in range(signals):
         host._on_signal(signal.SIGTERM)
