@@ -20,7 +20,8 @@ call with no metadata against the three entries the gateway forwards (`x-request
 ASGI directly, 64 requests at a time, with an upstream that answers at once (a coroutine for the
 handler's stub, a channel whose only step returns the answer for the gateway): the CPU of each
 app's own Python per request, without grpc, sockets or uvicorn; `--profile` adds the gateway's
-cProfile, by cumulative time.
+cProfile, by cumulative time. It ends with the JSON steps of the echo route by `timeit`: the
+gateway's against the handler's json_format calls.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ import statistics
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from google.protobuf import json_format
 
 from bench.gateway import CALLER, ROOT, stack
 from bench.rest_handler import make_app
@@ -48,6 +51,7 @@ from hms_gateway.config import GatewayConfig
 from hms_gateway.endpoint import endpoints_of
 from hms_gateway.routes import RouteTable
 from hms_gateway.serve import listening_socket
+from hms_gateway.transcode import render_response
 from mesh.client.call import CallInfo, CallKind, service_of
 from mesh.client.channel import MeshChannel
 from mesh.client.config import ClientConfig
@@ -218,6 +222,24 @@ class AnsweringStub:
         return echo_pb2.EchoResponse(message=request.message)
 
 
+def codec_costs(number: int = 20000) -> dict[str, float]:
+    """The gateway's JSON steps for the echo route against the handler's json_format calls."""
+    endpoint = next(endpoints_of(echo_pb2.DESCRIPTOR.services_by_name["EchoService"]))
+    answer = echo_pb2.EchoResponse(message="hello")
+    steps = {
+        "gateway build_request": lambda: endpoint.mapping.build_request(
+            endpoint.request_class, {}, [], ECHO_BODY
+        ),
+        "gateway render_response": lambda: render_response(answer),
+        "handler json_format.Parse": lambda: json_format.Parse(ECHO_BODY, echo_pb2.EchoRequest()),
+        "handler json_format.MessageToJson": lambda: json_format.MessageToJson(answer, indent=None),
+    }
+    return {
+        name: min(timeit.repeat(step, number=number, repeat=5)) / number * 1e6
+        for name, step in steps.items()
+    }
+
+
 async def in_process(profile: bool) -> None:
     table = RouteTable()
     service = echo_pb2.DESCRIPTOR.services_by_name["EchoService"]
@@ -237,6 +259,9 @@ async def in_process(profile: bool) -> None:
     for name, figures in runs.items():
         print(f"  {name:13} {statistics.median(figures):5.0f} us "
               f"(rounds {', '.join(f'{f:.0f}' for f in figures)})")  # fmt: skip
+    print("the JSON of one echo request and answer, us (best of 5 timeit runs):")
+    for name, us in codec_costs().items():
+        print(f"  {name:34} {us:5.1f}")
     if profile:
         profiler = cProfile.Profile()
         profiler.enable()
