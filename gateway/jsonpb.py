@@ -34,27 +34,21 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
 
-__all__ = ["DEFAULT_OPTIONS", "JsonOptions", "pool_of", "to_json"]
-
-_ANY = "google.protobuf.Any"
-_WRAPPERS_FILE = "google/protobuf/wrappers.proto"
-# Types whose JSON is not an object of their fields (json_format's _WKTJSONMETHODS, with the
-# wrappers): nothing inside them can be null, and in an Any they sit under "value".
-_OWN_FORM = frozenset(
-    {
-        _ANY,
-        "google.protobuf.Duration",
-        "google.protobuf.FieldMask",
-        "google.protobuf.ListValue",
-        "google.protobuf.Struct",
-        "google.protobuf.Timestamp",
-        "google.protobuf.Value",
-    }
+from hms_gateway.json_writer import (
+    ANY,
+    Unwritable,
+    has_own_form,
+    is_map,
+    json_key,
+    map_key,
+    writer_for,
 )
+
+__all__ = ["DEFAULT_OPTIONS", "JsonOptions", "pool_of", "to_json", "to_json_by_json_format"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +106,34 @@ def to_json(
     ``pool`` resolves Any type URLs (default: the pool of the message's own type).
     ``print_defaults`` writes fields without presence whatever ``options`` say (for a
     ``response_body`` field taken out of the whole message).
+
+    Written by the type's compiled writer (gateway/json_writer.py) where it has one, else,
+    or where that writer meets something it does not write, by :func:`to_json_by_json_format`.
     """
+    always = options.emit_unpopulated if print_defaults is None else print_defaults
+    writer = writer_for(
+        _descriptor(message),
+        proto_names=options.use_proto_names,
+        enums_as_ints=options.enums_as_ints,
+        print_defaults=always,
+        nulls=options.emit_unpopulated,
+    )
+    if writer is not None:
+        try:
+            return writer(message)
+        except (Unwritable, ValueError, TypeError, json_format.Error):
+            pass  # json_format writes it, or refuses it in its own words
+    return to_json_by_json_format(message, options, pool=pool, print_defaults=always)
+
+
+def to_json_by_json_format(
+    message: Message,
+    options: JsonOptions = DEFAULT_OPTIONS,
+    *,
+    pool: DescriptorPool | None = None,
+    print_defaults: bool | None = None,
+) -> Any:
+    """:func:`to_json` by json_format and the null pass, for every message type."""
     descriptor = _descriptor(message)
     if pool is None:
         pool = pool_of(message)
@@ -137,11 +158,6 @@ def to_json(
 # -- null for every unset field with presence -----------------------------------------------
 
 
-def _has_own_form(descriptor: Descriptor) -> bool:
-    """The type's JSON is not an object of its fields (a well-known type's own form)."""
-    return descriptor.full_name in _OWN_FORM or descriptor.file.name == _WRAPPERS_FILE
-
-
 @dataclass(frozen=True, slots=True)
 class _Step:
     """One field of a message's plan: null where absent (``nullable``), and/or the message
@@ -153,14 +169,6 @@ class _Step:
     nested: Descriptor | None
     each: bool = False
     values: bool = False
-
-
-def _key(field: FieldDescriptor, proto_names: bool) -> str:
-    return field.name if proto_names else field.json_name
-
-
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
 def _has_null(descriptor: Descriptor) -> bool:
@@ -178,7 +186,7 @@ def _children(descriptor: Descriptor) -> list[Descriptor]:
         nested = field.message_type
         if nested is None:
             continue
-        if _is_map(field):
+        if is_map(field):
             nested = nested.fields_by_name["value"].message_type
             if nested is None:
                 continue
@@ -194,9 +202,9 @@ def _may_hold_null(descriptor: Descriptor) -> bool:
     stack = [descriptor]
     while stack:
         current = stack.pop()
-        if current.full_name == _ANY:
+        if current.full_name == ANY:
             return True
-        if _has_own_form(current):
+        if has_own_form(current):
             continue
         if _has_null(current):
             return True
@@ -211,13 +219,13 @@ def _may_hold_null(descriptor: Descriptor) -> bool:
 def _plan(descriptor: Descriptor, proto_names: bool) -> tuple[_Step, ...]:
     """What the null pass does in a message of this type (bounded cache: routes relearnt by
     reflection bring new descriptors)."""
-    if _has_own_form(descriptor):
+    if has_own_form(descriptor):
         return ()
     steps = []
     for field in descriptor.fields:
-        key = _key(field, proto_names)
+        key = json_key(field, proto_names)
         nested = field.message_type
-        if _is_map(field):
+        if is_map(field):
             assert nested is not None
             value_type = nested.fields_by_name["value"].message_type
             if value_type is not None and _may_hold_null(value_type):
@@ -236,7 +244,7 @@ def _plan(descriptor: Descriptor, proto_names: bool) -> tuple[_Step, ...]:
 def _fill_nulls(descriptor: Descriptor, value: Any, pool: DescriptorPool, names: bool) -> None:
     if not isinstance(value, dict):
         return
-    if descriptor.full_name == _ANY:
+    if descriptor.full_name == ANY:
         _fill_any(value, pool, names)
         return
     for step in _plan(descriptor, names):
@@ -265,9 +273,9 @@ def _fill_any(value: dict[str, Any], pool: DescriptorPool, names: bool) -> None:
     packed = _find_type(pool, type_url)
     if packed is None:
         return  # written as its bytes: nothing to fill
-    if packed.full_name == _ANY:
+    if packed.full_name == ANY:
         _fill_nulls(packed, value.get("value"), pool, names)
-    elif _has_own_form(packed):
+    elif has_own_form(packed):
         return
     elif "value" in value and "value" not in _keys(packed, names):
         return  # a known type whose bytes did not decode, written as its bytes
@@ -277,7 +285,7 @@ def _fill_any(value: dict[str, Any], pool: DescriptorPool, names: bool) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _keys(descriptor: Descriptor, proto_names: bool) -> frozenset[str]:
-    return frozenset(_key(field, proto_names) for field in descriptor.fields)
+    return frozenset(json_key(field, proto_names) for field in descriptor.fields)
 
 
 def _find_type(pool: DescriptorPool, type_url: str) -> Descriptor | None:
@@ -325,21 +333,21 @@ def _set_aside(
     """Empty every Any in `message` (at `path` in its JSON) that cannot be expanded, noting
     its JSON form in `opaque`; True if anything changed."""
     descriptor = _descriptor(message)
-    if descriptor.full_name == _ANY:
+    if descriptor.full_name == ANY:
         return _set_aside_any(message, pool, proto_names, path, opaque)
-    if _has_own_form(descriptor):
+    if has_own_form(descriptor):
         return False
     changed = False
     for field, value in message.ListFields():
         if field.message_type is None:
             continue
-        key = f"[{field.full_name}]" if field.is_extension else _key(field, proto_names)
-        if _is_map(field):
+        key = f"[{field.full_name}]" if field.is_extension else json_key(field, proto_names)
+        if is_map(field):
             if field.message_type.fields_by_name["value"].message_type is None:
                 continue
-            for map_key, item in value.items():
+            for entry_key, item in value.items():
                 changed |= _set_aside(
-                    item, pool, proto_names, (*path, key, _map_key_json(map_key)), opaque
+                    item, pool, proto_names, (*path, key, map_key(entry_key)), opaque
                 )
         elif field.is_repeated:
             for index, item in enumerate(value):
@@ -347,13 +355,6 @@ def _set_aside(
         else:
             changed |= _set_aside(value, pool, proto_names, (*path, key), opaque)
     return changed
-
-
-def _map_key_json(key: object) -> str:
-    """A map key as json_format writes it: ``true``/``false`` for a bool, else its text."""
-    if isinstance(key, bool):
-        return "true" if key else "false"
-    return str(key)
 
 
 def _set_aside_any(
@@ -378,7 +379,7 @@ def _set_aside_any(
         opaque.append((path, shown))
         message.Clear()
         return True
-    inner_path = (*path, "value") if _has_own_form(_descriptor(inner)) else path
+    inner_path = (*path, "value") if has_own_form(_descriptor(inner)) else path
     if not _set_aside(inner, pool, proto_names, inner_path, opaque):
         return False
     message.value = inner.SerializeToString()

@@ -896,5 +896,8 @@ def render_response(
         return bytes(message.data), message.content_type or _OCTET_STREAM  # type: ignore[attr-defined]
     else:
         value = to_json(message, options)
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8"), _JSON
+    return _ENCODER.encode(value).encode("utf-8"), _JSON
+
+
+# One encoder for every answer: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
