@@ -49,6 +49,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 
 from hms_gateway.errors import GatewayError
+from hms_gateway.json_reader import Unreadable, reader_for
 from hms_gateway.jsonpb import DEFAULT_OPTIONS, JsonOptions, to_json
 from hms_gateway.query import (
     EXPECTED_BASE64,
@@ -209,6 +210,15 @@ class RequestMapping:
         sent = _decode_json(body)
         if field is None and not isinstance(sent, dict):
             raise GatewayError.bad_json(f"expected a JSON object, got {_got(sent)}")
+        document = sent if field is None else {field.name: sent}
+        reader = reader_for(descriptor)
+        if reader is not None:
+            try:
+                reader.read(request, document)
+            except Unreadable:
+                request.Clear()  # read the checked way, from the start (module docstring)
+            else:
+                return sent
         # Any's "@type" is looked up where the request's own types are (a private pool for
         # routes learnt by reflection), not in the process's default pool.
         pool = descriptor.file.pool
@@ -222,7 +232,6 @@ class RequestMapping:
             raise GatewayError.bad_json(str(refusal)) from None
         except RecursionError:
             raise GatewayError.bad_json(_TOO_DEEP) from None
-        document = sent if field is None else {field.name: sent}
         try:
             json_format.ParseDict(
                 document,
