@@ -191,8 +191,7 @@ def to_metadata(
         forwarded_host = _ascii_value("host", host)
     if forwarded_host:
         metadata.append(("x-forwarded-host", forwarded_host))
-    _forward_once(metadata, "authorization")
-    _forward_once(metadata, "x-hms-version")
+    _forward_once(metadata)
     return metadata
 
 
@@ -254,10 +253,13 @@ def is_printable_ascii(value: str) -> bool:
     return _ASCII_VALUE.fullmatch(value) is not None
 
 
-def _forward_once(metadata: list[tuple[str, MetadataValue]], key: str) -> None:
-    """Two values of `key` would leave the backend to guess which one the gate verified."""
-    if sum(name == key for name, _ in metadata) > 1:
-        raise GatewayError.repeated_header(key)
+def _forward_once(metadata: list[tuple[str, MetadataValue]]) -> None:
+    """Two values of one of these keys would leave the backend to guess which one the gate
+    verified."""
+    keys = [key for key, _ in metadata]
+    for key in ("authorization", "x-hms-version"):
+        if keys.count(key) > 1:
+            raise GatewayError.repeated_header(key)
 
 
 def _client_may_send(key: str, reserved: Collection[str]) -> bool:
