@@ -14,7 +14,10 @@ For each it reports this process's CPU per call over a 3 s window inside the run
 `gc.callbacks`). The rounds run with Python's default collector, then again after
 `mesh.gc_tuning.settle_heap()`, the setting the gateway runs with. Last, the CPU of a grpc.aio
 call with no metadata against the three entries the gateway forwards (`x-request-id`,
-`x-forwarded-for`, `x-forwarded-host`), sequentially per caller, 32 callers.
+`x-forwarded-for`, `x-forwarded-host`), sequentially per caller, 32 callers. `--profile` adds,
+after the settled rounds, one more window per app under cProfile (this process: uvicorn, the
+app and grpc.aio's Python), by own time; cProfile slows Python code more than C, so read the
+shares, not the times.
 
 `python -m bench.gateway_costs --in-process` (about 15 s, no servers) drives both apps through
 ASGI directly, 64 requests at a time, with an upstream that answers at once (a coroutine for the
@@ -98,8 +101,9 @@ class BareChannel:
         return await rpc
 
 
-async def measure(app: Any) -> dict[str, float]:
-    """Serve `app`, load it from another process, read CPU and GC over a window inside."""
+async def measure(app: Any, profile: bool = False) -> dict[str, float]:
+    """Serve `app`, load it from another process, read CPU and GC over a window inside
+    (`profile`: and print this process's cProfile over that window, by own time)."""
     sock = listening_socket("127.0.0.1", 0)
     server = uvicorn.Server(
         uvicorn.Config(app, http="httptools", loop="none", lifespan="off", access_log=False,
@@ -123,10 +127,16 @@ async def measure(app: Any) -> dict[str, float]:
 
     await asyncio.sleep(2.5)  # loadgen's imports and warm-up: the window starts inside the run
     gc.callbacks.append(on_gc)
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     before, wall = os.times(), time.perf_counter()
     await asyncio.sleep(WINDOW)
     after, wall = os.times(), time.perf_counter() - wall
     gc.callbacks.remove(on_gc)
+    if profiler is not None:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     result = json.loads((await load.communicate())[0].decode().strip().splitlines()[-1])
     server.should_exit = True
     await serving
@@ -271,8 +281,9 @@ async def in_process(profile: bool) -> None:
 
 
 async def main() -> None:
+    profile = "--profile" in sys.argv[1:]
     if "--in-process" in sys.argv[1:]:
-        await in_process("--profile" in sys.argv[1:])
+        await in_process(profile)
         return
     with tempfile.TemporaryDirectory(prefix="bench-gateway-costs-") as tmp:
         async with stack(Path(tmp)) as targets:
@@ -311,6 +322,10 @@ async def main() -> None:
                     print(f"  {name:13} {figures['calls_per_s']:6.0f} calls/s  "
                           f"{figures['cpu_us_per_call']:5.0f} us CPU/call  "
                           f"gc {figures['gc_ms_per_s']:5.1f} ms/s")  # fmt: skip
+            if profile:
+                for name, app in apps.items():
+                    print(f"cProfile of {name}, one {WINDOW:.0f} s window at c64:")
+                    await measure(app, profile=True)
             cost = await metadata_cost(multicallable)
             print(f"grpc.aio call CPU, 32 callers: no metadata {cost['none']:.0f} us, "
                   f"the gateway's three entries {cost['three']:.0f} us")  # fmt: skip
