@@ -91,6 +91,19 @@ def reader_for(descriptor: Descriptor) -> Reader | None:
         return None
     reader = Reader()
     _readers[descriptor] = reader  # before its fields: a recursive type finds itself
+    try:
+        reader.fields = _fields(descriptor)
+    except BaseException:
+        # Never keep a half-made reader, nor one made meanwhile that refers to it.
+        _readers.clear()
+        raise
+    return reader
+
+
+def _fields(
+    descriptor: Descriptor,
+) -> dict[str, tuple[str, int, str, Callable[[Message, str, Any, int], None]]]:
+    """The reader's table: JSON and proto names to the fields it takes plainly."""
     by_key: dict[str, tuple[str, int, str, Callable[[Message, str, Any, int], None]]] = {}
     for field in descriptor.fields:
         setter = _setter(field)
@@ -104,8 +117,7 @@ def reader_for(descriptor: Descriptor) -> Reader | None:
             by_key[field.json_name] = entry
         elif field.json_name in by_key:
             del by_key[field.json_name]  # the JSON name of a field not taken plainly
-    reader.fields = by_key
-    return reader
+    return by_key
 
 
 def _setter(field: FieldDescriptor) -> Callable[[Message, str, Any, int], None] | None:

@@ -142,7 +142,12 @@ def writer_for(
     if has_own_form(descriptor) or not _writable(descriptor, enums_as_ints):
         _writers[key] = None
         return None
-    return _build(key)
+    try:
+        return _build(key)
+    except BaseException:
+        # Never keep a half-made writer, nor one made meanwhile that refers to it.
+        _writers.clear()
+        raise
 
 
 def _writable(descriptor: Descriptor, enums_as_ints: bool) -> bool:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hms.testing.v1 import echo_pb2
-from hms_gateway import transcode
+from hms_gateway import json_reader, transcode
 from hms_gateway.errors import GatewayError
 from hms_gateway.json_reader import Unreadable, reader_for
 from hms_gateway.jsonpb import JsonOptions, to_json
@@ -190,3 +190,20 @@ def test_a_body_the_reader_leaves_half_read_is_read_again_from_the_start() -> No
         request, None, b'{"message": "hi", "delayMs": "5"}', JsonOptions(), ""
     )
     assert request == echo_pb2.EchoRequest(message="hi", delay_ms=5)
+
+
+def test_a_reader_that_fails_to_be_made_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(json_reader, "_readers", {})
+    with monkeypatch.context() as patch:
+        patch.setattr(json_reader, "_setter", broken)
+        with pytest.raises(RuntimeError):
+            reader_for(KINDS)
+    assert json_reader._readers == {}
+    reader = reader_for(KINDS)
+    assert reader is not None
+    read = new(KINDS)
+    reader.read(read, {"child": {"text": "x"}})
+    assert read.child.text == "x"

@@ -129,3 +129,25 @@ def test_writers_are_made_once_per_type_and_options() -> None:
     first = writer_for(KINDS, print_defaults=True, **options)
     assert first is writer_for(KINDS, print_defaults=True, **options)
     assert first is not writer_for(KINDS, print_defaults=False, **options)
+
+
+def test_a_writer_that_fails_to_be_made_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("broken")
+
+    options: dict[str, bool] = {
+        "proto_names": True, "enums_as_ints": True, "print_defaults": False, "nulls": False
+    }  # fmt: skip
+    monkeypatch.setattr(json_writer, "_writers", {})
+    with monkeypatch.context() as patch:
+        patch.setattr(json_writer, "_converter", broken)
+        with pytest.raises(RuntimeError):
+            writer_for(KINDS, **options)
+    assert json_writer._writers == {}
+    message = new(KINDS)
+    message.child.text = "x"
+    writer = writer_for(KINDS, **options)
+    assert writer is not None
+    assert writer(message) == to_json_by_json_format(
+        message, JsonOptions(use_proto_names=True, emit_unpopulated=False, enums_as_ints=True)
+    )
