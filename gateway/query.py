@@ -69,6 +69,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 
 from hms_gateway.errors import GatewayError
+from hms_gateway.json_writer import is_map
 
 __all__ = [
     "EXPECTED_BASE64",
@@ -119,7 +120,7 @@ class NotAMessage(UnknownField):
     @property
     def problem(self) -> str:
         field = self.walked[-1]
-        if _is_map(field):
+        if is_map(field):
             return (
                 f"{field.name!r} is a map, not a message: set an entry as {field.name}[KEY]=VALUE"
             )
@@ -228,10 +229,6 @@ def enum_type_of(field: FieldDescriptor) -> EnumDescriptor:
     return enum
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
-
-
 def _kind_name(field: FieldDescriptor) -> str:
     nested = field.message_type
     return nested.full_name if nested is not None else _KIND_NAMES.get(field.type, "scalar")
@@ -263,7 +260,7 @@ def resolve_field_path(descriptor: Descriptor, path: str) -> tuple[FieldDescript
             raise UnknownField(path)
         fields.append(field)
         nested = field.message_type
-        walkable = nested is not None and not field.is_repeated and not _is_map(field)
+        walkable = nested is not None and not field.is_repeated and not is_map(field)
         current = nested if walkable else None
     return tuple(fields)
 
@@ -561,7 +558,7 @@ def is_text_settable(field: FieldDescriptor) -> bool:
     """True when a text value can set ``field``: a scalar, an enum or a well-known type with a
     text form (JSON-valued ones, ``Struct`` and ``Value``, are left out: a path segment or an
     OpenAPI query parameter of type string cannot stand for them)."""
-    if _is_map(field):
+    if is_map(field):
         return False
     nested = field.message_type
     if nested is None:
@@ -626,7 +623,7 @@ def set_text_value(message: Message, fields: Iterable[FieldDescriptor], text: st
     target = message
     for parent in parents:
         target = getattr(target, parent.name)
-    if _is_map(leaf):
+    if is_map(leaf):
         raise ValueProblem("a map takes one parameter per entry, like name[KEY]=VALUE")
     try:
         if leaf.message_type is not None:
@@ -810,7 +807,7 @@ def apply_query(
         leaf = fields[-1]
         try:
             if key is None:
-                if _is_map(leaf):
+                if is_map(leaf):
                     raise ValueProblem(
                         f"a map takes one parameter per entry, like {name}[KEY]=VALUE"
                     )
@@ -841,7 +838,7 @@ def _map_key(name: str) -> tuple[str, str | None]:
 def _entry_key(leaf: FieldDescriptor, key: str) -> object:
     """The parsed key of a map entry (``ValueProblem`` if ``leaf`` is no map, or the key does
     not fit it)."""
-    if not _is_map(leaf):
+    if not is_map(leaf):
         raise ValueProblem("only a map field takes [key]")
     key_field = message_type_of(leaf).fields_by_name["key"]
     try:

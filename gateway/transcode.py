@@ -50,6 +50,7 @@ from google.protobuf.message import Message
 
 from hms_gateway.errors import GatewayError
 from hms_gateway.json_reader import Unreadable, reader_for
+from hms_gateway.json_writer import is_map
 from hms_gateway.jsonpb import DEFAULT_OPTIONS, JsonOptions, to_json
 from hms_gateway.query import (
     EXPECTED_BASE64,
@@ -410,10 +411,6 @@ def _entry(path: str, key: str) -> str:
     return f"{path}[{_quoted(key)}]"
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
-
-
 @functools.lru_cache(maxsize=1024)
 def _json_names(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
     """A message's fields by JSON name (a bounded cache: routes relearnt by reflection bring
@@ -531,7 +528,7 @@ class _BodyCheck:
         return extension
 
     def field(self, field: FieldDescriptor, value: Any, path: str, depth: int) -> None:
-        if _is_map(field):
+        if is_map(field):
             self.map(field, value, path, depth)
         elif field.is_repeated:
             self.repeated(field, value, path, depth)
