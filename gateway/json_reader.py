@@ -41,7 +41,10 @@ class Unreadable(Exception):
     """The body holds something a reader does not take plainly: read it the checked way."""
 
 
-Convert = Callable[[Any, int], Any]
+#: Sets one field (by name) of a message from its JSON value, at a depth of nesting.
+Setter = Callable[[Message, str, Any, int], None]
+#: A reader's entry for a key: (field name, number, oneof name or "", setter)
+_Entry = tuple[str, int, str, Setter]
 
 
 class Reader:
@@ -51,7 +54,7 @@ class Reader:
 
     def __init__(self) -> None:
         #: key (JSON name, else proto name) -> (field name, number, oneof name, how to set)
-        self.fields: dict[str, tuple[str, int, str, Callable[[Message, str, Any, int], None]]] = {}
+        self.fields: dict[str, _Entry] = {}
 
     def read(self, message: Message, document: Any, depth: int = 0) -> None:
         if type(document) is not dict or depth > _MAX_DEPTH:
@@ -100,11 +103,9 @@ def reader_for(descriptor: Descriptor) -> Reader | None:
     return reader
 
 
-def _fields(
-    descriptor: Descriptor,
-) -> dict[str, tuple[str, int, str, Callable[[Message, str, Any, int], None]]]:
+def _fields(descriptor: Descriptor) -> dict[str, _Entry]:
     """The reader's table: JSON and proto names to the fields it takes plainly."""
-    by_key: dict[str, tuple[str, int, str, Callable[[Message, str, Any, int], None]]] = {}
+    by_key: dict[str, _Entry] = {}
     for field in descriptor.fields:
         setter = _setter(field)
         if setter is None:
@@ -120,7 +121,7 @@ def _fields(
     return by_key
 
 
-def _setter(field: FieldDescriptor) -> Callable[[Message, str, Any, int], None] | None:
+def _setter(field: FieldDescriptor) -> Setter | None:
     if is_map(field):
         return None
     nested = field.message_type

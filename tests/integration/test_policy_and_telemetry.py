@@ -141,15 +141,28 @@ async def test_metrics_are_served_in_prometheus_text(
             await stub.Echo(echo_pb2.EchoRequest(message="x", forward_hops=1), timeout=5)
         assert await outcome(stub, fail_code=3) == "INVALID_ARGUMENT"
     url = f"http://{instance.metadata['metrics']}/metrics"
-    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-    server_ok = re.search(
-        r'mesh_server_requests_total\{code="OK",method="Echo",'
-        r'service="hms.testing.v1.EchoService"\} (\S+)',
-        text,
-    )
-    assert server_ok is not None
-    assert float(server_ok.group(1)) >= 6  # 3 calls, each forwarded once to the same service
-    assert 'code="INVALID_ARGUMENT"' in text
+    text = ""
+
+    async def counted() -> bool:
+        # A call is counted when the server's handling of it ends, which can be just after
+        # its caller has the answer: scrape until the last one is in.
+        nonlocal text
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        server_ok = re.search(
+            r'mesh_server_requests_total\{code="OK",method="Echo",'
+            r'service="hms.testing.v1.EchoService"\} (\S+)',
+            text,
+        )
+        # 3 calls, each forwarded once to the same service; then the failed one.
+        return (
+            server_ok is not None
+            and float(server_ok.group(1)) >= 6
+            and 'code="INVALID_ARGUMENT"' in text
+        )
+
+    await eventually(counted, 10, "the server counted 6 OK calls and the INVALID_ARGUMENT one")
     assert "mesh_server_request_seconds_bucket" in text
     # The forwarding calls went out through the service's own mesh channel.
     assert re.search(r'mesh_client_requests_total\{code="OK",method="Echo"', text)
