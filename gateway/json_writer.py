@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from google.protobuf import descriptor_pool, json_format
@@ -150,24 +150,35 @@ def writer_for(
         raise
 
 
-def _writable(descriptor: Descriptor, enums_as_ints: bool) -> bool:
-    """No Any anywhere below the type, and no enum whose names json_format would change."""
-    renamed = not enums_as_ints and _enum_names_option_loaded()
+def types_below(descriptor: Descriptor) -> Iterator[Descriptor]:
+    """`descriptor` and every message type its fields reach, map entries included, each once
+    (so recursive types end); a type with a JSON form of its own is given but not looked into."""
     seen = {descriptor}
     stack = [descriptor]
     while stack:
         current = stack.pop()
-        if current.full_name == ANY:
-            return False
+        yield current
         if has_own_form(current):
             continue
         for field in current.fields:
-            if renamed and field.enum_type is not None:
-                return False
             nested = field.message_type
             if nested is not None and nested not in seen:
                 seen.add(nested)
                 stack.append(nested)
+
+
+def _writable(descriptor: Descriptor, enums_as_ints: bool) -> bool:
+    """No Any anywhere below the type, and no enum whose names json_format would change."""
+    renamed = not enums_as_ints and _enum_names_option_loaded()
+    for current in types_below(descriptor):
+        if current.full_name == ANY:
+            return False
+        if (
+            renamed
+            and not has_own_form(current)
+            and any(field.enum_type is not None for field in current.fields)
+        ):
+            return False
     return True
 
 

@@ -45,6 +45,7 @@ from hms_gateway.json_writer import (
     is_map,
     json_key,
     map_key,
+    types_below,
     writer_for,
 )
 
@@ -179,39 +180,17 @@ def _has_null(descriptor: Descriptor) -> bool:
     )
 
 
-def _children(descriptor: Descriptor) -> list[Descriptor]:
-    """The message types one level down whose fields are written as JSON objects."""
-    found = []
-    for field in descriptor.fields:
-        nested = field.message_type
-        if nested is None:
-            continue
-        if is_map(field):
-            nested = nested.fields_by_name["value"].message_type
-            if nested is None:
-                continue
-        found.append(nested)
-    return found
-
-
 @functools.lru_cache(maxsize=4096)
 def _may_hold_null(descriptor: Descriptor) -> bool:
     """Could a value of this type need the pass: an Any (whatever it holds), or a type with
-    a nullable field anywhere below it? (Reachability, so recursive types end.)"""
-    seen = {descriptor}
-    stack = [descriptor]
-    while stack:
-        current = stack.pop()
+    a nullable field anywhere below it? (A map entry's value field is not one: a map's
+    values are never null.)"""
+    for current in types_below(descriptor):
         if current.full_name == ANY:
             return True
-        if has_own_form(current):
-            continue
-        if _has_null(current):
+        fields_as_object = not has_own_form(current) and not current.GetOptions().map_entry
+        if fields_as_object and _has_null(current):
             return True
-        for child in _children(current):
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
     return False
 
 
