@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+from mesh.aio import cancel_and_wait
 from mesh.authz.policy import PolicyError
 from mesh.gc_tuning import settle_heap
 from mesh.server.enduser import DEFAULT_GATEWAY_IDENTITIES
@@ -235,9 +236,19 @@ async def _serve(runtime: Runtime, servicers: Sequence[object]) -> int:
     for servicer in servicers:
         host.add_servicer(servicer)
     await host.start()
+    # Before the registration task host.start began writes its first key (no await between):
+    # from then on a SIGTERM drains, not kills, or callers keep a dead entry until its lease
+    # ends. Before that, as while etcd is being reached, it still ends the process at once.
+    host.install_signal_handlers()
     runtime.serving_as(host.instance_id, host.address)
     try:
-        await runtime.start()
+        starting = asyncio.ensure_future(runtime.start())
+        signalled = asyncio.ensure_future(host.wait_for_signal())
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        # A signal during start-up (a start hook, a subscription) ends it: drain now.
+        await cancel_and_wait(starting, signalled)
+        if not starting.cancelled():
+            starting.result()  # a start-up that failed fails the service
         settle_heap()  # start-up is done: see mesh/gc_tuning.py
         status = await host.serve_until_signalled()
     finally:

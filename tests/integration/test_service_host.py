@@ -190,3 +190,21 @@ async def test_sigterm_deregisters_at_once_and_finishes_in_flight_call(
     assert answer.message == "slow"
     assert deregistered_after < 1.0
     assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+async def test_sigterm_during_start_up_drains_instead_of_killing(
+    start_service: ServiceFactory, discovery: Discovery
+) -> None:
+    # Registered and serving, its start-up (here a start hook) not done yet: the window where
+    # SIGTERM used to kill the process and leave its entry to the lease's end.
+    proc = start_service("echo", ttl=10, extra=("--hold-start",))
+    instance = await wait_for_deployment(discovery, "echo", proc)
+    gone = asyncio.Event()
+    discovery.subscribe(
+        lambda c: gone.set() if c.kind is ChangeKind.REMOVED and c.instance == instance else None
+    )
+    proc.terminate()
+    assert await asyncio.wait_for(proc.exited(), 20) == 0  # drained (killed: -15)
+    # With a 10 s lease, vanishing within 5 s proves the lease was revoked, not expired.
+    await asyncio.wait_for(gone.wait(), 5.0)
+    assert "SIGTERM, draining" in proc.log_tail()
